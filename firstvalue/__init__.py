@@ -1,0 +1,3 @@
+"""firstvalue: an onboarding orchestration engine."""
+
+__version__ = "0.1.0"

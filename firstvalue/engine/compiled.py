@@ -1,0 +1,108 @@
+"""A playbook made ready for evaluation: meanings resolved, detectors compiled, tracks indexed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from firstvalue.engine.conditions import Detector, compile_condition
+from firstvalue.playbook.loader import LoadedPlaybook
+from firstvalue.playbook.model import Track
+
+
+@dataclass(frozen=True)
+class CompiledMilestone:
+    key: str
+    name: str
+    detector: Detector
+
+
+@dataclass(frozen=True)
+class CompiledTrack:
+    track: Track
+    milestones: tuple[CompiledMilestone, ...]
+
+    @property
+    def key(self) -> str:
+        return self.track.key
+
+
+@dataclass(frozen=True)
+class CompiledPlaybook:
+    loaded: LoadedPlaybook
+    tracks: tuple[CompiledTrack, ...]
+    default_track: CompiledTrack | None
+    contract_names: frozenset[str]
+    restart_names: frozenset[str]
+    kickoff_completed_names: frozenset[str]
+    kickoff_scheduled_names: frozenset[str]
+    login_names: frozenset[str]
+    relevant_names: frozenset[str]
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+    @property
+    def anchor_names(self) -> frozenset[str]:
+        return (self.contract_names | self.restart_names | self.kickoff_completed_names
+                | self.kickoff_scheduled_names)
+
+    def choose_track(self, traits: dict[str, Any]) -> CompiledTrack | None:
+        """The first track whose `match` fits the traits (shared/DESIGN.md: first match wins)."""
+        for compiled in self.tracks:
+            if _matches(compiled.track.match, traits):
+                return compiled
+        return self.default_track
+
+
+def _matches(match: dict[str, Any], traits: dict[str, Any]) -> bool:
+    for key, wanted in match.items():
+        value = traits.get(key)
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if value not in options and str(value) not in [str(o) for o in options]:
+            return False
+    return True
+
+
+@lru_cache(maxsize=16)
+def compile_playbook(loaded: LoadedPlaybook) -> CompiledPlaybook:
+    model = loaded.model
+    meanings = model.meanings
+    base = {m.key: m for m in model.milestones}
+
+    tracks = []
+    for track in model.tracks:
+        overrides = {m.key: m for m in track.milestones}
+        milestones = tuple(
+            CompiledMilestone(key, (overrides.get(key) or m).name or key,
+                              compile_condition((overrides.get(key) or m).when, meanings))
+            for key, m in base.items())
+        tracks.append(CompiledTrack(track, milestones))
+
+    by_key = {t.key: t for t in tracks}
+    anchors = model.anchors
+
+    def names(key: str) -> frozenset[str]:
+        return frozenset(meanings.get(key, []))
+
+    relevant = frozenset().union(*(m.detector.names for t in tracks for m in t.milestones))
+    compiled = CompiledPlaybook(
+        loaded=loaded,
+        tracks=tuple(tracks),
+        default_track=by_key.get(model.default_track) if model.default_track else None,
+        contract_names=names(anchors.contract_signed.meaning),
+        restart_names=names(anchors.contract_signed.restart_meaning),
+        kickoff_completed_names=names(anchors.kickoff.completed),
+        kickoff_scheduled_names=names(anchors.kickoff.scheduled),
+        login_names=names(model.login),
+        relevant_names=relevant,
+    )
+    return _with_relevant(compiled)
+
+
+def _with_relevant(compiled: CompiledPlaybook) -> CompiledPlaybook:
+    """The event names the engine reads: the rest need not be loaded from the store."""
+    relevant = compiled.relevant_names | compiled.anchor_names | compiled.login_names
+    return CompiledPlaybook(**{**compiled.__dict__, "relevant_names": relevant})

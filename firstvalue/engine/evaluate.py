@@ -1,0 +1,279 @@
+"""Evaluating one account: the whole state from the facts, the playbook and `now`."""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from firstvalue.engine.anchors import Kickoff, Run, find_kickoff, find_runs
+from firstvalue.engine.compiled import CompiledPlaybook, CompiledTrack
+from firstvalue.engine.days import days_between, local_date, local_isoformat, next_local_midnight
+from firstvalue.engine.days import zone as find_zone
+from firstvalue.engine.facts import AccountFacts, EventFact
+from firstvalue.store.traits import plain_traits
+
+UTC_ZONE = zoneinfo.ZoneInfo("UTC")
+
+
+@dataclass(frozen=True)
+class MilestoneStatus:
+    key: str
+    name: str
+    status: str  # "done" or "open"
+    completed_at: str | None
+    local_day: int | None
+    target_day: int | None
+    due_on: str | None
+    on_time: bool | None
+    overdue_days: int | None
+    severely_overdue: bool
+    evidence: str | None
+
+
+@dataclass(frozen=True)
+class Phase:
+    from_: str
+    to: str
+    days: int | None
+    out_of_order: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"from": self.from_, "to": self.to, "days": self.days,
+                "out_of_order": self.out_of_order}
+
+
+@dataclass(frozen=True)
+class AccountState:
+    id: str
+    name: str | None
+    segment: str | None
+    tier: int | None
+    track: str | None
+    timezone: str
+    timezone_is_default: bool
+    owner: str | None
+    playbook_version: str
+    evaluated_at: str
+    run: dict[str, Any] | None
+    contract_signed_at: str | None
+    kickoff_at: str | None
+    kickoff_source: str | None
+    day0: str | None
+    day: int | None
+    milestones: tuple[MilestoneStatus, ...]
+    current_milestone: str | None
+    ttv_days: int | None
+    ttv_target_days: int | None
+    ttv_on_time: bool | None
+    phases: tuple[Phase, ...]
+    next_wake_at: int | None
+    stalls: tuple[Any, ...] = field(default=())
+    actions: tuple[Any, ...] = field(default=())
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["milestones"] = [asdict(m) for m in self.milestones]
+        data["phases"] = [p.as_json() for p in self.phases]
+        data["stalls"] = list(self.stalls)
+        data["actions"] = list(self.actions)
+        del data["next_wake_at"]
+        return data
+
+
+def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) -> AccountState:
+    """The state of one account at `now` (microseconds, UTC). Pure: no clock, no I/O."""
+    stamped = {key: entry for key, entry in facts.traits.items() if entry[1] <= now}
+    traits = plain_traits(stamped)
+    tz, tz_name, tz_default = _timezone_of(traits, playbook)
+    compiled_track = playbook.choose_track(traits)
+
+    events = _index_events(facts.events, now)
+    runs = find_runs(events, stamped, playbook, tz)
+    runs = [run for run in runs if run.started_at <= now]
+    run = runs[-1] if runs else None
+    if run is not None and run.counts_from is not None:
+        events = {name: [e for e in group if e.ts >= run.counts_from]
+                  for name, group in events.items()}
+
+    has_kickoff = compiled_track.track.kickoff if compiled_track else True
+    kickoff = find_kickoff(events, stamped, run, playbook, tz) if has_kickoff else None
+    day0 = _day0(run, kickoff, has_kickoff, tz)
+    today = local_date(now, tz)
+    day = days_between(day0, today) if day0 else None
+
+    milestones = _milestones(compiled_track, events, facts.contacts, day0, day, tz)
+    done = {m.key: m for m in milestones if m.status == "done"}
+    current = next((m.key for m in milestones if m.status == "open"), None)
+    ttv = _ttv(run, done.get(playbook.loaded.model.first_value), tz)
+    track = compiled_track.track if compiled_track else None
+    ttv_target = track.ttv_target if track else None
+
+    return AccountState(
+        id=facts.account_id,
+        name=_text(traits.get("name")),
+        segment=_text(traits.get("segment")),
+        tier=_tier(traits.get("tier")),
+        track=track.key if track else None,
+        timezone=tz_name,
+        timezone_is_default=tz_default,
+        owner=_text(traits.get("owner")),
+        playbook_version=playbook.version,
+        evaluated_at=local_isoformat(now, UTC_ZONE),
+        run=_run_json(run, track, day, current, tz),
+        contract_signed_at=local_isoformat(run.started_at, tz) if run else None,
+        kickoff_at=local_isoformat(kickoff.at, tz) if kickoff else None,
+        kickoff_source=kickoff.source if kickoff else None,
+        day0=day0.isoformat() if day0 else None,
+        day=day,
+        milestones=tuple(milestones),
+        current_milestone=current,
+        ttv_days=ttv,
+        ttv_target_days=ttv_target,
+        ttv_on_time=None if ttv is None or ttv_target is None else ttv <= ttv_target,
+        phases=_phases(playbook, run, kickoff if kickoff and kickoff.at <= now else None,
+                       has_kickoff, done, tz),
+        next_wake_at=_next_wake(now, run, kickoff, day, track, current, tz),
+    )
+
+
+def _timezone_of(traits: dict[str, Any],
+                 playbook: CompiledPlaybook) -> tuple[zoneinfo.ZoneInfo, str, bool]:
+    name = traits.get("timezone")
+    tz = find_zone(name) if isinstance(name, str) else None
+    if tz is not None:
+        return tz, name, False
+    fallback = playbook.loaded.model.timezone or "UTC"
+    return find_zone(fallback) or UTC_ZONE, fallback, True
+
+
+def _index_events(events: tuple[EventFact, ...], now: int) -> dict[str, list[EventFact]]:
+    """Events up to `now`, by name, each list in time order (then message id)."""
+    by_name: dict[str, list[EventFact]] = defaultdict(list)
+    for event in events:
+        if event.ts <= now:
+            by_name[event.name].append(event)
+    for group in by_name.values():
+        group.sort(key=lambda e: (e.ts, e.message_id))
+    return by_name
+
+
+def _day0(run: Run | None, kickoff: Kickoff | None, has_kickoff: bool,
+          tz: zoneinfo.ZoneInfo) -> date | None:
+    if not has_kickoff:
+        return local_date(run.started_at, tz) if run else None
+    return local_date(kickoff.at, tz) if kickoff else None
+
+
+def _milestones(track: CompiledTrack | None, events: dict[str, list[EventFact]],
+                contacts: dict[str, dict[str, Any]], day0: date | None, day: int | None,
+                tz: zoneinfo.ZoneInfo) -> list[MilestoneStatus]:
+    if track is None:
+        return []
+    targets = track.track.targets
+    statuses = []
+    for milestone in track.milestones:
+        found = milestone.detector.detect(events, contacts)
+        target = targets.get(milestone.key)
+        statuses.append(_milestone_status(milestone.key, milestone.name, found, target, day0,
+                                          day, tz))
+    return statuses
+
+
+def _milestone_status(key: str, name: str, found: EventFact | None, target: int | None,
+                      day0: date | None, day: int | None,
+                      tz: zoneinfo.ZoneInfo) -> MilestoneStatus:
+    due_on = (day0 + timedelta(days=target)).isoformat() if day0 and target is not None else None
+    if found is not None:
+        local_day = days_between(day0, local_date(found.ts, tz)) if day0 else None
+        on_time = None if local_day is None or target is None else local_day <= target
+        late_by = None if on_time is None else max(0, local_day - target)  # type: ignore[operator]
+        return MilestoneStatus(key, name, "done", local_isoformat(found.ts, tz), local_day,
+                               target, due_on, on_time, late_by, False, found.message_id)
+
+    overdue = None if day is None or target is None else max(0, day - target)
+    return MilestoneStatus(key, name, "open", None, None, target, due_on, None, overdue,
+                           _severely_overdue(day, target), None)
+
+
+def _severely_overdue(day: int | None, target: int | None) -> bool:
+    """More than 50 % past the target: from the first day d with (d - T) / T > 0.5."""
+    if day is None or target is None:
+        return False
+    if target == 0:
+        return day >= 1
+    return (day - target) * 2 > target
+
+
+def _ttv(run: Run | None, first_value: MilestoneStatus | None,
+         tz: zoneinfo.ZoneInfo) -> int | None:
+    """Contract signed to first value, in local days; 0 when value came before the contract."""
+    if run is None or first_value is None or first_value.completed_at is None:
+        return None
+    value_day = date.fromisoformat(first_value.completed_at[:10])
+    return max(0, days_between(local_date(run.started_at, tz), value_day))
+
+
+def _phases(playbook: CompiledPlaybook, run: Run | None, kickoff: Kickoff | None,
+            has_kickoff: bool, done: dict[str, MilestoneStatus],
+            tz: zoneinfo.ZoneInfo) -> tuple[Phase, ...]:
+    """Days between consecutive checkpoints; a kickoff still ahead is not reached yet."""
+    reached: dict[str, date | None] = {"contract_signed": local_date(run.started_at, tz)
+                                       if run else None}
+    if has_kickoff:
+        reached["kickoff"] = local_date(kickoff.at, tz) if kickoff else None
+    for key, status in done.items():
+        reached[key] = date.fromisoformat(status.completed_at[:10])  # type: ignore[index]
+
+    checkpoints = [c for c in playbook.loaded.model.phases if c != "kickoff" or has_kickoff]
+    phases = []
+    for start, end in zip(checkpoints, checkpoints[1:], strict=False):
+        first, second = reached.get(start), reached.get(end)
+        if first is None or second is None:
+            phases.append(Phase(start, end, None, False))
+            continue
+        days = days_between(first, second)
+        phases.append(Phase(start, end, max(0, days), days < 0))
+    return tuple(phases)
+
+
+def _run_json(run: Run | None, track: Any, day: int | None, current: str | None,
+              tz: zoneinfo.ZoneInfo) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    end_day = track.end_day if track else 90
+    if current is None:
+        status = "completed"
+    elif day is not None and day > end_day:
+        status = "ended"
+    else:
+        status = "active"
+    return {"number": run.number, "started_at": local_isoformat(run.started_at, tz),
+            "source": run.source, "deal_id": run.deal_id, "status": status,
+            "end_day": end_day}
+
+
+def _next_wake(now: int, run: Run | None, kickoff: Kickoff | None, day: int | None,
+               track: Any, current: str | None, tz: zoneinfo.ZoneInfo) -> int | None:
+    """When time alone next changes this state: the next local midnight while a run is open."""
+    if kickoff is not None and kickoff.at > now:
+        return kickoff.at
+    if run is None or current is None:
+        return None
+    end_day = track.end_day if track else 90
+    if day is not None and day > end_day:
+        return None
+    return next_local_midnight(now, tz)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _tier(value: Any) -> int | None:
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,47 @@
+"""What the engine is told about an account: its traits, contacts and events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+_decode = msgspec.json.decode
+
+
+@dataclass(slots=True)
+class EventFact:
+    """One track event of the account. `properties` is decoded on first use only."""
+
+    message_id: str
+    name: str
+    ts: int
+    actor: str | None
+    raw_properties: str = "{}"
+    _properties: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        if self._properties is None:
+            decoded = _decode(self.raw_properties)
+            self._properties = decoded if isinstance(decoded, dict) else {}
+        return self._properties
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.ts, self.message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFacts:
+    """An account as the store holds it.
+
+    `traits` are stamped (`{key: [value, ts, message_id]}`, see store.traits); `events` are the
+    account's track events in any order; `contacts` maps an actor to their plain traits.
+    """
+
+    account_id: str
+    traits: dict[str, list[Any]]
+    events: tuple[EventFact, ...]
+    contacts: dict[str, dict[str, Any]] = field(default_factory=dict)

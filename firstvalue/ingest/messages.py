@@ -1,0 +1,204 @@
+"""Decoding and validating Segment-spec messages, one at a time.
+
+Each message is judged on its own: a bad one is rejected with a reason and never stops the rest.
+The hot path decodes with msgspec and keeps `properties` as the raw JSON bytes it arrived as,
+so nothing is parsed twice or re-encoded on the way into the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+from firstvalue.clock import to_micros
+
+MAX_EVENT_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_NAME_LENGTH = 200
+MAX_ID_LENGTH = 200
+SUPPORTED_TYPES = ("track", "identify", "group")
+
+FLAG_CLAMPED = 1  # the timestamp was in the future after clock correction, so set to arrival
+
+
+class Context(msgspec.Struct):
+    groupId: str | int | None = None
+
+
+class Message(msgspec.Struct):
+    type: str | None = None
+    messageId: str | None = None
+    userId: str | int | None = None
+    anonymousId: str | int | None = None
+    event: str | None = None
+    groupId: str | int | None = None
+    timestamp: datetime | None = None
+    originalTimestamp: datetime | None = None
+    sentAt: datetime | None = None
+    properties: msgspec.Raw = msgspec.Raw(b"")  # empty: not given
+    traits: msgspec.Raw = msgspec.Raw(b"")
+    context: Context | None = None
+
+
+class Batch(msgspec.Struct):
+    batch: list[msgspec.Raw]
+    sentAt: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid message, normalised for the store (times in microseconds, UTC)."""
+
+    message_id: str
+    type: str
+    name: str | None
+    group_id: str | None
+    actor: str | None
+    anonymous_id: str | None
+    ts: int
+    received_at: int
+    flags: int
+    payload: str  # properties (track) or traits (identify, group), as JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str
+
+
+_decode_message = msgspec.json.Decoder(Message).decode
+_decode_batch = msgspec.json.Decoder(Batch).decode
+
+
+def decode_batch(body: bytes) -> Batch:
+    """The envelope of a `/v1/batch` body; raises msgspec.DecodeError when it is not one."""
+    return _decode_batch(body)
+
+
+def validate_message(raw: bytes, received_at: int, batch_sent_at: datetime | None = None,
+                     implied_type: str | None = None,
+                     fallback_id: str | None = None) -> Accepted | Rejected:
+    """Judge one message: the normalised event, or the reason it was rejected.
+
+    `implied_type` is the call of a single-message endpoint (`/v1/track` implies `track`).
+    `fallback_id` names a message that has no `messageId` (a file's line); without it, one is
+    derived from the message's own bytes.
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejected(f"event is {len(raw)} bytes, over the limit of {MAX_EVENT_BYTES} "
+                        "(32 KiB); send fewer or smaller properties")
+    try:
+        message = _decode_message(raw)
+    except msgspec.DecodeError as exc:
+        return Rejected(f"not a valid event: {_explain_decode_error(exc)}")
+    return _validate(message, raw, received_at, batch_sent_at, implied_type, fallback_id)
+
+
+def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: datetime | None,
+              implied_type: str | None, fallback_id: str | None) -> Accepted | Rejected:
+    kind = message.type or implied_type
+    if kind is None:
+        return Rejected("event has no `type`; set it to track, identify or group")
+    if implied_type is not None and kind != implied_type:
+        return Rejected(f"type {kind!r} sent to the {implied_type} endpoint; send it to /v1/"
+                        f"{kind} or /v1/batch")
+    if kind not in SUPPORTED_TYPES:
+        return Rejected(f"type {kind!r} is not supported; send track, identify or group")
+
+    user_id = _as_id(message.userId)
+    anonymous_id = _as_id(message.anonymousId)
+    if user_id is None and anonymous_id is None:
+        return Rejected("event has neither `userId` nor `anonymousId`; set one of them")
+    if len(user_id or "") > MAX_ID_LENGTH or len(anonymous_id or "") > MAX_ID_LENGTH:
+        return Rejected(f"userId or anonymousId is longer than {MAX_ID_LENGTH} characters")
+
+    name = None
+    group_id = None
+    payload_raw = message.properties
+    if kind == "track":
+        name = message.event
+        if not isinstance(name, str) or not name.strip():
+            return Rejected("track event has no `event` name; set it, e.g. 'Workflow Run'")
+        if len(name) > MAX_NAME_LENGTH:
+            return Rejected(f"event name is {len(name)} characters, over {MAX_NAME_LENGTH}")
+        group_id = _as_id(message.context.groupId) if message.context else None
+        group_id = group_id or _as_id(message.groupId)
+    else:
+        payload_raw = message.traits
+        if kind == "group":
+            group_id = _as_id(message.groupId)
+            if group_id is None:
+                return Rejected("group call has no `groupId`; set it to the account's id")
+    if group_id is not None and len(group_id) > MAX_ID_LENGTH:
+        return Rejected(f"groupId is longer than {MAX_ID_LENGTH} characters")
+
+    payload = _object_text(payload_raw)
+    if payload is None:
+        field = "properties" if kind == "track" else "traits"
+        return Rejected(f"`{field}` must be a JSON object")
+
+    message_id = message.messageId
+    if message_id is not None and (not isinstance(message_id, str) or not message_id):
+        return Rejected("`messageId` must be a non-empty string")
+    if message_id is not None and len(message_id) > MAX_ID_LENGTH:
+        return Rejected(f"messageId is longer than {MAX_ID_LENGTH} characters")
+    if message_id is None:
+        message_id = fallback_id or derive_message_id(raw)
+
+    timing = _event_time(message, received_at, batch_sent_at)
+    if isinstance(timing, Rejected):
+        return timing
+    ts, flags = timing
+    actor = user_id if user_id is not None else f"anonymous:{anonymous_id}"
+    return Accepted(message_id, kind, name, group_id, actor, anonymous_id, ts, received_at,
+                    flags, payload)
+
+
+def _event_time(message: Message, received_at: int,
+                batch_sent_at: datetime | None) -> tuple[int, int] | Rejected:
+    stamp = message.timestamp or message.originalTimestamp
+    if stamp is None:
+        return received_at, 0
+    if stamp.tzinfo is None:
+        return Rejected(f"timestamp {stamp.isoformat()!r} has no UTC offset; add Z or +01:00")
+    ts = to_micros(stamp)
+
+    sent_at = message.sentAt or batch_sent_at
+    if sent_at is not None and sent_at.tzinfo is not None:
+        # Correct the client's clock as Segment does: what the client saw as "how long ago"
+        # is kept, measured back from when the server received it.
+        ts = received_at - (to_micros(sent_at) - ts)
+    if ts > received_at:
+        return received_at, FLAG_CLAMPED
+    return ts, 0
+
+
+def _as_id(value: str | int | None) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _object_text(raw: msgspec.Raw) -> str | None:
+    data = bytes(raw)
+    if data[:1] == b"{":
+        return data.decode("utf-8")
+    if data in (b"", b"null"):
+        return "{}"
+    return None
+
+
+def derive_message_id(raw: bytes) -> str:
+    """A stable id for a message that came without one: the same bytes give the same id."""
+    return "fv-" + hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def _explain_decode_error(exc: msgspec.DecodeError) -> str:
+    text = str(exc)
+    if text.startswith("Invalid RFC3339"):
+        return text + "; write times as ISO 8601 with an offset, e.g. 2026-03-01T09:00:00Z"
+    return text

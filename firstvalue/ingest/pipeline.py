@@ -1,0 +1,215 @@
+"""Storing validated messages: dedupe, attribution to accounts, held events, traits.
+
+One call of `store_messages` runs inside one transaction, so a batch is stored whole or not at
+all. Statuses come back in the order of the messages.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import sqlalchemy as sa
+
+from firstvalue.ingest.messages import Accepted
+from firstvalue.store import events as event_store
+from firstvalue.store.traits import merge_traits
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+PENDING_ACCOUNT = "pending_account"
+REJECTED = "rejected"
+
+_decode_object = msgspec.json.Decoder(dict).decode
+
+
+@dataclass
+class Memberships:
+    """Each actor's group calls, sorted by time: which account an event of theirs belongs to."""
+
+    by_actor: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
+
+    def add(self, actor: str, ts: int, message_id: str, account_id: str) -> None:
+        bisect.insort(self.by_actor.setdefault(actor, []), (ts, message_id, account_id))
+
+    def account_at(self, actor: str, ts: int) -> str | None:
+        """The latest group call at or before `ts`; the user's first one if all come later."""
+        calls = self.by_actor.get(actor)
+        if not calls:
+            return None
+        index = bisect.bisect_right(calls, (ts, "\U0010ffff", ""))
+        return calls[index - 1][2] if index else calls[0][2]
+
+
+@dataclass
+class IngestResult:
+    statuses: list[str]
+    conflicts: int = 0
+    changed_accounts: set[str] = field(default_factory=set)
+
+
+def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
+                   anchor_names: frozenset[str]) -> IngestResult:
+    """Store `messages` (already validated) in the open transaction `conn`."""
+    statuses = [ACCEPTED] * len(messages)
+    fresh_indexes, conflicts = _dedupe(conn, messages, statuses)
+    fresh = [messages[i] for i in fresh_indexes]
+    changed: set[str] = set()
+
+    groups = [m for m in fresh if m.type == "group"]
+    identifies = [m for m in fresh if m.type == "identify"]
+    tracks = [(i, m) for i, m in zip(fresh_indexes, fresh, strict=True) if m.type == "track"]
+
+    known = event_store.known_accounts(conn, _group_ids(groups, tracks))
+    created = _create_accounts(conn, groups, tracks, known, anchor_names)
+    changed |= _merge_account_traits(conn, groups)
+    memberships = event_store.load_memberships(
+        conn, {m.actor for _, m in tracks if m.group_id is None} | {m.actor for m in groups})
+    for message in groups:
+        memberships.add(message.actor, message.ts, message.message_id, message.group_id)
+
+    rows = []
+    for index, message in tracks:
+        account_id = _attribute(message, known | created, memberships)
+        if account_id is None:
+            statuses[index] = PENDING_ACCOUNT
+        else:
+            changed.add(account_id)
+        rows.append(event_store.event_row(message, account_id))
+    rows += [event_store.event_row(m, m.group_id) for m in groups]
+    rows += [event_store.event_row(m, None) for m in identifies]
+    late_duplicates = event_store.insert_events(conn, rows)
+    _mark_late_duplicates(late_duplicates, messages, fresh_indexes, statuses)
+
+    event_store.insert_memberships(conn, groups)
+    changed |= _merge_contact_traits(conn, identifies)
+    changed |= event_store.attach_held_events(conn, created)
+    changed |= event_store.reattribute(conn, {m.actor for m in groups}, memberships)
+    changed |= {m.group_id for m in groups}
+    event_store.mark_changed(conn, changed)
+    if conflicts:
+        event_store.add_to_counter(conn, "ingest_conflicts", conflicts)
+    return IngestResult(statuses=statuses, conflicts=conflicts, changed_accounts=changed)
+
+
+def _dedupe(conn: sa.Connection, messages: Sequence[Accepted],
+            statuses: list[str]) -> tuple[list[int], int]:
+    """Mark duplicates (within the batch and against the store); the indexes left are new."""
+    first_seen: dict[str, Accepted] = {}
+    candidates = []
+    conflicts = 0
+    for index, message in enumerate(messages):
+        earlier = first_seen.get(message.message_id)
+        if earlier is not None:
+            statuses[index] = DUPLICATE
+            conflicts += _is_conflict(earlier, message)
+            continue
+        first_seen[message.message_id] = message
+        candidates.append(index)
+
+    stored = event_store.stored_versions(conn, [messages[i].message_id for i in candidates])
+    fresh = []
+    for index in candidates:
+        message = messages[index]
+        version = stored.get(message.message_id)
+        if version is None:
+            fresh.append(index)
+            continue
+        statuses[index] = DUPLICATE
+        conflicts += _is_conflict(version, message)
+    return fresh, conflicts
+
+
+def _is_conflict(stored: Accepted | event_store.StoredVersion, incoming: Accepted) -> bool:
+    """A redelivery that carries a different event under the same id.
+
+    Times are not compared: clients change `sentAt` on every retry, so the corrected time of a
+    faithful redelivery moves by the network delay.
+    """
+    same = (stored.type == incoming.type and stored.name == incoming.name
+            and stored.group_id == incoming.group_id and stored.actor == incoming.actor
+            and (stored.payload == incoming.payload
+                 or _decode_object(stored.payload) == _decode_object(incoming.payload)))
+    if not same:
+        log.warning("Event %s was redelivered with different content; the stored one stands.",
+                    incoming.message_id)
+    return not same
+
+
+def _group_ids(groups: Iterable[Accepted], tracks: Iterable[tuple[int, Accepted]]) -> set[str]:
+    ids = {m.group_id for m in groups}
+    ids |= {m.group_id for _, m in tracks if m.group_id is not None}
+    return ids  # type: ignore[return-value]
+
+
+def _create_accounts(conn: sa.Connection, groups: list[Accepted],
+                     tracks: list[tuple[int, Accepted]], known: set[str],
+                     anchor_names: frozenset[str]) -> set[str]:
+    """Accounts come from group calls, and from anchor events (contract signed, kickoff)."""
+    new: dict[str, int] = {}
+    for message in groups:
+        new.setdefault(message.group_id, message.received_at)  # type: ignore[arg-type]
+    for _, message in tracks:
+        if message.group_id is not None and message.name in anchor_names:
+            new.setdefault(message.group_id, message.received_at)
+    for account_id in known:
+        new.pop(account_id, None)
+    event_store.insert_accounts(conn, new)
+    return set(new)
+
+
+def _merge_account_traits(conn: sa.Connection, groups: list[Accepted]) -> set[str]:
+    if not groups:
+        return set()
+    stored = event_store.load_traits(conn, "accounts", "id", {m.group_id for m in groups})
+    changed = set()
+    for message in groups:
+        traits = stored.setdefault(message.group_id, {})  # type: ignore[arg-type]
+        if merge_traits(traits, _decode_object(message.payload), message.ts, message.message_id):
+            changed.add(message.group_id)
+    event_store.save_traits(conn, "accounts", "id", {k: stored[k] for k in changed})
+    return changed  # type: ignore[return-value]
+
+
+def _merge_contact_traits(conn: sa.Connection, identifies: list[Accepted]) -> set[str]:
+    """Merge contact traits; the accounts the contacts belong to change with them."""
+    if not identifies:
+        return set()
+    stored = event_store.load_traits(conn, "contacts", "user_id", {m.actor for m in identifies})
+    changed_actors = set()
+    for message in identifies:
+        traits = stored.setdefault(message.actor, {})  # type: ignore[arg-type]
+        if merge_traits(traits, _decode_object(message.payload), message.ts, message.message_id):
+            changed_actors.add(message.actor)
+    updated_at = max(m.received_at for m in identifies)
+    event_store.upsert_contacts(conn, {k: stored[k] for k in changed_actors}, updated_at)
+    return event_store.accounts_of_actors(conn, changed_actors)
+
+
+def _attribute(message: Accepted, accounts: set[str], memberships: Memberships) -> str | None:
+    if message.group_id is not None:
+        return message.group_id if message.group_id in accounts else None
+    return memberships.account_at(message.actor, message.ts)  # type: ignore[arg-type]
+
+
+def _mark_late_duplicates(late: set[str], messages: Sequence[Accepted], fresh: list[int],
+                          statuses: list[str]) -> None:
+    """Ids another writer stored between our check and our insert are duplicates too."""
+    if not late:
+        return
+    for index in fresh:
+        if messages[index].message_id in late:
+            statuses[index] = DUPLICATE
+
+
+def group_statuses(statuses: Sequence[str]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for status in statuses:
+        counts[status] += 1
+    return dict(counts)

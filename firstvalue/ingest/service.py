@@ -1,0 +1,47 @@
+"""Validating and storing a group of raw messages: the one path HTTP and file imports share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from firstvalue.ingest.messages import Accepted, Rejected, validate_message
+from firstvalue.ingest.pipeline import REJECTED, store_messages
+from firstvalue.store.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    message_id: str | None
+    status: str
+    reason: str | None = None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"messageId": self.message_id, "status": self.status, "reason": self.reason}
+
+
+def ingest_messages(database: Database, raws: Sequence[bytes], received_at: int,
+                    anchor_names: frozenset[str], batch_sent_at: datetime | None = None,
+                    implied_type: str | None = None,
+                    fallback_ids: Sequence[str | None] | None = None) -> list[MessageStatus]:
+    """Validate each raw message, store the valid ones in one transaction, say what became of
+    each. Nothing is stored if the transaction fails."""
+    judged: list[Accepted | Rejected] = [
+        validate_message(raw, received_at, batch_sent_at, implied_type,
+                         fallback_ids[i] if fallback_ids else None)
+        for i, raw in enumerate(raws)]
+    accepted = [item for item in judged if isinstance(item, Accepted)]
+    stored_statuses: list[str] = []
+    if accepted:
+        with database.engine.begin() as conn:
+            stored_statuses = store_messages(conn, accepted, anchor_names).statuses
+
+    statuses = iter(stored_statuses)
+    result = []
+    for item in judged:
+        if isinstance(item, Rejected):
+            result.append(MessageStatus(None, REJECTED, item.reason))
+        else:
+            result.append(MessageStatus(item.message_id, next(statuses)))
+    return result

@@ -1,0 +1,278 @@
+"""Reading a playbook file: YAML, then pydantic, then the checks that span the whole file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zoneinfo
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from firstvalue.errors import PlaybookError, PlaybookProblem
+from firstvalue.playbook.model import (
+    PHASE_ANCHORS,
+    AllOf,
+    AnyOf,
+    Condition,
+    EventCondition,
+    Playbook,
+    UsersCondition,
+)
+
+DEFAULT_PLAYBOOK_NAME = "default.yaml"
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedPlaybook:
+    """A validated playbook with the version every evaluation records."""
+
+    model: Playbook
+    version: str
+    source: str
+    text: str
+
+
+def read_default_text() -> str:
+    return resources.files("firstvalue.playbook").joinpath(DEFAULT_PLAYBOOK_NAME).read_text()
+
+
+def load_playbook(path: str | Path | None = None) -> LoadedPlaybook:
+    """Load and validate a playbook; the built-in default when `path` is None."""
+    if path is None:
+        return parse_playbook(read_default_text(), source="(built-in default)")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = PlaybookProblem("", f"cannot read the file: {exc.strerror}",
+                                  "give the path of an existing playbook YAML file")
+        raise PlaybookError(str(path), [problem]) from None
+    return parse_playbook(text, source=str(path))
+
+
+def parse_playbook(text: str, source: str) -> LoadedPlaybook:
+    data, lines = _read_yaml(text, source)
+    try:
+        model = Playbook.model_validate(data)
+    except ValidationError as exc:
+        raise PlaybookError(source, _problems_from_pydantic(exc, lines)) from None
+
+    problems = check_playbook(model)
+    for problem in problems:
+        problem.line = _line_of(problem.location, lines)
+    if problems:
+        raise PlaybookError(source, problems)
+    return LoadedPlaybook(model=model, version=_version_of(model, text), source=source, text=text)
+
+
+def playbook_json_schema() -> dict[str, Any]:
+    schema = Playbook.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "firstvalue playbook"
+    return schema
+
+
+def _version_of(model: Playbook, text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return f"{model.name}@{model.version}+{digest}"
+
+
+def _read_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = PlaybookProblem("", f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                                  "fix the YAML syntax at that line", line)
+        raise PlaybookError(source, [problem]) from None
+    if not isinstance(data, dict):
+        problem = PlaybookProblem("", f"the file holds a {type(data).__name__}, not a mapping",
+                                  "start the file with keys such as `milestones:` and `tracks:`")
+        raise PlaybookError(source, [problem])
+    lines: dict[str, int] = {}
+    _collect_lines(node, "", lines)
+    return data, lines
+
+
+def _collect_lines(node: yaml.Node | None, path: str, lines: dict[str, int]) -> None:
+    """Map every place in the file (`milestones[2].when`) to its line number."""
+    if node is None:
+        return
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = f"{path}.{key_node.value}" if path else str(key_node.value)
+            lines[child] = key_node.start_mark.line + 1
+            _collect_lines(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _collect_lines(item, f"{path}[{index}]", lines)
+
+
+def _line_of(location: str, lines: dict[str, int]) -> int | None:
+    while location:
+        if location in lines:
+            return lines[location]
+        location = location.rsplit(".", 1)[0] if "." in location else ""
+    return None
+
+
+def _problems_from_pydantic(exc: ValidationError, lines: dict[str, int]) -> list[PlaybookProblem]:
+    problems: dict[str, PlaybookProblem] = {}
+    for error in exc.errors():
+        location = _format_location(error["loc"])
+        # A condition is a union of four shapes; pydantic reports a miss for each shape.
+        # One line per place, with the shapes listed in the fix, reads better.
+        if location in problems:
+            continue
+        message, fix = _explain(error)
+        problems[location] = PlaybookProblem(location, message, fix, _line_of(location, lines))
+    return list(problems.values())
+
+
+_UNION_MEMBERS = {"EventCondition", "UsersCondition", "AllOf", "AnyOf", "Comparison",
+                  "list[union[str,int,float,bool,none]]", "str", "int", "float", "bool", "none",
+                  "list[str]", "function-after[_names_exactly_one_source(), EventCondition]"}
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in _UNION_MEMBERS or str(part).startswith(("function-", "list[", "union[")):
+            break
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _explain(error: dict[str, Any]) -> tuple[str, str]:
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "missing":
+        return "required key is missing", "add it"
+    if kind == "extra_forbidden":
+        return (f"unknown key (value {_short(value)})",
+                "remove it or correct its spelling; `firstvalue playbook schema` lists the keys")
+    if kind == "string_pattern_mismatch":
+        return (f"{_short(value)} is not a valid key",
+                "use lower-case letters, digits and underscores, starting with a letter")
+    if kind in ("union_tag_invalid", "model_type", "union_tag_not_found") or "union" in kind:
+        return (f"{_short(value)} is not a condition",
+                "write one of {event: NAME}, {meaning: KEY}, {users: N, of: [...]}, "
+                "{all_of: [...]} or {any_of: [...]}")
+    return f"{error['msg'].rstrip('.')} (value {_short(value)})", "correct the value"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_playbook(model: Playbook) -> list[PlaybookProblem]:
+    """The checks that need the whole file: references between keys, and the timezone."""
+    problems: list[PlaybookProblem] = []
+    milestone_keys = [milestone.key for milestone in model.milestones]
+    meanings = set(model.meanings)
+
+    problems += _duplicates("milestones", milestone_keys)
+    problems += _duplicates("tracks", [track.key for track in model.tracks])
+    if model.timezone is not None:
+        problems += _timezone_problems("timezone", model.timezone)
+    if model.first_value not in milestone_keys:
+        problems.append(PlaybookProblem(
+            "first_value", f"unknown milestone {model.first_value!r}",
+            f"name one of the milestones: {', '.join(milestone_keys)}"))
+    for meaning in (model.login, model.anchors.contract_signed.meaning,
+                    model.anchors.kickoff.completed, model.anchors.kickoff.scheduled):
+        if meaning not in meanings:
+            problems.append(PlaybookProblem(
+                "meanings", f"the meaning {meaning!r} is used by the anchors but not defined",
+                f"add `{meaning}: [Event Name]` under `meanings`"))
+    for index, phase in enumerate(model.phases):
+        if phase not in milestone_keys and phase not in PHASE_ANCHORS:
+            problems.append(PlaybookProblem(
+                f"phases[{index}]", f"unknown checkpoint {phase!r}",
+                f"use contract_signed, kickoff or a milestone key: {', '.join(milestone_keys)}"))
+    for index, milestone in enumerate(model.milestones):
+        problems += _condition_problems(milestone.when, f"milestones[{index}].when", meanings)
+    for index, track in enumerate(model.tracks):
+        problems += _track_problems(track, f"tracks[{index}]", milestone_keys, meanings)
+    if model.default_track is not None and model.default_track not in {t.key for t in model.tracks}:
+        problems.append(PlaybookProblem(
+            "default_track", f"unknown track {model.default_track!r}",
+            f"name one of the tracks: {', '.join(t.key for t in model.tracks)}"))
+    return problems
+
+
+def _track_problems(track: Any, place: str, milestone_keys: list[str],
+                    meanings: set[str]) -> list[PlaybookProblem]:
+    problems: list[PlaybookProblem] = []
+    for key in track.targets:
+        if key not in milestone_keys:
+            problems.append(PlaybookProblem(
+                f"{place}.targets.{key}", f"unknown milestone {key!r}",
+                f"use one of: {', '.join(milestone_keys)}"))
+    for index, milestone in enumerate(track.milestones):
+        if milestone.key not in milestone_keys:
+            problems.append(PlaybookProblem(
+                f"{place}.milestones[{index}].key",
+                f"a track can only override a playbook milestone, not add {milestone.key!r}",
+                f"use one of: {', '.join(milestone_keys)}"))
+        problems += _condition_problems(milestone.when, f"{place}.milestones[{index}].when",
+                                        meanings)
+    return problems
+
+
+def _condition_problems(condition: Condition, place: str,
+                        meanings: set[str]) -> list[PlaybookProblem]:
+    if isinstance(condition, AllOf | AnyOf):
+        parts = condition.all_of if isinstance(condition, AllOf) else condition.any_of
+        key = "all_of" if isinstance(condition, AllOf) else "any_of"
+        problems: list[PlaybookProblem] = []
+        for index, part in enumerate(parts):
+            problems += _condition_problems(part, f"{place}.{key}[{index}]", meanings)
+        return problems
+    if isinstance(condition, EventCondition) and condition.meaning is not None:
+        wanted = [condition.meaning] if isinstance(condition.meaning, str) else condition.meaning
+        return [PlaybookProblem(f"{place}.meaning", f"unknown meaning {name!r}",
+                                f"define it under `meanings` or use one of: "
+                                f"{', '.join(sorted(meanings))}")
+                for name in wanted if name not in meanings]
+    if isinstance(condition, UsersCondition):
+        return [PlaybookProblem(f"{place}.of", f"{name!r} is neither a meaning nor an event name",
+                                "give a key of `meanings` or an event name such as 'Workflow Run'")
+                for name in condition.of if name not in meanings and _looks_like_key(name)]
+    return []
+
+
+def _looks_like_key(name: str) -> bool:
+    """A snake_case word is meant as a meaning; event names follow 'Object Action'."""
+    return name.islower() and " " not in name
+
+
+def _duplicates(place: str, keys: list[str]) -> list[PlaybookProblem]:
+    seen: set[str] = set()
+    problems = []
+    for index, key in enumerate(keys):
+        if key in seen:
+            problems.append(PlaybookProblem(f"{place}[{index}].key", f"duplicate key {key!r}",
+                                            "give every entry its own key"))
+        seen.add(key)
+    return problems
+
+
+def _timezone_problems(place: str, name: str) -> list[PlaybookProblem]:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return [PlaybookProblem(place, f"unknown timezone {name!r}",
+                                "use an IANA name such as Europe/Berlin or UTC")]
+    return []

@@ -1,0 +1,1 @@
+"""The runtime around the pure engine: load facts, evaluate, write state back."""

@@ -1,0 +1,151 @@
+"""Loading facts from the store, running the engine, writing the state back.
+
+`tick` evaluates only the accounts that changed since their last evaluation, whose wake-up time
+has come, or that were evaluated with another playbook version. Read commands evaluate at the
+time they are asked for without writing anything (`evaluate_accounts`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from firstvalue.engine import AccountFacts, EventFact, evaluate_account
+from firstvalue.engine.compiled import CompiledPlaybook
+from firstvalue.engine.evaluate import AccountState
+from firstvalue.store import events as event_store
+from firstvalue.store.database import Database
+from firstvalue.store.traits import plain_traits
+
+log = logging.getLogger(__name__)
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class TickResult:
+    evaluated: int
+    attached_held: int
+    playbook_version: str
+
+
+def load_facts(conn: sa.Connection, playbook: CompiledPlaybook,
+               account_ids: Iterable[str] | None = None) -> Iterator[AccountFacts]:
+    """The facts of the given accounts (all accounts when None), in account id order."""
+    names = sorted(playbook.relevant_names)
+    if account_ids is None:
+        accounts = conn.execute(sa.text("SELECT id, traits FROM accounts ORDER BY id")).all()
+        yield from _facts_for(conn, accounts, names, load_all=True)
+        return
+    ids = sorted(set(account_ids))
+    for part in event_store.chunks(ids, BATCH):
+        accounts = event_store.select_in(
+            conn, "SELECT id, traits FROM accounts WHERE id IN :ids ORDER BY id", part)
+        yield from _facts_for(conn, accounts, names, load_all=False)
+
+
+def _facts_for(conn: sa.Connection, accounts: list[Any], names: list[str],
+               load_all: bool) -> Iterator[AccountFacts]:
+    if not accounts:
+        return
+    ids = [row[0] for row in accounts]
+    statement = sa.text(
+        "SELECT account_id, message_id, name, ts, user_id, properties FROM events "
+        "WHERE type = 'track' AND name IN :names "
+        + ("AND account_id IS NOT NULL " if load_all else "AND account_id IN :ids ")
+        + "ORDER BY account_id").bindparams(sa.bindparam("names", expanding=True))
+    params: dict[str, Any] = {"names": names}
+    if not load_all:
+        statement = statement.bindparams(sa.bindparam("ids", expanding=True))
+        params["ids"] = ids
+
+    events: dict[str, list[EventFact]] = {account_id: [] for account_id in ids}
+    actors: set[str] = set()
+    for account_id, message_id, name, ts, actor, properties in conn.execute(statement, params):
+        bucket = events.get(account_id)
+        if bucket is not None:
+            bucket.append(EventFact(message_id, name, ts, actor, properties))
+            if actor is not None:
+                actors.add(actor)
+
+    contacts = _load_contacts(conn, actors, load_all)
+    for account_id, traits in accounts:
+        account_events = events[account_id]
+        account_contacts = {e.actor: contacts[e.actor] for e in account_events
+                            if e.actor in contacts}
+        yield AccountFacts(account_id, _decode(traits), tuple(account_events), account_contacts)
+
+
+def _load_contacts(conn: sa.Connection, actors: set[str],
+                   load_all: bool) -> dict[str, dict[str, Any]]:
+    if load_all:
+        rows = conn.execute(sa.text("SELECT user_id, traits FROM contacts")).all()
+    else:
+        rows = event_store.select_in(
+            conn, "SELECT user_id, traits FROM contacts WHERE user_id IN :ids", actors)
+    return {user_id: plain_traits(_decode(traits)) for user_id, traits in rows}
+
+
+def evaluate_accounts(database: Database, playbook: CompiledPlaybook, now: int,
+                      account_ids: Iterable[str] | None = None) -> list[AccountState]:
+    """Evaluate at `now` without writing: what the read commands and the API show."""
+    with database.engine.connect() as conn:
+        return [evaluate_account(facts, playbook, now)
+                for facts in load_facts(conn, playbook, account_ids)]
+
+
+def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult:
+    """Evaluate the changed and due accounts at `now` and store their state."""
+    with database.engine.begin() as conn:
+        attached = sweep_held_events(conn)
+        record_playbook_version(conn, playbook, now)
+        due = conn.execute(sa.text(
+            "SELECT id, change_seq FROM accounts WHERE change_seq > evaluated_seq "
+            "OR next_wake_at <= :now OR playbook_version IS NULL OR playbook_version <> :version"
+        ), {"now": now, "version": playbook.version}).all()
+        seqs = dict(due)  # type: ignore[arg-type]
+        updates = []
+        for facts in load_facts(conn, playbook, seqs):
+            state = evaluate_account(facts, playbook, now)
+            updates.append({"id": facts.account_id, "state": _encode(state.as_json()).decode(),
+                            "wake": state.next_wake_at, "seq": seqs[facts.account_id],
+                            "at": now, "version": playbook.version})
+        if updates:
+            conn.execute(sa.text(
+                "UPDATE accounts SET state = :state, next_wake_at = :wake, evaluated_seq = :seq, "
+                "evaluated_at = :at, playbook_version = :version WHERE id = :id"), updates)
+    if updates:
+        log.info("Tick evaluated %d account(s).", len(updates))
+    return TickResult(len(updates), attached, playbook.version)
+
+
+def sweep_held_events(conn: sa.Connection) -> int:
+    """Attach held events whose account became known through another writer meanwhile."""
+    waiting = conn.execute(sa.text(
+        "SELECT DISTINCT e.group_id FROM events e JOIN accounts a ON a.id = e.group_id "
+        "WHERE e.account_id IS NULL AND e.type = 'track'")).scalars().all()
+    attached = event_store.attach_held_events(conn, waiting)
+    event_store.mark_changed(conn, attached)
+    return len(attached)
+
+
+def record_playbook_version(conn: sa.Connection, playbook: CompiledPlaybook, now: int) -> None:
+    conn.execute(sa.text(
+        "INSERT INTO playbook_versions (version, text, first_used_at) VALUES (:v, :t, :at) "
+        "ON CONFLICT (version) DO NOTHING"),
+        {"v": playbook.version, "t": playbook.loaded.text, "at": now})
+
+
+def stored_states(database: Database, account_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    with database.engine.connect() as conn:
+        rows = event_store.select_in(
+            conn, "SELECT id, state FROM accounts WHERE id IN :ids AND state IS NOT NULL",
+            account_ids)
+    return {row[0]: _decode(row[1]) for row in rows}

@@ -1,0 +1,49 @@
+"""Settings as data: one list feeds the CLI, the docs and a test that checks both."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from firstvalue.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    default: str | None
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("db", "FIRSTVALUE_DB", "sqlite:///firstvalue.db",
+            "Database URL: sqlite:///FILE or postgresql://USER@HOST:PORT/DB."),
+    Setting("playbook", "FIRSTVALUE_PLAYBOOK", None,
+            "Playbook YAML file; the built-in default playbook when unset."),
+    Setting("write_keys", "FIRSTVALUE_WRITE_KEYS", None,
+            "Comma-separated ingest write keys accepted besides those created with the CLI."),
+    Setting("host", "FIRSTVALUE_HOST", "127.0.0.1", "Address `serve` binds to."),
+    Setting("port", "FIRSTVALUE_PORT", "8000", "Port `serve` listens on."),
+    Setting("tick_seconds", "FIRSTVALUE_TICK_SECONDS", "60",
+            "Seconds between two ticks of the scheduler in `serve`."),
+    Setting("hold_days", "FIRSTVALUE_HOLD_DAYS", "7",
+            "Days after which held events still without an account are reported."),
+)
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def get_setting(name: str) -> str | None:
+    """The value of a setting: its environment variable, else its default."""
+    setting = _BY_NAME[name]
+    return os.environ.get(setting.env) or setting.default
+
+
+def get_int_setting(name: str) -> int:
+    raw = get_setting(name)
+    try:
+        return int(raw or "")
+    except ValueError:
+        env = _BY_NAME[name].env
+        raise ConfigError(f"{env}={raw!r} is not a whole number; set it to e.g. 60") from None

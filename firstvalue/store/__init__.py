@@ -1,0 +1,1 @@
+"""The system of record: events, accounts, contacts, state; SQLite or PostgreSQL."""

@@ -1,0 +1,98 @@
+"""Opening the store: engine, pragmas, migrations."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+
+from firstvalue.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass
+class Database:
+    engine: Engine
+    url: str
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL for a firstvalue `--db` value (psycopg 3 for PostgreSQL)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith(("sqlite:///", "postgresql+psycopg://")) or url == "sqlite://":
+        return url
+    raise StoreError(
+        f"--db {url!r} is not a database URL firstvalue knows; use sqlite:///firstvalue.db "
+        "or postgresql://USER@HOST:5432/DB"
+    )
+
+
+def open_database(url: str, migrate: bool = True) -> Database:
+    """Open (and by default migrate to the latest schema) the database at `url`."""
+    engine = _create_engine(engine_url(url))
+    database = Database(engine=engine, url=url)
+    if migrate:
+        try:
+            upgrade(database)
+        except sa.exc.OperationalError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open the database {url!r}: {exc.orig}") from None
+    return database
+
+
+def _create_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _set_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # WAL lets readers (the API) go on while the single writer commits; NORMAL sync is
+        # durable across application crashes in WAL mode, which is what the outbox needs.
+        # The driver's own transaction handling is switched off so that SQLAlchemy's BEGIN
+        # is the only one (see the SQLAlchemy docs on pysqlite's transactions).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA cache_size=-262144")
+        cursor.execute("PRAGMA temp_store=MEMORY")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(conn):  # type: ignore[no-untyped-def]
+        # Take the write lock at the start, so two writers queue instead of failing later
+        # with "database is locked" when a read transaction tries to upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(database: Database) -> None:
+    with database.engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "head")

@@ -1,0 +1,225 @@
+"""Writes and lookups of the ingest path: events, accounts, contacts, memberships.
+
+SQLite has one writer at a time (the transaction begins IMMEDIATE), so checking for a stored
+id and then inserting cannot race there. PostgreSQL may have several API processes writing at
+once: its insert goes through a staging table loaded with COPY and `ON CONFLICT DO NOTHING`, and
+whatever another process stored in between comes back as a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from firstvalue.ingest.messages import Accepted
+    from firstvalue.ingest.pipeline import Memberships
+
+CHUNK = 900  # below SQLite's historical limit of 999 bound parameters
+EVENT_COLUMNS = ("message_id", "type", "name", "account_id", "group_id", "user_id",
+                 "anonymous_id", "ts", "received_at", "flags", "properties")
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    type: str
+    name: str | None
+    group_id: str | None
+    actor: str | None
+    payload: str
+
+
+def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def select_in(conn: sa.Connection, sql: str, values: Iterable[Any],
+              **params: Any) -> list[sa.Row[Any]]:
+    """Run `sql` (with `IN :ids`) over `values` in chunks; the rows of every chunk."""
+    statement = sa.text(sql).bindparams(sa.bindparam("ids", expanding=True))
+    rows: list[sa.Row[Any]] = []
+    for part in chunks(list(values)):
+        rows += conn.execute(statement, {"ids": list(part), **params}).all()
+    return rows
+
+
+def execute_in(conn: sa.Connection, sql: str, values: Iterable[Any], **params: Any) -> int:
+    statement = sa.text(sql).bindparams(sa.bindparam("ids", expanding=True))
+    count = 0
+    for part in chunks(sorted(values)):
+        count += conn.execute(statement, {"ids": list(part), **params}).rowcount
+    return count
+
+
+def event_row(message: Accepted, account_id: str | None) -> tuple[Any, ...]:
+    return (message.message_id, message.type, message.name, account_id, message.group_id,
+            message.actor, message.anonymous_id, message.ts, message.received_at,
+            message.flags, message.payload)
+
+
+def stored_versions(conn: sa.Connection, message_ids: Sequence[str]) -> dict[str, StoredVersion]:
+    rows = select_in(conn, "SELECT message_id, type, name, group_id, user_id, properties "
+                           "FROM events WHERE message_id IN :ids", message_ids)
+    return {row[0]: StoredVersion(row[1], row[2], row[3], row[4], row[5]) for row in rows}
+
+
+def insert_events(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+    """Insert event rows; the ids that turned out to be stored already (PostgreSQL only)."""
+    if not rows:
+        return set()
+    if conn.dialect.name == "sqlite":
+        placeholders = ", ".join("?" * len(EVENT_COLUMNS))
+        conn.exec_driver_sql(
+            f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({placeholders})", rows)
+        return set()
+    return _insert_events_postgresql(conn, rows)
+
+
+def _insert_events_postgresql(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+    columns = ", ".join(EVENT_COLUMNS)
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE IF NOT EXISTS events_staging "
+        "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY events_staging ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    inserted = conn.exec_driver_sql(
+        f"INSERT INTO events ({columns}) SELECT {columns} FROM events_staging "
+        "ORDER BY id ON CONFLICT (message_id) DO NOTHING RETURNING message_id").scalars().all()
+    conn.exec_driver_sql("TRUNCATE events_staging")
+    if len(inserted) == len(rows):
+        return set()
+    return {row[0] for row in rows} - set(inserted)
+
+
+def known_accounts(conn: sa.Connection, account_ids: Iterable[str]) -> set[str]:
+    rows = select_in(conn, "SELECT id FROM accounts WHERE id IN :ids", account_ids)
+    return {row[0] for row in rows}
+
+
+def insert_accounts(conn: sa.Connection, created: dict[str, int]) -> None:
+    if not created:
+        return
+    conn.execute(sa.text("INSERT INTO accounts (id, created_at) VALUES (:id, :at) "
+                         "ON CONFLICT (id) DO NOTHING"),
+                 [{"id": key, "at": at} for key, at in created.items()])
+
+
+def load_traits(conn: sa.Connection, table: str, key: str,
+                ids: Iterable[str]) -> dict[str, dict[str, list[Any]]]:
+    rows = select_in(conn, f"SELECT {key}, traits FROM {table} WHERE {key} IN :ids", ids)
+    return {row[0]: _decode(row[1]) for row in rows}
+
+
+def save_traits(conn: sa.Connection, table: str, key: str,
+                traits: dict[str, dict[str, list[Any]]]) -> None:
+    if traits:
+        conn.execute(sa.text(f"UPDATE {table} SET traits = :traits WHERE {key} = :id"),
+                     [{"id": k, "traits": _encode(v).decode()} for k, v in traits.items()])
+
+
+def upsert_contacts(conn: sa.Connection, traits: dict[str, dict[str, list[Any]]],
+                    updated_at: int) -> None:
+    if traits:
+        conn.execute(sa.text(
+            "INSERT INTO contacts (user_id, traits, updated_at) VALUES (:id, :traits, :at) "
+            "ON CONFLICT (user_id) DO UPDATE SET traits = excluded.traits, "
+            "updated_at = excluded.updated_at"),
+            [{"id": k, "traits": _encode(v).decode(), "at": updated_at}
+             for k, v in traits.items()])
+
+
+def load_memberships(conn: sa.Connection, actors: Iterable[str]) -> Memberships:
+    from firstvalue.ingest.pipeline import Memberships
+
+    memberships = Memberships()
+    rows = select_in(conn, "SELECT user_id, ts, message_id, account_id FROM memberships "
+                           "WHERE user_id IN :ids", actors)
+    for actor, ts, message_id, account_id in rows:
+        memberships.add(actor, ts, message_id, account_id)
+    return memberships
+
+
+def insert_memberships(conn: sa.Connection, groups: Sequence[Accepted]) -> None:
+    if groups:
+        conn.execute(sa.text(
+            "INSERT INTO memberships (message_id, user_id, account_id, ts) "
+            "VALUES (:mid, :actor, :account, :ts) ON CONFLICT (message_id) DO NOTHING"),
+            [{"mid": m.message_id, "actor": m.actor, "account": m.group_id, "ts": m.ts}
+             for m in groups])
+
+
+def accounts_of_actors(conn: sa.Connection, actors: Iterable[str]) -> set[str]:
+    rows = select_in(conn, "SELECT DISTINCT account_id FROM memberships WHERE user_id IN :ids",
+                     actors)
+    return {row[0] for row in rows}
+
+
+def attach_held_events(conn: sa.Connection, account_ids: Iterable[str]) -> set[str]:
+    """Held events that named one of these (now known) accounts belong to it from now on."""
+    ids = sorted(account_ids)
+    if not ids:
+        return set()
+    rows = select_in(conn, "SELECT DISTINCT group_id FROM events WHERE account_id IS NULL "
+                           "AND group_id IN :ids AND type = 'track'", ids)
+    attached = {row[0] for row in rows}
+    execute_in(conn, "UPDATE events SET account_id = group_id WHERE account_id IS NULL "
+                     "AND group_id IN :ids AND type = 'track'", attached)
+    return attached
+
+
+def reattribute(conn: sa.Connection, actors: Iterable[str],
+                memberships: Memberships) -> set[str]:
+    """Recompute the account of the actors' membership-attributed events after group calls.
+
+    A group call can arrive after the events it explains, or be dated before events already
+    attributed elsewhere; attribution follows the calls' own times, not their arrival.
+    """
+    rows = select_in(conn, "SELECT id, user_id, ts, account_id FROM events "
+                           "WHERE group_id IS NULL AND type = 'track' AND user_id IN :ids",
+                     actors)
+    moves = []
+    changed: set[str] = set()
+    for event_id, actor, ts, account_id in rows:
+        target = memberships.account_at(actor, ts)
+        if target != account_id:
+            moves.append({"id": event_id, "account": target})
+            changed |= {a for a in (account_id, target) if a is not None}
+    if moves:
+        conn.execute(sa.text("UPDATE events SET account_id = :account WHERE id = :id"), moves)
+    return changed
+
+
+def mark_changed(conn: sa.Connection, account_ids: Iterable[str]) -> None:
+    execute_in(conn, "UPDATE accounts SET change_seq = change_seq + 1 WHERE id IN :ids",
+               account_ids)
+
+
+def add_to_counter(conn: sa.Connection, name: str, amount: int) -> None:
+    conn.execute(sa.text("INSERT INTO counters (name, value) VALUES (:name, :amount) "
+                         "ON CONFLICT (name) DO UPDATE SET value = counters.value + :amount"),
+                 {"name": name, "amount": amount})
+
+
+def read_counter(conn: sa.Connection, name: str) -> int:
+    value = conn.execute(sa.text("SELECT value FROM counters WHERE name = :name"),
+                         {"name": name}).scalar()
+    return int(value or 0)
+
+
+def held_events_summary(conn: sa.Connection, older_than: int) -> list[sa.Row[Any]]:
+    """Held events by the account or user they wait for, oldest first."""
+    return conn.execute(sa.text(
+        "SELECT COALESCE(group_id, user_id) AS waiting_for, COUNT(*) AS events, "
+        "MIN(received_at) AS since FROM events WHERE account_id IS NULL AND type = 'track' "
+        "AND received_at <= :before GROUP BY COALESCE(group_id, user_id) ORDER BY since"),
+        {"before": older_than}).all()
