@@ -124,33 +124,51 @@ def _line_of(location: str, lines: dict[str, int]) -> int | None:
 
 
 def _problems_from_pydantic(exc: ValidationError, lines: dict[str, int]) -> list[PlaybookProblem]:
+    errors = [(_format_location(error["loc"]), error) for error in exc.errors()]
+    places = {location for location, _ in errors}
     problems: dict[str, PlaybookProblem] = {}
-    for error in exc.errors():
-        location = _format_location(error["loc"])
-        # A condition is a union of four shapes; pydantic reports a miss for each shape.
-        # One line per place, with the shapes listed in the fix, reads better.
-        if location in problems:
+    for location, error in errors:
+        # A value that may take several types gets one complaint per type; the one that went
+        # deepest into the value says what is really wrong, so keep only that one.
+        deeper = any(p.startswith(location + ".") or p.startswith(location + "[")
+                     for p in places)
+        if location in problems or (deeper and error["type"] != "extra_forbidden"):
             continue
         message, fix = _explain(error)
         problems[location] = PlaybookProblem(location, message, fix, _line_of(location, lines))
     return list(problems.values())
 
 
-_UNION_MEMBERS = {"EventCondition", "UsersCondition", "AllOf", "AnyOf", "Comparison",
-                  "list[union[str,int,float,bool,none]]", "str", "int", "float", "bool", "none",
-                  "list[str]", "function-after[_names_exactly_one_source(), EventCondition]"}
+# Names pydantic puts in a location for the member of a union it tried; not keys of the file.
+_UNION_TAGS = {"event", "users", "all_of", "any_of"}
+_TYPE_NAMES = {"Comparison", "str", "int", "float", "bool", "none", "list[str]"}
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:
     text = ""
-    for part in loc:
+    for index, part in enumerate(loc):
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in _UNION_MEMBERS or str(part).startswith(("function-", "list[", "union[")):
-            break
+        elif _is_type_name(part) or _is_union_tag(loc, index):
+            continue
         else:
             text += f".{part}" if text else str(part)
     return text
+
+
+def _is_union_tag(loc: tuple[Any, ...], index: int) -> bool:
+    """Pydantic names the shape of a condition it tried right after the condition's place."""
+    if loc[index] not in _UNION_TAGS or index == 0:
+        return False
+    before = loc[index - 1]
+    if before == "when":
+        return True
+    return isinstance(before, int) and index >= 2 and loc[index - 2] in ("all_of", "any_of")
+
+
+def _is_type_name(part: Any) -> bool:
+    return isinstance(part, str) and (
+        part in _TYPE_NAMES or part.startswith(("function-", "list[", "union[", "dict[")))
 
 
 def _explain(error: dict[str, Any]) -> tuple[str, str]:
@@ -159,7 +177,8 @@ def _explain(error: dict[str, Any]) -> tuple[str, str]:
     if kind == "missing":
         return "required key is missing", "add it"
     if kind == "extra_forbidden":
-        return (f"unknown key (value {_short(value)})",
+        key = error["loc"][-1]
+        return (f"unknown key {key!r}",
                 "remove it or correct its spelling; `firstvalue playbook schema` lists the keys")
     if kind == "string_pattern_mismatch":
         return (f"{_short(value)} is not a valid key",

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 KEY_PATTERN = r"^[a-z][a-z0-9_]*$"
 Key = Annotated[str, Field(pattern=KEY_PATTERN, max_length=64)]
@@ -86,7 +94,22 @@ class AnyOf(Strict):
     any_of: list[Condition] = Field(min_length=1)
 
 
-Condition = EventCondition | UsersCondition | AllOf | AnyOf
+def _condition_shape(value: Any) -> str:
+    """Which of the four shapes a condition is meant to be, from the key it starts with."""
+    keys = value if isinstance(value, dict) else getattr(value, "model_fields_set", ())
+    for key in ("all_of", "any_of", "users"):
+        if key in keys:
+            return key
+    return "event"
+
+
+Condition = Annotated[
+    Annotated[EventCondition, Tag("event")]
+    | Annotated[UsersCondition, Tag("users")]
+    | Annotated[AllOf, Tag("all_of")]
+    | Annotated[AnyOf, Tag("any_of")],
+    Discriminator(_condition_shape),
+]
 
 
 class Milestone(Strict):

@@ -149,3 +149,15 @@ def stored_states(database: Database, account_ids: Iterable[str]) -> dict[str, d
             conn, "SELECT id, state FROM accounts WHERE id IN :ids AND state IS NOT NULL",
             account_ids)
     return {row[0]: _decode(row[1]) for row in rows}
+
+
+def held_events(database: Database, now: int) -> list[dict[str, Any]]:
+    """Held events older than the hold period (FIRSTVALUE_HOLD_DAYS), by what they wait for."""
+    from firstvalue.clock import isoformat
+    from firstvalue.settings import get_int_setting
+
+    cutoff = now - get_int_setting("hold_days") * 86_400 * 1_000_000
+    with database.engine.connect() as conn:
+        rows = event_store.held_events_summary(conn, cutoff)
+    return [{"waiting_for": row[0], "events": row[1], "since": isoformat(row[2])}
+            for row in rows]

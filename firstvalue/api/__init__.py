@@ -1,0 +1,1 @@
+"""The HTTP side: ingest, the JSON API, and the server that runs them with the scheduler."""

@@ -1,0 +1,75 @@
+"""`firstvalue serve`: the app on uvicorn, with a scheduler that ticks on the real clock."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from firstvalue.api.app import create_app
+from firstvalue.clock import system_now, to_micros
+from firstvalue.engine.compiled import CompiledPlaybook
+from firstvalue.runtime.evaluation import tick
+from firstvalue.store.database import Database
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Ticks every `interval` seconds in a thread of its own until stopped.
+
+    A tick that fails is logged and the next one runs as usual: the state it would have
+    written is recomputed from the events, so nothing is lost by skipping one.
+    """
+
+    def __init__(self, database: Database, playbook: CompiledPlaybook, interval: float) -> None:
+        self.database = database
+        self.playbook = playbook
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="firstvalue-scheduler",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                tick(self.database, self.playbook, to_micros(system_now()))
+            except Exception:
+                log.exception("The scheduled tick failed; the next one will run as usual.")
+            self._stop.wait(self.interval)
+
+
+def build_server_app(database: Database, playbook: CompiledPlaybook,
+                     tick_seconds: float) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        scheduler = Scheduler(database, playbook, tick_seconds) if tick_seconds > 0 else None
+        if scheduler:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler:
+                scheduler.stop()
+
+    return create_app(database, playbook, lifespan=lifespan)
+
+
+def serve(database: Database, playbook: CompiledPlaybook, host: str, port: int,
+          tick_seconds: float) -> None:
+    app = build_server_app(database, playbook, tick_seconds)
+    log.info("Serving on http://%s:%d with playbook %s.", host, port, playbook.version)
+    print(f"firstvalue serving on http://{host}:{port} (playbook {playbook.version})",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

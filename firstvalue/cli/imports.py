@@ -1,0 +1,51 @@
+"""`firstvalue import`: files into the store, with a progress bar and a reject file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from firstvalue.engine.compiled import CompiledPlaybook
+from firstvalue.ingest.files import ImportSummary, file_format, import_file
+from firstvalue.store.database import Database
+
+
+def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path], now: int,
+               rejects_path: Path, progress: bool, as_json: bool) -> None:
+    for path in files:
+        file_format(path)  # refuse an unknown format before anything is stored
+    summary = ImportSummary()
+    started = time.perf_counter()
+    if progress:
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, transient=False) as bar:
+            for path in files:
+                task = bar.add_task(path.name, total=path.stat().st_size if path.exists() else 0)
+                import_file(database, path, now, playbook.anchor_names, summary,
+                            on_progress=lambda n, task=task: bar.advance(task, n))
+                bar.update(task, completed=bar.tasks[task].total)
+    else:
+        for path in files:
+            import_file(database, path, now, playbook.anchor_names, summary)
+    seconds = time.perf_counter() - started
+
+    if summary.rejects:
+        with rejects_path.open("w", encoding="utf-8") as out:
+            for reject in summary.rejects:
+                out.write(json.dumps(reject) + "\n")
+    if as_json:
+        data = summary.as_json()
+        data["rejects_file"] = str(rejects_path) if summary.rejects else None
+        click.echo(json.dumps(data, indent=2))
+        return
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.statuses.items()))
+    click.echo(f"Imported {summary.lines} line(s) in {seconds:.1f} s: {counts or 'nothing'}.")
+    if summary.rejects:
+        click.echo(f"{len(summary.rejects)} rejected line(s), with line number and reason, "
+                   f"are in {rejects_path}.")
+    click.echo("Run `firstvalue tick` to evaluate the accounts that changed.")

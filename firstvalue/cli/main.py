@@ -1,0 +1,304 @@
+"""The `firstvalue` command: a thin view of the library (open, call one function, format)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from firstvalue.clock import isoformat, parse_instant, system_now, to_micros
+from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
+from firstvalue.errors import FirstvalueError, PlaybookError, UnknownAccount
+from firstvalue.playbook.loader import load_playbook, playbook_json_schema
+from firstvalue.settings import get_setting
+from firstvalue.store.database import Database, open_database
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    """What every command shares: the options, and the store and playbook opened on demand."""
+
+    def __init__(self, db_url: str, playbook_path: str | None) -> None:
+        self.db_url = db_url
+        self.playbook_path = playbook_path
+        self._database: Database | None = None
+        self._playbook: CompiledPlaybook | None = None
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            self._database = open_database(self.db_url)
+        return self._database
+
+    @property
+    def playbook(self) -> CompiledPlaybook:
+        if self._playbook is None:
+            self._playbook = compile_playbook(load_playbook(self.playbook_path))
+        return self._playbook
+
+
+def now_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--now", "now_text", metavar="ISO",
+        help="Run as if the clock read this time (ISO 8601 with an offset).")(command)
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON instead of tables.")(command)
+
+
+def resolve_now(now_text: str | None) -> int:
+    return to_micros(parse_instant(now_text) if now_text else system_now())
+
+
+def print_json(data: Any) -> None:
+    click.echo(msgspec.json.format(msgspec.json.encode(data), indent=2).decode())
+
+
+class Group(click.Group):
+    """Turns firstvalue's own errors into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FirstvalueError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = 2
+            raise error from None
+
+
+@click.group(cls=Group)
+@click.option("--db", "db_url", envvar="FIRSTVALUE_DB", default=get_setting("db"),
+              show_default=True, help="Database URL (sqlite:///FILE or postgresql://...).")
+@click.option("--playbook", "playbook_path", envvar="FIRSTVALUE_PLAYBOOK", default=None,
+              help="Playbook YAML file (default: the built-in playbook).")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO).")
+@click.version_option(package_name="firstvalue")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str, playbook_path: str | None, verbose: bool) -> None:
+    """firstvalue: onboarding milestones, time-to-value and the first 90 days of every account."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(db_url, playbook_path)
+
+
+@cli.command("tick")
+@now_option
+@click.pass_obj
+def tick_command(obj: Context, now_text: str | None) -> None:
+    """Evaluate the accounts that changed or are due, and store their state."""
+    from firstvalue.runtime.evaluation import tick
+
+    result = tick(obj.database, obj.playbook, resolve_now(now_text))
+    click.echo(f"Evaluated {result.evaluated} account(s) with playbook {result.playbook_version}.")
+
+
+@cli.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--rejects", "rejects_path", type=click.Path(path_type=Path),
+              default=Path("firstvalue-rejects.jsonl"), show_default=True,
+              help="Where rejected lines go (file, line, reason), when there are any.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@json_option
+@now_option
+@click.pass_obj
+def import_command(obj: Context, files: tuple[Path, ...], rejects_path: Path, progress: bool,
+                   as_json: bool, now_text: str | None) -> None:
+    """Import JSONL (Segment-spec lines) and CSV (one event a row) files."""
+    from firstvalue.cli.imports import run_import
+
+    run_import(obj.database, obj.playbook, list(files), resolve_now(now_text), rejects_path,
+               progress and not as_json, as_json)
+
+
+@cli.command("accounts")
+@json_option
+@now_option
+@click.pass_obj
+def accounts_command(obj: Context, as_json: bool, now_text: str | None) -> None:
+    """Every account's scorecard at --now."""
+    from firstvalue.cli.views import show_accounts
+    from firstvalue.runtime.evaluation import evaluate_accounts
+
+    states = evaluate_accounts(obj.database, obj.playbook, resolve_now(now_text))
+    if as_json:
+        print_json([state.as_json() for state in states])
+    else:
+        show_accounts(states, obj.playbook)
+
+
+@cli.command("account")
+@click.argument("account_id")
+@json_option
+@now_option
+@click.pass_obj
+def account_command(obj: Context, account_id: str, as_json: bool, now_text: str | None) -> None:
+    """One account: milestones against targets, time-to-value, phases."""
+    from firstvalue.cli.views import show_account
+    from firstvalue.runtime.evaluation import evaluate_accounts
+
+    states = evaluate_accounts(obj.database, obj.playbook, resolve_now(now_text), [account_id])
+    if not states:
+        raise UnknownAccount(account_id)
+    if as_json:
+        print_json(states[0].as_json())
+    else:
+        show_account(states[0])
+
+
+@cli.command("report")
+@json_option
+@now_option
+@click.pass_obj
+def report_command(obj: Context, as_json: bool, now_text: str | None) -> None:
+    """Accounts reaching each milestone, and median time-to-value per segment."""
+    from firstvalue.cli.views import show_report
+    from firstvalue.metrics.report import build_report
+    from firstvalue.runtime.evaluation import evaluate_accounts, held_events
+
+    now = resolve_now(now_text)
+    states = evaluate_accounts(obj.database, obj.playbook, now)
+    keys = [m.key for m in obj.playbook.loaded.model.milestones]
+    report = build_report(states, keys, isoformat(now) or "", obj.playbook.version,
+                          held_events(obj.database, now))
+    if as_json:
+        print_json(report)
+    else:
+        show_report(report)
+
+
+@cli.command("demo")
+@click.option("--accounts", "account_count", default=300, show_default=True,
+              help="How many sample accounts to simulate.")
+@click.option("--seed", default=7, show_default=True, help="Seed of the sample data.")
+@click.option("--today", metavar="DATE", default=None,
+              help="The last simulated day (default: today, UTC).")
+@click.option("--db", "demo_db", default="firstvalue-demo.db", show_default=True,
+              help="The demo database file (replaced on each run).")
+@json_option
+@click.pass_obj
+def demo_command(obj: Context, account_count: int, seed: int, today: str | None, demo_db: str,
+                 as_json: bool) -> None:
+    """Simulate sample accounts over 120 days on a virtual clock and print the report."""
+    from firstvalue.cli.views import show_report
+    from firstvalue.sim.demo import run_demo
+
+    result = run_demo(Path(demo_db), obj.playbook, account_count, seed, today,
+                      quiet=as_json)
+    if as_json:
+        print_json(result.report)
+        return
+    show_report(result.report)
+    click.echo(f"\nSimulated {result.accounts} accounts, {result.events} events and "
+               f"{result.ticks} ticks in {result.seconds:.1f} s.")
+    click.echo(f"Explore it: firstvalue --db sqlite:///{demo_db} accounts --now {result.now}")
+    click.echo(f"Serve it:   firstvalue --db sqlite:///{demo_db} serve")
+
+
+@cli.command("serve")
+@click.option("--host", default=get_setting("host"), show_default=True,
+              help="Address to bind (loopback unless told otherwise).")
+@click.option("--port", default=int(get_setting("port") or 8000), show_default=True, type=int)
+@click.option("--tick-seconds", default=float(get_setting("tick_seconds") or 60),
+              show_default=True, type=float, help="Seconds between scheduler ticks (0: none).")
+@click.pass_obj
+def serve_command(obj: Context, host: str, port: int, tick_seconds: float) -> None:
+    """Run ingest (/v1), the JSON API (/api) and the scheduler in one process."""
+    from firstvalue.api.server import serve
+
+    serve(obj.database, obj.playbook, host, port, tick_seconds)
+
+
+@cli.group("playbook")
+def playbook_group() -> None:
+    """Check a playbook, print its JSON Schema."""
+
+
+@playbook_group.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@json_option
+def playbook_check(file: Path, as_json: bool) -> None:
+    """Validate FILE; print every problem with its place in the file and the fix."""
+    try:
+        loaded = load_playbook(file)
+    except PlaybookError as exc:
+        if as_json:
+            print_json({"valid": False, "problems": [p.as_dict() for p in exc.problems]})
+        else:
+            click.echo(str(exc), err=True)
+        sys.exit(1)
+    if as_json:
+        print_json({"valid": True, "version": loaded.version})
+    else:
+        model = loaded.model
+        click.echo(f"{file}: valid ({len(model.milestones)} milestones, {len(model.tracks)} "
+                   f"tracks), version {loaded.version}")
+
+
+@playbook_group.command("schema")
+def playbook_schema() -> None:
+    """Print the playbook's JSON Schema (for editors)."""
+    click.echo(json.dumps(playbook_json_schema(), indent=2))
+
+
+@cli.group("keys")
+def keys_group() -> None:
+    """Ingest write keys."""
+
+
+@keys_group.command("create")
+@click.argument("name")
+@click.pass_obj
+def keys_create(obj: Context, name: str) -> None:
+    """Create a write key; it is shown once and stored hashed."""
+    from firstvalue.access import create_write_key
+
+    key = create_write_key(obj.database, name, to_micros(system_now()))
+    click.echo(key)
+
+
+@cli.group("tokens")
+def tokens_group() -> None:
+    """API bearer tokens."""
+
+
+@tokens_group.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "csm", "viewer"]), default="viewer",
+              show_default=True)
+@click.pass_obj
+def tokens_create(obj: Context, name: str, role: str) -> None:
+    """Create an API token with a role; it is shown once and stored hashed."""
+    from firstvalue.access import create_api_token
+
+    click.echo(create_api_token(obj.database, name, role, to_micros(system_now())))
+
+
+@cli.command("held")
+@json_option
+@now_option
+@click.pass_obj
+def held_command(obj: Context, as_json: bool, now_text: str | None) -> None:
+    """Held events still waiting for their account after the hold period."""
+    from firstvalue.runtime.evaluation import held_events
+
+    rows = held_events(obj.database, resolve_now(now_text))
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo("No events have waited longer than the hold period.")
+    for row in rows:
+        click.echo(f"{row['waiting_for']}: {row['events']} event(s) held since {row['since']}")
+
+
+def main() -> None:
+    cli()
