@@ -135,7 +135,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         ttv_on_time=None if ttv is None or ttv_target is None else ttv <= ttv_target,
         phases=_phases(playbook, run, kickoff if kickoff and kickoff.at <= now else None,
                        has_kickoff, done, tz),
-        next_wake_at=_next_wake(now, run, kickoff, day, track, current, tz),
+        next_wake_at=_next_wake(now, kickoff, day, tz),
     )
 
 
@@ -255,17 +255,20 @@ def _run_json(run: Run | None, track: Any, day: int | None, current: str | None,
             "end_day": end_day}
 
 
-def _next_wake(now: int, run: Run | None, kickoff: Kickoff | None, day: int | None,
-               track: Any, current: str | None, tz: zoneinfo.ZoneInfo) -> int | None:
-    """When time alone next changes this state: the next local midnight while a run is open."""
+def _next_wake(now: int, kickoff: Kickoff | None, day: int | None,
+               tz: zoneinfo.ZoneInfo) -> int | None:
+    """When time alone next changes this state.
+
+    A kickoff booked ahead becomes reached at its meeting time. Once day 0 is known, every
+    local midnight moves `day`, overdue counts and the run's status, so the account wakes then;
+    this holds after the run too, so a stored state never shows yesterday's day number.
+    """
+    wakes = []
     if kickoff is not None and kickoff.at > now:
-        return kickoff.at
-    if run is None or current is None:
-        return None
-    end_day = track.end_day if track else 90
-    if day is not None and day > end_day:
-        return None
-    return next_local_midnight(now, tz)
+        wakes.append(kickoff.at)
+    if day is not None:
+        wakes.append(next_local_midnight(now, tz))
+    return min(wakes) if wakes else None
 
 
 def _text(value: Any) -> str | None:
