@@ -192,7 +192,8 @@ class _AccountScript:
     def _contract_and_kickoff(self) -> datetime | None:
         """The contract signing, and for tracks with one, the kickoff; returns day 0."""
         if self.rng.random() < 0.75:
-            self._track("Deal Closed Won", self.signed, props={"deal_id": f"deal-{self.account.id}"})
+            deal = {"deal_id": f"deal-{self.account.id}"}
+            self._track("Deal Closed Won", self.signed, props=deal)
         else:
             self._emit("group", self.signed, user=self.champion, group=self.account.id,
                        traits={"contract_signed_at": self.signed.isoformat()})
@@ -265,7 +266,8 @@ class _AccountScript:
             self._track("Report Shared", second, user=self.users[1])
             reached["second_user"] = second
         for extra in range(rng.randint(2, 8)):
-            self._track("Workflow Run", last + timedelta(days=1 + extra * 3, hours=rng.randint(0, 6)))
+            again = last + timedelta(days=1 + extra * 3, hours=rng.randint(0, 6))
+            self._track("Workflow Run", again)
         return reached
 
     def _logins(self, day0: datetime, reached: dict[str, datetime]) -> None:

@@ -1,0 +1,137 @@
+"""The CLI as scripts use it: --now, --json shapes, exit codes, the demo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from firstvalue.cli.main import cli
+
+NOW = "2026-03-20T12:00:00+00:00"
+
+
+@pytest.fixture
+def loaded(tmp_path):
+    """A SQLite store holding one mid-market account in Berlin, imported from a file."""
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    lines = [
+        {"type": "group", "messageId": "g1", "userId": "u1", "groupId": "acme",
+         "timestamp": "2026-03-01T08:00:00Z",
+         "traits": {"name": "Acme", "segment": "mid_market", "tier": 2,
+                    "timezone": "Europe/Berlin"}},
+        {"type": "track", "messageId": "t1", "userId": "u1", "event": "Deal Closed Won",
+         "timestamp": "2026-03-01T09:00:00Z", "properties": {"deal_id": "d1"}},
+        {"type": "track", "messageId": "t2", "userId": "u1", "event": "Kickoff Completed",
+         "timestamp": "2026-03-03T09:00:00Z"},
+        {"type": "track", "messageId": "t3", "userId": "u1", "event": "Value Delivered",
+         "timestamp": "2026-03-15T10:00:00Z"},
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = CliRunner().invoke(cli, ["--db", db, "import", str(path), "--no-progress",
+                                      "--now", NOW])
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_account_json_holds_the_documented_keys_at_now(loaded):
+    code, output = run("--db", loaded, "account", "acme", "--json", "--now", NOW)
+    assert code == 0
+    account = json.loads(output)
+    for key in ("id", "segment", "tier", "track", "timezone", "kickoff_at", "day", "milestones",
+                "ttv_days", "phases", "stalls", "actions"):
+        assert key in account
+    assert (account["id"], account["track"], account["day"]) == ("acme", "mid_market", 17)
+    value = next(m for m in account["milestones"] if m["key"] == "first_value")
+    assert value == {**value, "status": "done", "completed_at": "2026-03-15T11:00:00+01:00",
+                     "local_day": 12, "target_day": 21, "due_on": "2026-03-24",
+                     "on_time": True}
+    assert account["ttv_days"] == 14
+    assert account["kickoff_at"] == "2026-03-03T10:00:00+01:00"
+    open_one = next(m for m in account["milestones"] if m["key"] == "data_connected")
+    assert (open_one["completed_at"], open_one["overdue_days"]) == (None, 10)
+
+
+def test_read_commands_compute_day_at_now(loaded):
+    _, later = run("--db", loaded, "account", "acme", "--json", "--now", "2026-03-25T12:00:00Z")
+    assert json.loads(later)["day"] == 22
+
+
+def test_accounts_json_is_a_list_of_account_objects(loaded):
+    code, output = run("--db", loaded, "accounts", "--json", "--now", NOW)
+    assert code == 0
+    accounts = json.loads(output)
+    assert [a["id"] for a in accounts] == ["acme"]
+    assert {"id", "segment", "tier", "track", "day", "milestones", "ttv_days"} <= set(accounts[0])
+
+
+def test_report_counts_milestones_and_median_ttv_per_segment(loaded):
+    code, output = run("--db", loaded, "report", "--json", "--now", NOW)
+    assert code == 0
+    report = json.loads(output)
+    reached = {row["key"]: row["reached"] for row in report["milestones"]}
+    assert reached == {"account_configured": 0, "data_connected": 0, "first_workflow": 0,
+                       "first_value": 1, "second_user": 0}
+    assert report["ttv_by_segment"] == [{"segment": "mid_market", "accounts": 1,
+                                         "reached_value": 1, "not_reached_yet": 0,
+                                         "median_ttv_days": 14, "ttv_target_days": 30}]
+
+
+def test_tick_stores_the_state_with_the_playbook_version(loaded):
+    code, output = run("--db", loaded, "tick", "--now", NOW)
+    assert code == 0 and "Evaluated 1 account(s)" in output
+    code, output = run("--db", loaded, "tick", "--now", NOW)
+    assert "Evaluated 0 account(s)" in output  # nothing changed, nothing due yet
+    code, output = run("--db", loaded, "tick", "--now", "2026-03-21T12:00:00Z")
+    assert "Evaluated 1 account(s)" in output  # the local midnight passed
+
+
+def test_an_unknown_account_is_exit_code_2_with_a_hint(loaded):
+    code, output = run("--db", loaded, "account", "nope")
+    assert code == 2
+    assert "unknown account 'nope'" in output and "firstvalue accounts" in output
+
+
+def test_a_now_without_offset_is_refused_with_the_fix(loaded):
+    code, output = run("--db", loaded, "accounts", "--now", "2026-03-20T12:00:00")
+    assert code == 2
+    assert "has no offset" in output
+
+
+def test_an_unknown_database_url_is_refused(tmp_path):
+    code, output = run("--db", "mysql://x", "accounts")
+    assert code == 2 and "sqlite:///" in output
+
+
+def test_the_demo_prints_the_same_report_for_the_same_seed_and_date(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--accounts", "24", "--today", "2026-12-04", "--json"]
+    first = json.loads(run(*args)[1])
+    second = json.loads(run(*args)[1])
+    assert first == second
+    assert first["accounts"] == 24
+    assert {row["segment"] for row in first["ttv_by_segment"]} == {"smb", "mid_market",
+                                                                   "enterprise"}
+    assert (tmp_path / "firstvalue-demo.db").exists()
+
+
+def test_the_demo_database_holds_every_behaviour(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run("demo", "--accounts", "60", "--today", "2026-12-04", "--json")
+    code, output = run("--db", "sqlite:///firstvalue-demo.db", "accounts", "--json", "--now",
+                       "2026-12-04T12:00:00Z")
+    assert code == 0
+    accounts = json.loads(output)
+    assert len(accounts) == 60
+    assert any(a["ttv_days"] is not None for a in accounts)
+    never = [a for a in accounts
+             if next(m for m in a["milestones"] if m["key"] == "data_connected")["status"]
+             == "open" and a["day"] is not None and a["day"] > 30]
+    assert never, "some sample accounts never connect data"

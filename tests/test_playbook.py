@@ -1,0 +1,116 @@
+"""The playbook file: validation with places and fixes, the schema, the version."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from firstvalue.cli.main import cli
+from firstvalue.errors import PlaybookError
+from firstvalue.playbook.loader import load_playbook, parse_playbook, read_default_text
+
+HEAD = """name: t
+meanings: {login: [Signed In], contract_signed: [Deal Closed Won],
+           kickoff_completed: [Kickoff Completed], kickoff_scheduled: [Kickoff Scheduled],
+           value_delivered: [Value Delivered]}
+"""
+
+
+def problems_of(text: str) -> dict[str, str]:
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook(text, "test.yaml")
+    return {p.location: f"{p.message} | {p.fix} | line {p.line}" for p in caught.value.problems}
+
+
+def test_the_default_playbook_has_five_milestones_and_three_tracks():
+    model = load_playbook().model
+    assert [m.key for m in model.milestones] == [
+        "account_configured", "data_connected", "first_workflow", "first_value", "second_user"]
+    targets = {t.key: [t.targets[m.key] for m in model.milestones] for t in model.tracks}
+    assert targets == {"smb": [1, 2, 3, 5, 14], "mid_market": [3, 7, 14, 21, 30],
+                       "enterprise": [5, 14, 30, 45, 60]}
+    assert {t.key: (t.ttv_target, t.end_day, t.kickoff) for t in model.tracks} == {
+        "smb": (5, 90, False), "mid_market": (30, 90, True), "enterprise": (60, 120, True)}
+    assert model.phases == ["contract_signed", "kickoff", "account_configured",
+                            "first_workflow", "first_value"]
+
+
+def test_every_problem_is_reported_with_its_place_line_and_fix():
+    found = problems_of(HEAD + """milestones:
+  - key: first_value
+    when: {meaning: value_delivered}
+  - key: b
+    when: {event: X, count: 0}
+  - key: Bad
+    when: {meaning: value_delivered, colour: red}
+tracks:
+  - key: t
+""")
+    assert set(found) == {"milestones[1].when.count", "milestones[2].key",
+                          "milestones[2].when.colour"}
+    assert "greater than or equal to 1" in found["milestones[1].when.count"]
+    assert found["milestones[1].when.count"].endswith("line 9")
+    assert "'Bad' is not a valid key" in found["milestones[2].key"].replace('"', "'")
+    assert "unknown key 'colour'" in found["milestones[2].when.colour"]
+
+
+def test_references_between_keys_are_checked_with_the_known_keys_in_the_fix():
+    found = problems_of(HEAD + """milestones:
+  - key: first_value
+    when:
+      all_of:
+        - {meaning: data_conected}
+        - {users: 2, of: [meaningfull_action]}
+phases: [contract_signed, kickof]
+tracks:
+  - key: t
+    targets: {first_vale: 3}
+default_track: nope
+timezone: Mars/Olympus
+""")
+    assert "unknown meaning 'data_conected'" in found["milestones[0].when.all_of[0].meaning"]
+    assert "value_delivered" in found["milestones[0].when.all_of[0].meaning"]
+    assert "milestones[0].when.all_of[1].of" in found
+    assert "unknown checkpoint 'kickof'" in found["phases[1]"]
+    assert "use one of: first_value" in found["tracks[0].targets.first_vale"]
+    assert "default_track" in found and "timezone" in found
+
+
+def test_a_file_that_is_not_yaml_names_the_line():
+    found = problems_of("milestones: [\n  - key: x\n")
+    assert list(found) == [""]
+    assert "not valid YAML" in found[""]
+
+
+def test_the_version_changes_with_the_content():
+    text = read_default_text()
+    first = parse_playbook(text, "a").version
+    second = parse_playbook(text.replace("end_day: 120", "end_day: 121"), "a").version
+    assert first.startswith("default@2026.12+") and second != first
+
+
+def test_playbook_check_exits_1_and_lists_problems(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(HEAD + "milestones: []\ntracks: []\n")
+    result = CliRunner().invoke(cli, ["playbook", "check", str(bad), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert report["valid"] is False
+    assert {p["location"] for p in report["problems"]} == {"milestones", "tracks"}
+
+
+def test_playbook_check_accepts_the_default_and_schema_is_json_schema(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(read_default_text())
+    result = CliRunner().invoke(cli, ["playbook", "check", str(good)])
+    assert result.exit_code == 0 and "valid" in result.output
+    schema = json.loads(CliRunner().invoke(cli, ["playbook", "schema"]).output)
+    assert schema["$schema"].endswith("2020-12/schema")
+    assert {"milestones", "tracks", "meanings"} <= set(schema["properties"])
+
+
+def test_a_missing_playbook_file_is_a_clear_error(tmp_path):
+    with pytest.raises(PlaybookError, match="cannot read the file"):
+        load_playbook(tmp_path / "nope.yaml")
