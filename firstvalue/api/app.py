@@ -14,7 +14,9 @@ import msgspec
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from firstvalue.access import Principal, check_api_token, check_write_key
 from firstvalue.clock import system_now, to_micros
@@ -57,8 +59,28 @@ def create_app(database: Database, playbook: CompiledPlaybook,
     app.state.context = context
 
     @app.exception_handler(HTTPProblem)
-    async def _problem(_request: Request, exc: HTTPProblem) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+    async def _problem(request: Request, exc: HTTPProblem) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(exc.status_code, code, message, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
+        return error_response(400, "invalid_request", problems, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
+        # The server logs the traceback; the client gets the one error shape, and a 5xx
+        # tells Segment's and RudderStack's clients to send the batch again later.
+        return error_response(500, "internal_error",
+                              "the server failed to handle the request; it is logged, and the "
+                              "request can be sent again", request.url.path)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -88,7 +110,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
                               f"no ingest endpoint /v1/{call}; use /v1/track, /v1/identify, "
                               "/v1/group or /v1/batch")
         await _authenticate_ingest(request, context)
-        body = await read_body(request, limit=MAX_EVENT_BYTES)
+        body = await read_body(request, limit=MAX_EVENT_BYTES, what="event")
         statuses = await run_in_threadpool(
             ingest_messages, context.database, [body], context.clock(),
             context.playbook.anchor_names, None, kind)
@@ -96,7 +118,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
 
     @app.get("/api/accounts")
     async def list_accounts(request: Request, limit: int = 100, offset: int = 0) -> Response:
-        _authenticate_api(request, context)
+        await _authenticate_api(request, context)
         if not 1 <= limit <= 1000 or offset < 0:
             raise HTTPProblem(400, "invalid_page",
                               f"limit={limit}, offset={offset}: limit must be 1 to 1000 and "
@@ -106,7 +128,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
 
     @app.get("/api/accounts/{account_id}")
     async def get_account(account_id: str, request: Request) -> Response:
-        _authenticate_api(request, context)
+        await _authenticate_api(request, context)
         states = await run_in_threadpool(
             evaluate_accounts, context.database, context.playbook, context.clock(),
             [account_id])
@@ -125,7 +147,7 @@ def _account_page(context: AppContext, limit: int, offset: int) -> list[dict[str
     return [state.as_json() for state in states]
 
 
-async def read_body(request: Request, limit: int = MAX_BATCH_BYTES) -> bytes:
+async def read_body(request: Request, limit: int = MAX_BATCH_BYTES, what: str = "batch") -> bytes:
     """The decoded body, refused with 413 past `limit` (checked after gzip decoding)."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", ""):
@@ -135,27 +157,38 @@ async def read_body(request: Request, limit: int = MAX_BATCH_BYTES) -> bytes:
     async for chunk in request.stream():
         received += chunk
         if len(received) > limit:
-            raise _too_large(limit)
+            raise _too_large(limit, what)
     if encoding != "gzip":
         return bytes(received)
-    return _gunzip(bytes(received), limit)
+    return _gunzip(bytes(received), limit, what)
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        # Decompress no more than the limit allows, so a small bomb cannot fill the memory.
-        body = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise HTTPProblem(400, "invalid_gzip", f"the gzip body cannot be decoded: {exc}") from None
-    if len(body) > limit or inflater.unconsumed_tail:
-        raise _too_large(limit)
-    return body
+def _gunzip(data: bytes, limit: int, what: str) -> bytes:
+    """Decode every gzip member of `data` (a gzip file may hold several, one after another)."""
+    body = bytearray()
+    rest = data
+    while rest:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            # Decompress no more than the limit allows, so a small bomb cannot fill the memory.
+            body += inflater.decompress(rest, limit + 1 - len(body))
+        except zlib.error as exc:
+            raise HTTPProblem(400, "invalid_gzip",
+                              f"the gzip body cannot be decoded: {exc}") from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise _too_large(limit, what)
+        if not inflater.eof:
+            raise HTTPProblem(400, "invalid_gzip",
+                              f"the gzip body ends after {len(data)} bytes, in the middle of its "
+                              "data; send the whole body")
+        rest = inflater.unused_data
+    return bytes(body)
 
 
-def _too_large(limit: int) -> HTTPProblem:
+def _too_large(limit: int, what: str) -> HTTPProblem:
+    fix = "send fewer or smaller properties" if what == "event" else "send smaller batches"
     return HTTPProblem(413, "payload_too_large",
-                       f"the body is over {limit // 1024} KiB once decoded; send smaller batches")
+                       f"the {what} is over {limit // 1024} KiB once decoded; {fix}")
 
 
 async def _authenticate_ingest(request: Request, context: AppContext) -> None:
@@ -176,10 +209,11 @@ def _basic_user(header: str) -> str | None:
     return user or None
 
 
-def _authenticate_api(request: Request, context: AppContext) -> Principal:
+async def _authenticate_api(request: Request, context: AppContext) -> Principal:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    principal = check_api_token(context.database, token.strip()) if scheme.lower() == "bearer" \
-        else None
+    principal = None
+    if scheme.lower() == "bearer":
+        principal = await run_in_threadpool(check_api_token, context.database, token.strip())
     if principal is None:
         raise HTTPProblem(401, "unauthorized",
                           "send a bearer token made with `firstvalue tokens create`")
@@ -189,13 +223,27 @@ def _authenticate_api(request: Request, context: AppContext) -> Principal:
 def ingest_response(statuses: list[MessageStatus]) -> Response:
     results = [{"index": i, **status.as_json()} for i, status in enumerate(statuses)]
     stored = any(status.status in STORED for status in statuses)
-    body = {"success": stored, "results": results}
-    return json_response(body, status=200 if stored else 400)
+    if stored:
+        return json_response({"success": True, "results": results})
+    body = {"success": False, **_client_error_fields(
+        "all_rejected", "no event was stored; each one's reason is in `results`"),
+        "results": results}
+    return json_response(body, status=400)
 
 
 def json_response(body: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_response(status: int, code: str, message: str, path: str = "") -> JSONResponse:
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if path.startswith("/v1/"):
+        body.update(_client_error_fields(code, message))
+    return JSONResponse(body, status_code=status)
+
+
+def _client_error_fields(code: str, message: str) -> dict[str, str]:
+    """`code` and `message` at the top level, where Segment's and RudderStack's clients read
+    them: without them RudderStack's client fails on a KeyError and retries a 4xx that it
+    should give up on, and Segment's reports the code as "unknown"."""
+    return {"code": code, "message": message}

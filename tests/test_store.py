@@ -1,0 +1,131 @@
+"""The store on SQLite and PostgreSQL: migrations, attribution, dirty tracking, versions."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from firstvalue.engine.compiled import compile_playbook
+from firstvalue.ingest.service import ingest_messages
+from firstvalue.playbook.loader import parse_playbook, read_default_text
+from firstvalue.runtime.evaluation import stored_states, tick
+from firstvalue.store.schema import metadata
+from tests.conftest import encode, micros
+
+T0 = micros("2026-03-01T00:00:00Z")
+
+
+def send(database, playbook, *messages, at=T0):
+    return [s.status for s in ingest_messages(database, [encode(m) for m in messages], at,
+                                              playbook.anchor_names)]
+
+
+def group(mid, user, account, when, **traits):
+    return {"type": "group", "messageId": mid, "userId": user, "groupId": account,
+            "timestamp": when, "traits": traits}
+
+
+def track(mid, user, name, when, account=None, **properties):
+    message = {"type": "track", "messageId": mid, "userId": user, "event": name,
+               "timestamp": when, "properties": properties}
+    if account:
+        message["context"] = {"groupId": account}
+    return message
+
+
+def account_of(database, message_id):
+    with database.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT account_id FROM events WHERE message_id = :m"),
+                            {"m": message_id}).scalar()
+
+
+def test_the_migrations_build_exactly_the_schema_the_code_uses(database):
+    with database.engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert differences == []
+
+
+def test_opening_twice_does_not_migrate_twice(database):
+    from firstvalue.store.database import open_database
+
+    again = open_database(database.url)
+    with again.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    again.dispose()
+
+
+def test_an_event_belongs_to_the_group_membership_in_force_at_its_time(database, playbook):
+    send(database, playbook,
+         group("g1", "u1", "acme", "2026-02-01T00:00:00Z"),
+         group("g2", "u1", "globex", "2026-02-10T00:00:00Z"),
+         track("t1", "u1", "Signed In", "2026-02-05T00:00:00Z"),
+         track("t2", "u1", "Signed In", "2026-02-15T00:00:00Z"),
+         track("t3", "u1", "Signed In", "2026-01-15T00:00:00Z"))
+    assert account_of(database, "t1") == "acme"
+    assert account_of(database, "t2") == "globex"
+    assert account_of(database, "t3") == "acme"  # before any group call: the first one
+
+
+def test_a_late_group_call_moves_the_events_it_explains_and_marks_both_accounts(database,
+                                                                                playbook):
+    send(database, playbook, group("g1", "u1", "acme", "2026-02-01T00:00:00Z"),
+         track("t1", "u1", "Signed In", "2026-02-15T00:00:00Z"))
+    tick(database, playbook, T0)
+    send(database, playbook, group("g2", "u1", "globex", "2026-02-10T00:00:00Z"))
+    assert account_of(database, "t1") == "globex"
+    with database.engine.connect() as conn:
+        dirty = conn.execute(sa.text("SELECT id FROM accounts WHERE change_seq > evaluated_seq "
+                                     "ORDER BY id")).scalars().all()
+    assert dirty == ["acme", "globex"]
+
+
+def test_an_explicit_group_id_wins_over_membership(database, playbook):
+    send(database, playbook, group("g1", "u1", "acme", "2026-02-01T00:00:00Z"),
+         group("g2", "u9", "globex", "2026-02-01T00:00:00Z"),
+         track("t1", "u1", "Signed In", "2026-02-15T00:00:00Z", account="globex"))
+    assert account_of(database, "t1") == "globex"
+
+
+def test_an_anchor_event_creates_its_account(database, playbook):
+    statuses = send(database, playbook,
+                    track("t1", "u1", "Deal Closed Won", "2026-02-15T00:00:00Z", account="newco",
+                          deal_id="d1"),
+                    track("t2", "u1", "Signed In", "2026-02-15T00:00:00Z", account="other"))
+    assert statuses == ["accepted", "pending_account"]
+    assert account_of(database, "t1") == "newco"
+
+
+def test_account_traits_merge_key_by_key_by_their_own_time(database, playbook):
+    send(database, playbook,
+         group("g2", "u1", "acme", "2026-02-10T00:00:00Z", segment="enterprise"),
+         group("g1", "u1", "acme", "2026-02-01T00:00:00Z", segment="smb", name="Acme"))
+    state = _evaluate(database, playbook)
+    assert (state["segment"], state["name"], state["track"]) == ("enterprise", "Acme",
+                                                                 "enterprise")
+
+
+def test_tick_evaluates_only_changed_and_due_accounts(database, playbook):
+    send(database, playbook, group("g1", "u1", "acme", "2026-02-01T00:00:00Z", timezone="UTC"),
+         group("g2", "u2", "globex", "2026-02-01T00:00:00Z", timezone="UTC"))
+    assert tick(database, playbook, T0).evaluated == 2
+    assert tick(database, playbook, T0 + 1).evaluated == 0
+    send(database, playbook, track("t1", "u1", "Signed In", "2026-02-20T00:00:00Z"))
+    assert tick(database, playbook, T0 + 2).evaluated == 1
+
+
+def test_a_new_playbook_version_re_evaluates_everything_and_is_recorded(database, playbook):
+    send(database, playbook, group("g1", "u1", "acme", "2026-02-01T00:00:00Z"))
+    tick(database, playbook, T0)
+    changed = compile_playbook(parse_playbook(
+        read_default_text().replace("end_day: 120", "end_day: 100"), "changed.yaml"))
+    assert tick(database, changed, T0 + 1).evaluated == 1
+    assert _evaluate(database, changed)["playbook_version"] == changed.version
+    with database.engine.connect() as conn:
+        versions = set(conn.execute(sa.text("SELECT version FROM playbook_versions")).scalars())
+    assert versions == {playbook.version, changed.version}
+
+
+def _evaluate(database, playbook) -> dict:
+    tick(database, playbook, T0 + 10)
+    return stored_states(database, ["acme"])["acme"]
