@@ -10,6 +10,7 @@ membership. The file is sorted by time, except for a few late events written out
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ TIMEZONES = ("America/New_York", "America/Los_Angeles", "Europe/Berlin", "Europe
              "Asia/Tokyo", "Australia/Sydney")
 OTHER_NAMES = ("Dashboard Viewed", "Email Opened", "Call Scheduled", "Call Completed",
                "Ticket Opened", "Alert Started", "Export Downloaded")
+FORMAT = 2  # bump when the generator changes, so that an old file is not reused
 LATE_SHARE = 0.02  # the share of track events written a few hours after their time
 
 
 def dataset_path(directory: Path, accounts: int, events: int) -> Path:
-    return directory / f"events-{accounts}a-{events}e-s{SEED}.jsonl"
+    return directory / f"events-{accounts}a-{events}e-s{SEED}-v{FORMAT}.jsonl"
 
 
 def ensure_dataset(directory: Path, accounts: int, events: int) -> Path:
@@ -160,7 +162,8 @@ class _Script:
              position: float | None = None) -> None:
         if len(self.rows) >= self.budget:
             return
-        message["messageId"] = f"bm-{self.account}-{len(self.rows) + 1}"
+        # Random ids, as Segment's libraries send: nothing about them follows time or account.
+        message["messageId"] = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         message["timestamp"] = _iso(moment)
         line = msgspec.json.encode(message)
         self.rows.append((moment.timestamp() if position is None else position, line))

@@ -71,7 +71,7 @@ def _run_sqlite(path: Path, data: Path) -> dict[str, Any]:
             Path(f"{db}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{imported}"
     figures = _in_child(measure_import, url, path)
-    figures |= _in_child(measure_sqlite_floor, url, f"sqlite:///{floor}")
+    figures |= _in_child(measure_sqlite_floor, url, f"sqlite:///{floor}", path)
     figures |= _in_child(measure_evaluation, url)
     return figures
 
@@ -86,7 +86,7 @@ def _run_postgresql(path: Path, pg: str) -> dict[str, Any]:
     imported, floor = (f"{pg}{separator}options=-csearch_path%3D{s}" for s in schemas)
     try:
         figures = _in_child(measure_import, imported, path)
-        figures |= _in_child(measure_postgresql_floor, imported, floor)
+        figures |= _in_child(measure_postgresql_floor, imported, floor, path)
         figures |= _in_child(measure_evaluation, imported)
     finally:
         with admin.begin() as conn:
@@ -131,9 +131,10 @@ def measure_import(url: str, path: Path) -> dict[str, Any]:
             "statuses": dict(summary.statuses), "stored": stored, "held": held}
 
 
-def measure_sqlite_floor(source: str, target: str) -> dict[str, Any]:
-    """The imported rows, inserted raw with `executemany` into the same (migrated) table."""
-    rows = _stored_rows(source)
+def measure_sqlite_floor(source: str, target: str, path: Path) -> dict[str, Any]:
+    """The imported rows, in file order, inserted raw with `executemany` into the same
+    (migrated) table in one transaction."""
+    rows = _stored_rows(source, path)
     database = open_database(target)
     raw = database.engine.raw_connection()
     placeholders = ", ".join("?" * len(EVENT_COLUMNS))
@@ -149,9 +150,10 @@ def measure_sqlite_floor(source: str, target: str) -> dict[str, Any]:
     return {"floor_s": round(seconds, 2), "floor_per_s": round(len(rows) / seconds)}
 
 
-def measure_postgresql_floor(source: str, target: str) -> dict[str, Any]:
-    """The imported rows, loaded with `COPY` into the same (migrated) table."""
-    rows = _stored_rows(source)
+def measure_postgresql_floor(source: str, target: str, path: Path) -> dict[str, Any]:
+    """The imported rows, in file order, loaded with `COPY` into the same (migrated) table in
+    one transaction."""
+    rows = _stored_rows(source, path)
     database = open_database(target)
     raw = database.engine.raw_connection()
     started = time.perf_counter()
@@ -166,13 +168,20 @@ def measure_postgresql_floor(source: str, target: str) -> dict[str, Any]:
     return {"floor_s": round(seconds, 2), "floor_per_s": round(len(rows) / seconds)}
 
 
-def _stored_rows(url: str) -> list[tuple[Any, ...]]:
+class _Identified(msgspec.Struct):
+    messageId: str
+
+
+def _stored_rows(url: str, path: Path) -> list[tuple[Any, ...]]:
+    """The rows the import stored, in the order of the file's lines."""
+    decode = msgspec.json.Decoder(_Identified).decode
+    with path.open("rb") as lines:
+        position = {decode(line).messageId: number for number, line in enumerate(lines)}
     database = open_database(url)
     with database.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events ORDER BY id").all()
+        rows = conn.exec_driver_sql(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events").all()
     database.dispose()
-    return [tuple(row) for row in rows]
+    return sorted((tuple(row) for row in rows), key=lambda row: position[row[0]])
 
 
 def measure_evaluation(url: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SINGLE_CALLS = {"track": "track", "identify": "identify", "group": "group",
                 "t": "track", "i": "identify", "g": "group"}
 STORED = {ACCEPTED, DUPLICATE, PENDING_ACCOUNT}
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class HTTPProblem(Exception):
@@ -64,7 +65,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+        code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return error_response(exc.status_code, code, message, request.url.path)
 

@@ -10,14 +10,18 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from firstvalue.engine.compiled import CompiledPlaybook
+from firstvalue.errors import ImportFileError
 from firstvalue.ingest.files import ImportSummary, file_format, import_file
 from firstvalue.store.database import Database
 
 
 def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path], now: int,
                rejects_path: Path, progress: bool, as_json: bool) -> None:
+    # Refuse an unknown format or a missing file before anything is stored.
     for path in files:
-        file_format(path)  # refuse an unknown format before anything is stored
+        file_format(path)
+        if not path.is_file():
+            raise ImportFileError(f"no such file: {str(path)!r}")
     summary = ImportSummary()
     started = time.perf_counter()
     if progress:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from firstvalue.engine.conditions import Detector, compile_condition
 from firstvalue.playbook.loader import LoadedPlaybook
-from firstvalue.playbook.model import Track
+from firstvalue.playbook.model import Rule, Template, Track
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class CompiledMilestone:
 class CompiledTrack:
     track: Track
     milestones: tuple[CompiledMilestone, ...]
+    rules: tuple[Rule, ...] = ()
+    templates: dict[str, Template] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -79,7 +81,10 @@ def compile_playbook(loaded: LoadedPlaybook) -> CompiledPlaybook:
             CompiledMilestone(key, (overrides.get(key) or m).name or key,
                               compile_condition((overrides.get(key) or m).when, meanings))
             for key, m in base.items())
-        tracks.append(CompiledTrack(track, milestones))
+        rules = {rule.key: rule for rule in model.rules}
+        rules.update({rule.key: rule for rule in track.rules})
+        templates = {**model.templates, **track.templates}
+        tracks.append(CompiledTrack(track, milestones, tuple(rules.values()), templates))
 
     by_key = {t.key: t for t in tracks}
     anchors = model.anchors
@@ -88,6 +93,7 @@ def compile_playbook(loaded: LoadedPlaybook) -> CompiledPlaybook:
         return frozenset(meanings.get(key, []))
 
     relevant = frozenset().union(*(m.detector.names for t in tracks for m in t.milestones))
+    relevant |= _rule_event_names(tracks, meanings)
     compiled = CompiledPlaybook(
         loaded=loaded,
         tracks=tuple(tracks),
@@ -100,6 +106,22 @@ def compile_playbook(loaded: LoadedPlaybook) -> CompiledPlaybook:
         relevant_names=relevant,
     )
     return _with_relevant(compiled)
+
+
+def _rule_event_names(tracks: list[CompiledTrack],
+                      meanings: dict[str, list[str]]) -> frozenset[str]:
+    names: set[str] = set()
+    for track in tracks:
+        for rule in track.rules:
+            happenings = [rule.on, rule.unless] + [e.unless for e in rule.escalations]
+            for happening in happenings:
+                if happening is None:
+                    continue
+                if happening.meaning is not None:
+                    names |= set(meanings.get(happening.meaning, []))
+                if happening.event is not None:
+                    names.add(happening.event)
+    return frozenset(names)
 
 
 def _with_relevant(compiled: CompiledPlaybook) -> CompiledPlaybook:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zoneinfo
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -13,6 +13,7 @@ from firstvalue.engine.compiled import CompiledPlaybook, CompiledTrack
 from firstvalue.engine.days import days_between, local_date, local_isoformat, next_local_midnight
 from firstvalue.engine.days import zone as find_zone
 from firstvalue.engine.facts import AccountFacts, EventFact
+from firstvalue.engine.rules import PlannedAction, RuleContext, RulePlan, plan_rules
 from firstvalue.store.traits import plain_traits
 
 UTC_ZONE = zoneinfo.ZoneInfo("UTC")
@@ -72,9 +73,11 @@ class AccountState:
     next_wake_at: int | None
     stalls: tuple[Any, ...] = field(default=())
     actions: tuple[Any, ...] = field(default=())
+    planned: tuple[PlannedAction, ...] = field(default=(), repr=False)
 
     def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, planned=()))
+        del data["planned"]
         data["milestones"] = [asdict(m) for m in self.milestones]
         data["phases"] = [p.as_json() for p in self.phases]
         data["stalls"] = list(self.stalls)
@@ -104,12 +107,17 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     today = local_date(now, tz)
     day = days_between(day0, today) if day0 else None
 
-    milestones = _milestones(compiled_track, events, facts.contacts, day0, day, tz)
+    milestones, completions = _milestones(compiled_track, events, facts.contacts, day0, day, tz)
     done = {m.key: m for m in milestones if m.status == "done"}
     current = next((m.key for m in milestones if m.status == "open"), None)
     ttv = _ttv(run, done.get(playbook.loaded.model.first_value), tz)
     track = compiled_track.track if compiled_track else None
     ttv_target = track.ttv_target if track else None
+    plan = _plan(facts, playbook, compiled_track, traits, tz, run, kickoff, has_kickoff, day0,
+                 events, completions, stamped, now)
+    wake = _next_wake(now, kickoff, day, tz)
+    if plan.next_due_at is not None:
+        wake = plan.next_due_at if wake is None else min(wake, plan.next_due_at)
 
     return AccountState(
         id=facts.account_id,
@@ -135,8 +143,56 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         ttv_on_time=None if ttv is None or ttv_target is None else ttv <= ttv_target,
         phases=_phases(playbook, run, kickoff if kickoff and kickoff.at <= now else None,
                        has_kickoff, done, tz),
-        next_wake_at=_next_wake(now, kickoff, day, tz),
+        next_wake_at=wake,
+        planned=plan.due,
     )
+
+
+def _plan(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrack | None,
+          traits: dict[str, Any], tz: zoneinfo.ZoneInfo, run: Run | None,
+          kickoff: Kickoff | None, has_kickoff: bool, day0: date | None,
+          events: dict[str, list[EventFact]], completions: dict[str, EventFact],
+          stamped: dict[str, list[Any]], now: int) -> RulePlan:
+    if track is None or not track.rules:
+        return RulePlan((), None)
+    model = playbook.loaded.model
+    context = RuleContext(
+        account_id=facts.account_id, traits=traits, track=track.key, has_kickoff=has_kickoff,
+        tz=tz, run=run, kickoff=kickoff if kickoff and kickoff.at <= now else None, day0=day0,
+        events=events, milestones=completions, meanings=model.meanings,
+        window=model.send_window, now=now, country=_text(traits.get("country")),
+        arrivals=_arrivals(playbook, run, events, stamped))
+    return plan_rules(track.rules, context)
+
+
+def _arrivals(playbook: CompiledPlaybook, run: Run | None, events: dict[str, list[EventFact]],
+              stamped: dict[str, list[Any]]) -> dict[str, int]:
+    """When anchor facts happened and reached the engine: what rule timing is judged by."""
+    arrivals: dict[str, int] = {}
+    anchors = playbook.loaded.model.anchors
+    by_id = {e.message_id: e for group in events.values() for e in group}
+    if run is not None:
+        evidence = by_id.get(run.evidence or "")
+        trait = stamped.get(anchors.contract_signed.trait)
+        known = evidence.received_at if evidence else (_trait_arrival(trait) if trait else 0)
+        arrivals["contract_signed_known"] = known
+    names = playbook.kickoff_completed_names | playbook.kickoff_scheduled_names
+    kickoff_events = [e for n in names for e in events.get(n, ())]
+    booked = [e.ts for e in kickoff_events]
+    known = [e.received_at for e in kickoff_events]
+    trait = stamped.get(anchors.kickoff.trait)
+    if trait:
+        booked.append(trait[1])
+        known.append(_trait_arrival(trait))
+    if booked:
+        arrivals["kickoff_booked"] = min(booked)
+        arrivals["kickoff_known"] = min(known)
+    return arrivals
+
+
+def _trait_arrival(stamped_trait: list[Any]) -> int:
+    """Traits stamped before arrivals were recorded carry only their own time."""
+    return stamped_trait[3] if len(stamped_trait) > 3 else stamped_trait[1]
 
 
 def _timezone_of(traits: dict[str, Any],
@@ -169,17 +225,20 @@ def _day0(run: Run | None, kickoff: Kickoff | None, has_kickoff: bool,
 
 def _milestones(track: CompiledTrack | None, events: dict[str, list[EventFact]],
                 contacts: dict[str, dict[str, Any]], day0: date | None, day: int | None,
-                tz: zoneinfo.ZoneInfo) -> list[MilestoneStatus]:
+                tz: zoneinfo.ZoneInfo) -> tuple[list[MilestoneStatus], dict[str, EventFact]]:
     if track is None:
-        return []
+        return [], {}
     targets = track.track.targets
     statuses = []
+    completions = {}
     for milestone in track.milestones:
         found = milestone.detector.detect(events, contacts)
+        if found is not None:
+            completions[milestone.key] = found
         target = targets.get(milestone.key)
         statuses.append(_milestone_status(milestone.key, milestone.name, found, target, day0,
                                           day, tz))
-    return statuses
+    return statuses, completions
 
 
 def _milestone_status(key: str, name: str, found: EventFact | None, target: int | None,

@@ -19,6 +19,7 @@ class EventFact:
     ts: int
     actor: str | None
     raw_properties: str = "{}"
+    received_at: int = 0  # when it reached the engine: arrival, or attachment if it was held
     _properties: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property

@@ -16,11 +16,12 @@ import csv
 import gzip
 import io
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import msgspec
 
@@ -34,6 +35,8 @@ CHUNK_LINES = 10_000
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv",)
 _encode = msgspec.json.encode
+# Bytes that are not UTF-8 come out of the "surrogateescape" decoder as these code points.
+_UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 @dataclass
@@ -113,7 +116,7 @@ def _unpack(status: MessageStatus) -> tuple[str, str | None]:
 
 def _open(path: Path) -> IO[bytes]:
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
 
 
@@ -127,7 +130,16 @@ def _jsonl_lines(stream: IO[bytes]) -> Iterator[Line]:
 
 
 def _csv_lines(stream: IO[bytes], path: Path) -> Iterator[Line]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    # Bytes that are not UTF-8 are kept (as surrogates) rather than fatal, so that such a row
+    # is rejected on its own and the rest of the file goes on.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    try:
+        yield from _csv_rows(text, path)
+    finally:
+        text.detach()  # the caller closes the stream; the wrapper must not outlive it open
+
+
+def _csv_rows(text: IO[str], path: Path) -> Iterator[Line]:
     reader = csv.DictReader(text)
     if not reader.fieldnames:
         return
@@ -140,8 +152,15 @@ def _csv_lines(stream: IO[bytes], path: Path) -> Iterator[Line]:
             f"{str(path)!r} has unknown CSV column(s) {', '.join(unknown)}; use type, "
             "message_id, timestamp, user_id, anonymous_id, group_id, event, properties, traits, "
             "properties.NAME or traits.NAME")
+    columns = len(reader.fieldnames)
     for row in reader:
         number = reader.line_num
+        # DictReader puts the fields past the header's in a list under the key None.
+        extra = cast("list[str] | None", row.pop(None, None))
+        problem = _row_problem(row, extra, columns)
+        if problem is not None:
+            yield Line(number, _row_bytes(row, extra), problem=f"invalid CSV row: {problem}")
+            continue
         raw_row = _encode(row)
         try:
             message = _message_from_row(row)
@@ -150,6 +169,24 @@ def _csv_lines(stream: IO[bytes], path: Path) -> Iterator[Line]:
             continue
         fallback = None if message.get("messageId") else derive_message_id(raw_row)
         yield Line(number, _encode(message), fallback)
+
+
+def _row_problem(row: dict[str, str | None], extra: list[str] | None,
+                 columns: int) -> str | None:
+    """What makes a row unreadable before it is even a message, if anything."""
+    if extra:
+        return (f"{columns + len(extra)} fields where the header has {columns}; quote values "
+                "that hold a comma")
+    for column, value in row.items():
+        if value and _UNDECODED.search(value):
+            return f"column {column!r} is not UTF-8 text; save the file as UTF-8"
+    return None
+
+
+def _row_bytes(row: dict[str, str | None], extra: list[str] | None) -> bytes:
+    """The row as the file had it, near enough to find it there (for the reject file)."""
+    values = [value or "" for value in row.values()] + list(extra or ())
+    return ",".join(values).encode("utf-8", "surrogateescape")
 
 
 def _message_from_row(row: dict[str, str | None]) -> dict[str, Any]:

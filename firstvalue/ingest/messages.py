@@ -26,6 +26,7 @@ FLAG_CLAMPED = 1  # the timestamp was in the future after clock correction, so s
 
 class Context(msgspec.Struct):
     groupId: str | int | None = None
+    traits: msgspec.Raw = msgspec.Raw(b"")  # RudderStack's identify puts the traits here
 
 
 class Message(msgspec.Struct):
@@ -128,6 +129,8 @@ def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: dat
         group_id = group_id or _as_id(message.groupId)
     else:
         payload_raw = message.traits
+        if kind == "identify" and not bytes(payload_raw) and message.context is not None:
+            payload_raw = message.context.traits
         if kind == "group":
             group_id = _as_id(message.groupId)
             if group_id is None:
@@ -141,6 +144,9 @@ def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: dat
         return Rejected(f"`{field}` must be a JSON object")
 
     message_id = message.messageId
+    texts = (name, group_id, user_id, anonymous_id, message_id)
+    if any("\x00" in text for text in texts if text):
+        return Rejected("a name or id holds a NUL character (\\u0000); remove it")
     if message_id is not None and (not isinstance(message_id, str) or not message_id):
         return Rejected("`messageId` must be a non-empty string")
     if message_id is not None and len(message_id) > MAX_ID_LENGTH:
@@ -165,12 +171,19 @@ def _event_time(message: Message, received_at: int,
     if stamp.tzinfo is None:
         return Rejected(f"timestamp {stamp.isoformat()!r} has no UTC offset; add Z or +01:00")
     ts = to_micros(stamp)
+    if ts < 0:
+        return Rejected(f"timestamp {stamp.isoformat()!r} is before 1970; send the event's real "
+                        "time")
 
     sent_at = message.sentAt or batch_sent_at
     if sent_at is not None and sent_at.tzinfo is not None:
         # Correct the client's clock as Segment does: what the client saw as "how long ago"
         # is kept, measured back from when the server received it.
         ts = received_at - (to_micros(sent_at) - ts)
+        if ts < 0:
+            return Rejected(f"sentAt {sent_at.isoformat()!r} is so far from the server's clock "
+                            "that the corrected timestamp falls before 1970; check the "
+                            "client's clock")
     if ts > received_at:
         return received_at, FLAG_CLAMPED
     return ts, 0

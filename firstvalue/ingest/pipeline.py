@@ -89,8 +89,9 @@ def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
 
     event_store.insert_memberships(conn, groups)
     changed |= _merge_contact_traits(conn, identifies)
-    changed |= event_store.attach_held_events(conn, created)
-    changed |= event_store.reattribute(conn, {m.actor for m in groups}, memberships)
+    received = max(m.received_at for m in messages)
+    changed |= event_store.attach_held_events(conn, created, received)
+    changed |= event_store.reattribute(conn, {m.actor for m in groups}, memberships, received)
     changed |= {m.group_id for m in groups}
     event_store.mark_changed(conn, changed)
     if conflicts:
@@ -171,7 +172,8 @@ def _merge_account_traits(conn: sa.Connection, groups: list[Accepted]) -> set[st
     changed = set()
     for message in groups:
         traits = stored.setdefault(message.group_id, {})  # type: ignore[arg-type]
-        if merge_traits(traits, _decode_object(message.payload), message.ts, message.message_id):
+        if merge_traits(traits, _decode_object(message.payload), message.ts, message.message_id,
+                        message.received_at):
             changed.add(message.group_id)
     event_store.save_traits(conn, "accounts", "id", {k: stored[k] for k in changed})
     return changed  # type: ignore[return-value]
@@ -185,7 +187,8 @@ def _merge_contact_traits(conn: sa.Connection, identifies: list[Accepted]) -> se
     changed_actors = set()
     for message in identifies:
         traits = stored.setdefault(message.actor, {})  # type: ignore[arg-type]
-        if merge_traits(traits, _decode_object(message.payload), message.ts, message.message_id):
+        if merge_traits(traits, _decode_object(message.payload), message.ts, message.message_id,
+                        message.received_at):
             changed_actors.add(message.actor)
     updated_at = max(m.received_at for m in identifies)
     event_store.upsert_contacts(conn, {k: stored[k] for k in changed_actors}, updated_at)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zoneinfo
 from dataclasses import dataclass
 from importlib import resources
@@ -20,7 +21,9 @@ from firstvalue.playbook.model import (
     AnyOf,
     Condition,
     EventCondition,
+    Happening,
     Playbook,
+    Rule,
     UsersCondition,
 )
 
@@ -81,10 +84,24 @@ def _version_of(model: Playbook, text: str) -> str:
     return f"{model.name}@{model.version}+{digest}"
 
 
+class _PlaybookLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true and false. YAML 1.1 also reads `on`, `off`, `yes` and `no`
+    as booleans, which would turn a rule's `on:` key into `true:`."""
+
+
+_PlaybookLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_PlaybookLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+
+
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        data = yaml.load(text, Loader=_PlaybookLoader)  # noqa: S506 (a SafeLoader subclass)
+        node = yaml.compose(text, Loader=_PlaybookLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -224,11 +241,74 @@ def check_playbook(model: Playbook) -> list[PlaybookProblem]:
         problems += _condition_problems(milestone.when, f"milestones[{index}].when", meanings)
     for index, track in enumerate(model.tracks):
         problems += _track_problems(track, f"tracks[{index}]", milestone_keys, meanings)
+    problems += _rules_problems(model.rules, "rules", model, model.templates)
+    for index, track in enumerate(model.tracks):
+        templates = {**model.templates, **track.templates}
+        problems += _rules_problems(track.rules, f"tracks[{index}].rules", model, templates)
     if model.default_track is not None and model.default_track not in {t.key for t in model.tracks}:
         problems.append(PlaybookProblem(
             "default_track", f"unknown track {model.default_track!r}",
             f"name one of the tracks: {', '.join(t.key for t in model.tracks)}"))
     return problems
+
+
+def _rules_problems(rules: list[Rule], place: str, model: Playbook,
+                    templates: dict[str, Any]) -> list[PlaybookProblem]:
+    problems = _duplicates(place, [rule.key for rule in rules])
+    for index, rule in enumerate(rules):
+        here = f"{place}[{index}]"
+        for key, happening in (("on", rule.on), ("unless", rule.unless)):
+            problems += _happening_problems(happening, f"{here}.{key}", model)
+        problems += _actions_problems(rule.actions, f"{here}.actions", templates)
+        problems += _where_problems(rule.where, f"{here}.where", model)
+        problems += _duplicates(f"{here}.escalations", [e.key for e in rule.escalations])
+        for number, escalation in enumerate(rule.escalations):
+            there = f"{here}.escalations[{number}]"
+            problems += _happening_problems(escalation.unless, f"{there}.unless", model)
+            problems += _actions_problems(escalation.actions, f"{there}.actions", templates)
+            problems += _where_problems(escalation.where, f"{there}.where", model)
+    return problems
+
+
+def _happening_problems(happening: Happening | None, place: str,
+                        model: Playbook) -> list[PlaybookProblem]:
+    if happening is None:
+        return []
+    milestones = [m.key for m in model.milestones]
+    if happening.milestone is not None and happening.milestone not in milestones:
+        return [PlaybookProblem(f"{place}.milestone", f"unknown milestone {happening.milestone!r}",
+                                f"use one of: {', '.join(milestones)}")]
+    if happening.meaning is not None and happening.meaning not in model.meanings:
+        return [PlaybookProblem(f"{place}.meaning", f"unknown meaning {happening.meaning!r}",
+                                f"define it under `meanings` or use one of: "
+                                f"{', '.join(sorted(model.meanings))}")]
+    return []
+
+
+def _actions_problems(actions: list[Any], place: str,
+                      templates: dict[str, Any]) -> list[PlaybookProblem]:
+    problems = []
+    for index, action in enumerate(actions):
+        if action.template is not None and action.template not in templates:
+            problems.append(PlaybookProblem(
+                f"{place}[{index}].template", f"unknown template {action.template!r}",
+                f"add it under `templates` or use one of: {', '.join(sorted(templates))}"))
+        if action.kind in ("email", "slack", "in_app", "task") and action.template is None:
+            problems.append(PlaybookProblem(
+                f"{place}[{index}]", f"a {action.kind} action needs a template",
+                "add `template: KEY` naming one of `templates`"))
+    return problems
+
+
+def _where_problems(where: dict[str, Any], place: str, model: Playbook) -> list[PlaybookProblem]:
+    wanted = where.get("track")
+    if wanted is None:
+        return []
+    known = [t.key for t in model.tracks]
+    names = wanted if isinstance(wanted, list) else [wanted]
+    return [PlaybookProblem(f"{place}.track", f"unknown track {name!r}",
+                            f"use one of: {', '.join(known)}")
+            for name in names if name not in known]
 
 
 def _track_problems(track: Any, place: str, milestone_keys: list[str],

@@ -12,7 +12,7 @@ A condition (`when`) is one of four forms:
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -128,6 +128,8 @@ class Track(Strict):
     ttv_target: int | None = Field(default=None, ge=0)
     end_day: int = Field(default=90, ge=1, le=3650)
     milestones: list[Milestone] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    templates: dict[Key, Template] = Field(default_factory=dict)
 
     @field_validator("targets")
     @classmethod
@@ -136,6 +138,127 @@ class Track(Strict):
             if days < 0:
                 raise ValueError(f"target for {key!r} is {days}; a target day is 0 or more")
         return targets
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ANCHOR_NAMES = ("contract_signed", "kickoff")
+Anchor = Literal["contract_signed", "kickoff"]
+ActionKind = Literal["email", "in_app", "task", "slack", "webhook", "flag"]
+Recipient = Literal["champion", "owner", "actor", "manager", "queue", "account"]
+CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class SendWindow(Strict):
+    """When messages may go out, in the account's own timezone."""
+
+    start: str = Field(default="09:00", pattern=CLOCK_PATTERN)
+    end: str = Field(default="17:00", pattern=CLOCK_PATTERN)
+    weekdays: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> SendWindow:
+        if self.start >= self.end:
+            raise ValueError(f"the window opens at {self.start} and closes at {self.end}; "
+                             "the opening must come first")
+        return self
+
+
+class Happening(Strict):
+    """Something that happened: an event (by meaning or name), a milestone or an anchor."""
+
+    meaning: Key | None = None
+    event: str | None = None
+    milestone: Key | None = None
+    anchor: Anchor | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Happening:
+        given = [name for name in ("meaning", "event", "milestone", "anchor")
+                 if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of meaning, event, milestone or anchor")
+        return self
+
+
+class DayTrigger(Strict):
+    """A moment counted from an anchor: local day N (at the send window's opening), or hours."""
+
+    day: int | None = Field(default=None, ge=0, le=3650)
+    hours: int | None = Field(default=None, ge=0, le=87_600)
+    since: Anchor = "kickoff"
+    business_days: bool = False
+
+    @model_validator(mode="after")
+    def _day_or_hours(self) -> DayTrigger:
+        if (self.day is None) == (self.hours is None):
+            raise ValueError("give exactly one of `day` (local days, at the send window's "
+                             "opening) or `hours` (elapsed time)")
+        if self.business_days and self.day is None:
+            raise ValueError("business_days counts days; give `day`, not `hours`")
+        return self
+
+
+class Delay(Strict):
+    """How long after its rule's trigger an escalation comes due."""
+
+    days: int | None = Field(default=None, ge=0, le=3650)
+    hours: int | None = Field(default=None, ge=0, le=87_600)
+
+    @model_validator(mode="after")
+    def _days_or_hours(self) -> Delay:
+        if (self.days is None) == (self.hours is None):
+            raise ValueError("give exactly one of `days` or `hours`")
+        return self
+
+
+class ActionSpec(Strict):
+    kind: ActionKind
+    to: Recipient | None = None
+    template: Key | None = None
+
+
+class Escalation(Strict):
+    key: Key
+    at: DayTrigger | None = None
+    after: Delay | None = None
+    unless: Happening | None = None
+    where: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    actions: list[ActionSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> Escalation:
+        if self.at is not None and self.after is not None:
+            raise ValueError("give `at` or `after`, not both (neither: due with the rule)")
+        return self
+
+
+class Rule(Strict):
+    key: Key
+    description: str | None = None
+    on: Happening | None = None
+    at: DayTrigger | None = None
+    unless: Happening | None = None
+    where: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    once: Literal["run", "occurrence"] = "run"
+    actions: list[ActionSpec] = Field(default_factory=list)
+    escalations: list[Escalation] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> Rule:
+        if (self.on is None) == (self.at is None):
+            raise ValueError("give exactly one trigger: `on` (something happened) or `at` (a "
+                             "day or hours since an anchor)")
+        if self.once == "occurrence" and (self.on is None or self.on.anchor is not None):
+            raise ValueError("once: occurrence is for rules `on` an event or meaning")
+        if not self.actions and not self.escalations:
+            raise ValueError("a rule needs actions or escalations")
+        return self
+
+
+class Template(Strict):
+    subject: str | None = None
+    body: str
 
 
 class ContractAnchor(Strict):
@@ -171,6 +294,11 @@ class Playbook(Strict):
     tracks: list[Track] = Field(min_length=1)
     default_track: Key | None = None
     login: Key = "login"
+    rules: list[Rule] = Field(default_factory=list)
+    templates: dict[Key, Template] = Field(default_factory=dict)
+    send_window: SendWindow = Field(default_factory=SendWindow)
+    daily_cap: int = Field(default=3, ge=1, le=100)
+    late_limit_hours: int = Field(default=24, ge=0, le=87_600)
 
     @field_validator("meanings", mode="before")
     @classmethod
@@ -181,4 +309,4 @@ class Playbook(Strict):
         return value
 
 
-PHASE_ANCHORS = ("contract_signed", "kickoff")
+PHASE_ANCHORS = ANCHOR_NAMES

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
+from firstvalue.actions.outbox import reconcile
 from firstvalue.engine import AccountFacts, EventFact, evaluate_account
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
@@ -57,7 +58,8 @@ def _facts_for(conn: sa.Connection, accounts: list[Any], names: list[str],
         return
     ids = [row[0] for row in accounts]
     statement = sa.text(
-        "SELECT account_id, message_id, name, ts, user_id, properties FROM events "
+        "SELECT account_id, message_id, name, ts, user_id, properties, "
+        "COALESCE(attached_at, received_at) FROM events "
         "WHERE type = 'track' AND name IN :names "
         + ("AND account_id IS NOT NULL " if load_all else "AND account_id IN :ids ")
         + "ORDER BY account_id").bindparams(sa.bindparam("names", expanding=True))
@@ -68,10 +70,11 @@ def _facts_for(conn: sa.Connection, accounts: list[Any], names: list[str],
 
     events: dict[str, list[EventFact]] = {account_id: [] for account_id in ids}
     actors: set[str] = set()
-    for account_id, message_id, name, ts, actor, properties in conn.execute(statement, params):
+    for account_id, message_id, name, ts, actor, properties, known in conn.execute(statement,
+                                                                                  params):
         bucket = events.get(account_id)
         if bucket is not None:
-            bucket.append(EventFact(message_id, name, ts, actor, properties))
+            bucket.append(EventFact(message_id, name, ts, actor, properties, known))
             if actor is not None:
                 actors.add(actor)
 
@@ -104,7 +107,7 @@ def evaluate_accounts(database: Database, playbook: CompiledPlaybook, now: int,
 def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult:
     """Evaluate the changed and due accounts at `now` and store their state."""
     with database.engine.begin() as conn:
-        attached = sweep_held_events(conn)
+        attached = sweep_held_events(conn, now)
         record_playbook_version(conn, playbook, now)
         due = conn.execute(sa.text(
             "SELECT id, change_seq FROM accounts WHERE change_seq > evaluated_seq "
@@ -112,8 +115,12 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
         ), {"now": now, "version": playbook.version}).all()
         seqs = dict(due)  # type: ignore[arg-type]
         updates = []
+        late_limit = playbook.loaded.model.late_limit_hours
         for facts in load_facts(conn, playbook, seqs):
             state = evaluate_account(facts, playbook, now)
+            # The actions go into the outbox in the transaction that stores the state which
+            # caused them (shared/DESIGN.md "Outbox").
+            reconcile(conn, facts.account_id, state.planned, playbook.version, late_limit, now)
             updates.append({"id": facts.account_id, "state": _encode(state.as_json()).decode(),
                             "wake": state.next_wake_at, "seq": seqs[facts.account_id],
                             "at": now, "version": playbook.version})
@@ -126,12 +133,12 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
     return TickResult(len(updates), attached, playbook.version)
 
 
-def sweep_held_events(conn: sa.Connection) -> int:
+def sweep_held_events(conn: sa.Connection, now: int) -> int:
     """Attach held events whose account became known through another writer meanwhile."""
     waiting = conn.execute(sa.text(
         "SELECT DISTINCT e.group_id FROM events e JOIN accounts a ON a.id = e.group_id "
         "WHERE e.account_id IS NULL AND e.type = 'track'")).scalars().all()
-    attached = event_store.attach_held_events(conn, waiting)
+    attached = event_store.attach_held_events(conn, waiting, now)
     event_store.mark_changed(conn, attached)
     return len(attached)
 

@@ -164,7 +164,7 @@ def accounts_of_actors(conn: sa.Connection, actors: Iterable[str]) -> set[str]:
     return {row[0] for row in rows}
 
 
-def attach_held_events(conn: sa.Connection, account_ids: Iterable[str]) -> set[str]:
+def attach_held_events(conn: sa.Connection, account_ids: Iterable[str], now: int) -> set[str]:
     """Held events that named one of these (now known) accounts belong to it from now on."""
     ids = sorted(account_ids)
     if not ids:
@@ -172,13 +172,14 @@ def attach_held_events(conn: sa.Connection, account_ids: Iterable[str]) -> set[s
     rows = select_in(conn, "SELECT DISTINCT group_id FROM events WHERE account_id IS NULL "
                            "AND group_id IN :ids AND type = 'track'", ids)
     attached = {row[0] for row in rows}
-    execute_in(conn, "UPDATE events SET account_id = group_id WHERE account_id IS NULL "
-                     "AND group_id IN :ids AND type = 'track'", attached)
+    execute_in(conn, "UPDATE events SET account_id = group_id, attached_at = :now "
+                     "WHERE account_id IS NULL AND group_id IN :ids AND type = 'track'", attached,
+               now=now)
     return attached
 
 
-def reattribute(conn: sa.Connection, actors: Iterable[str],
-                memberships: Memberships) -> set[str]:
+def reattribute(conn: sa.Connection, actors: Iterable[str], memberships: Memberships,
+                now: int) -> set[str]:
     """Recompute the account of the actors' membership-attributed events after group calls.
 
     A group call can arrive after the events it explains, or be dated before events already
@@ -192,10 +193,12 @@ def reattribute(conn: sa.Connection, actors: Iterable[str],
     for event_id, actor, ts, account_id in rows:
         target = memberships.account_at(actor, ts)
         if target != account_id:
-            moves.append({"id": event_id, "account": target})
+            moves.append({"id": event_id, "account": target, "now": now})
             changed |= {a for a in (account_id, target) if a is not None}
     if moves:
-        conn.execute(sa.text("UPDATE events SET account_id = :account WHERE id = :id"), moves)
+        # An event reaches its account's engine when it is attached, not when it arrived.
+        conn.execute(sa.text("UPDATE events SET account_id = :account, attached_at = :now "
+                             "WHERE id = :id"), moves)
     return changed
 
 

@@ -25,6 +25,7 @@ events = Table(
     Column("anonymous_id", Text),
     Column("ts", BigInteger, nullable=False),
     Column("received_at", BigInteger, nullable=False),
+    Column("attached_at", BigInteger),
     Column("flags", Integer, nullable=False, server_default=text("0")),
     Column("properties", Text, nullable=False, server_default=text("'{}'")),
     Index("ix_events_message_id", "message_id", unique=True),
@@ -98,6 +99,48 @@ playbook_versions = Table(
     Column("version", Text, primary_key=True),
     Column("text", Text, nullable=False),
     Column("first_used_at", BigInteger, nullable=False),
+)
+
+actions = Table(
+    "actions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("key", Text, nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("recipient", Text),
+    Column("contact", Text),
+    Column("template", Text),
+    Column("status", Text, nullable=False),
+    Column("due_at", BigInteger, nullable=False),
+    Column("not_before", BigInteger, nullable=False),
+    Column("next_attempt_at", BigInteger),
+    Column("created_at", BigInteger, nullable=False),
+    Column("sent_at", BigInteger),
+    Column("resolved_at", BigInteger),
+    Column("done_at", BigInteger),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("late", Integer, nullable=False, server_default=text("0")),
+    Column("reason", Text, nullable=False),
+    Column("error", Text),
+    Column("facts", Text, nullable=False, server_default=text("'{}'")),
+    Column("playbook_version", Text, nullable=False),
+    Column("subject", Text),
+    Column("body", Text),
+    Index("ix_actions_key", "key", unique=True),
+    Index("ix_actions_account", "account_id"),
+    Index("ix_actions_status_next", "status", "next_attempt_at"),
+)
+
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("disabled_at", BigInteger),
+    Column("reason", Text),
 )
 
 counters = Table(

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("anonymous_id", sa.Text),
         sa.Column("ts", sa.BigInteger, nullable=False),
         sa.Column("received_at", sa.BigInteger, nullable=False),
+        sa.Column("attached_at", sa.BigInteger),
         sa.Column("flags", sa.Integer, nullable=False, server_default=sa.text("0")),
         sa.Column("properties", sa.Text, nullable=False, server_default=sa.text("'{}'")),
     )
@@ -88,6 +89,43 @@ def upgrade() -> None:
         sa.Column("first_used_at", sa.BigInteger, nullable=False),
     )
     op.create_table(
+        "actions",
+        sa.Column("id", ID, primary_key=True, autoincrement=True),
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("account_id", sa.Text, nullable=False),
+        sa.Column("run", sa.Integer, nullable=False),
+        sa.Column("rule", sa.Text, nullable=False),
+        sa.Column("kind", sa.Text, nullable=False),
+        sa.Column("recipient", sa.Text),
+        sa.Column("contact", sa.Text),
+        sa.Column("template", sa.Text),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("due_at", sa.BigInteger, nullable=False),
+        sa.Column("not_before", sa.BigInteger, nullable=False),
+        sa.Column("next_attempt_at", sa.BigInteger),
+        sa.Column("created_at", sa.BigInteger, nullable=False),
+        sa.Column("sent_at", sa.BigInteger),
+        sa.Column("resolved_at", sa.BigInteger),
+        sa.Column("done_at", sa.BigInteger),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("late", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("facts", sa.Text, nullable=False, server_default=sa.text("'{}'")),
+        sa.Column("playbook_version", sa.Text, nullable=False),
+        sa.Column("subject", sa.Text),
+        sa.Column("body", sa.Text),
+    )
+    op.create_index("ix_actions_key", "actions", ["key"], unique=True)
+    op.create_index("ix_actions_account", "actions", ["account_id"])
+    op.create_index("ix_actions_status_next", "actions", ["status", "next_attempt_at"])
+    op.create_table(
+        "endpoints",
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("disabled_at", sa.BigInteger),
+        sa.Column("reason", sa.Text),
+    )
+    op.create_table(
         "counters",
         sa.Column("name", sa.Text, primary_key=True),
         sa.Column("value", sa.BigInteger, nullable=False),
@@ -95,6 +133,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("counters", "playbook_versions", "api_tokens", "write_keys", "memberships",
+    for name in ("counters", "endpoints", "actions", "playbook_versions", "api_tokens", "write_keys", "memberships",
                  "contacts", "accounts", "events"):
         op.drop_table(name)

@@ -1,0 +1,1 @@
+"""Actions: the outbox the engine writes, templates, and the dispatchers that deliver."""

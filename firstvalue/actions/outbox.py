@@ -1,0 +1,104 @@
+"""The outbox: actions written in the transaction of the state that caused them.
+
+Every action has a key (account, run, rule, occurrence) and the store refuses a second row with
+the same key, so "once" is a property of the data: two workers evaluating the same account at the
+same moment insert one row between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from firstvalue.engine.rules import PlannedAction
+
+_encode = msgspec.json.encode
+HOUR = 3_600_000_000
+STATUSES = ("pending", "sent", "failed", "dead", "cancelled", "suppressed")
+ALERT_KINDS = ("slack", "task", "flag", "email")
+
+
+def reconcile(conn: sa.Connection, account_id: str, planned: Sequence[PlannedAction],
+              playbook_version: str, late_limit_hours: int, now: int) -> int:
+    """Bring the account's outbox rows in line with what the playbook asks for at `now`.
+
+    New due actions are inserted (pending, or suppressed as `backfill` when the fact that made
+    them due arrived past the late limit); pending rows the plan no longer holds are cancelled
+    with the reason; sent alerts whose condition has cleared are marked resolved. Returns the
+    number of rows inserted.
+    """
+    existing = {row.key: row for row in conn.execute(sa.text(
+        "SELECT key, status, resolved_at FROM actions WHERE account_id = :a"),
+        {"a": account_id})}
+    wanted = {action.key: action for action in planned}
+    inserts = [_new_row(action, account_id, playbook_version, late_limit_hours, now)
+               for key, action in wanted.items() if key not in existing]
+    if inserts:
+        conn.execute(sa.text(
+            "INSERT INTO actions (key, account_id, run, rule, kind, recipient, contact, template, "
+            "status, due_at, not_before, next_attempt_at, created_at, reason, facts, "
+            "playbook_version) VALUES (:key, :account_id, :run, :rule, :kind, :recipient, "
+            ":contact, :template, :status, :due_at, :due_at, :next_attempt_at, :now, :reason, "
+            ":facts, :version) ON CONFLICT (key) DO NOTHING"), inserts)
+
+    cancels = []
+    resolutions = []
+    for key, row in existing.items():
+        action = wanted.get(key)
+        if row.status == "pending" and (action is None or action.status == "cancelled"):
+            reason = action.reason if action else (
+                "cancelled: the rule no longer applies (its condition now holds, or the "
+                "account's track or the playbook changed)")
+            cancels.append({"key": key, "reason": reason, "now": now})
+        elif row.status == "sent" and action is not None and action.cleared \
+                and row.resolved_at is None:
+            resolutions.append({"key": key, "now": now})
+    if cancels:
+        conn.execute(sa.text("UPDATE actions SET status = 'cancelled', reason = :reason, "
+                             "resolved_at = :now WHERE key = :key AND status = 'pending'"),
+                     cancels)
+    if resolutions:
+        conn.execute(sa.text("UPDATE actions SET resolved_at = :now WHERE key = :key"),
+                     resolutions)
+    return len(inserts)
+
+
+def _new_row(action: PlannedAction, account_id: str, version: str, late_limit_hours: int,
+             now: int) -> dict[str, Any]:
+    status = "pending"
+    reason = action.reason
+    if action.status == "cancelled":
+        status = "cancelled"
+    elif action.known_at - action.due_at > late_limit_hours * HOUR:
+        # Late news does not act on the past (shared/DESIGN.md "Time", rule 10).
+        status = "suppressed"
+        hours = (action.known_at - action.due_at) / HOUR
+        reason = (f"backfill: the fact that made it due arrived {hours:.0f} hours after it was "
+                  f"due, past the late limit of {late_limit_hours} hours; {action.reason}")
+    return {"key": action.key, "account_id": account_id, "run": action.run,
+            "rule": action.rule, "kind": action.kind, "recipient": action.to,
+            "contact": action.actor, "template": action.template, "status": status,
+            "due_at": action.due_at,
+            "next_attempt_at": action.due_at if status == "pending" else None,
+            "now": now, "reason": reason, "facts": _encode(action.facts).decode(),
+            "version": version}
+
+
+def list_actions(conn: sa.Connection, account_ids: Iterable[str] | None = None,
+                 statuses: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    sql = "SELECT * FROM actions WHERE 1 = 1"
+    params: dict[str, Any] = {}
+    statement_binds = []
+    if account_ids is not None:
+        sql += " AND account_id IN :accounts"
+        params["accounts"] = list(account_ids)
+        statement_binds.append(sa.bindparam("accounts", expanding=True))
+    if statuses is not None:
+        sql += " AND status IN :statuses"
+        params["statuses"] = list(statuses)
+        statement_binds.append(sa.bindparam("statuses", expanding=True))
+    statement = sa.text(sql + " ORDER BY due_at, key").bindparams(*statement_binds)
+    return [dict(row._mapping) for row in conn.execute(statement, params)]

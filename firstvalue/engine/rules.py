@@ -1,0 +1,307 @@
+"""Rules: which actions and escalations are due for an account at `now`, and why.
+
+Pure like the rest of the engine. A rule fires at its trigger (something happened, or a local
+day since an anchor arrived) unless its condition already holds; each of its escalations comes
+due later and is re-checked then: if the customer acted in the meantime it is cancelled, with
+the reason. The runtime turns these plans into outbox rows; the store's unique key on each
+action is what makes "once" hold, whatever the timing.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from functools import lru_cache
+from typing import Any
+
+from firstvalue.clock import to_micros
+from firstvalue.engine.anchors import Kickoff, Run
+from firstvalue.engine.days import local_date, local_isoformat
+from firstvalue.engine.facts import EventFact
+from firstvalue.playbook.model import WEEKDAYS, DayTrigger, Happening, Rule, SendWindow
+
+HOUR = 3_600_000_000
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    """One action the playbook asks for, with the key that makes it happen at most once."""
+
+    key: str
+    rule: str  # the rule's key, or `rule.escalation` for an escalation's actions
+    kind: str
+    to: str | None
+    template: str | None
+    due_at: int
+    known_at: int  # when the fact that made it due reached the engine
+    status: str  # "due", or "cancelled" for an escalation whose condition cleared in time
+    reason: str
+    facts: dict[str, Any]
+    cleared: bool = False  # the condition cleared after the action came due
+    actor: str | None = None
+    run: int = 1
+
+
+@dataclass(frozen=True)
+class RulePlan:
+    due: tuple[PlannedAction, ...]
+    next_due_at: int | None
+
+
+@dataclass
+class RuleContext:
+    """What rules are judged against: everything the evaluation already worked out."""
+
+    account_id: str
+    traits: Mapping[str, Any]
+    track: str | None
+    has_kickoff: bool
+    tz: zoneinfo.ZoneInfo
+    run: Run | None
+    kickoff: Kickoff | None
+    day0: date | None
+    events: Mapping[str, Sequence[EventFact]]
+    milestones: Mapping[str, EventFact]  # done milestones and their completing events
+    meanings: Mapping[str, list[str]]
+    window: SendWindow
+    now: int
+    country: str | None = None
+    arrivals: dict[str, int] = field(default_factory=dict)
+
+
+def plan_rules(rules: Sequence[Rule], context: RuleContext) -> RulePlan:
+    """The actions due by `now` (or cancelled), and when the next one will come due."""
+    if context.run is None:
+        return RulePlan((), None)
+    due: list[PlannedAction] = []
+    upcoming: list[int] = []
+    for rule in rules:
+        if not _where_holds(rule.where, context):
+            continue
+        for trigger in _triggers(rule, context):
+            _plan_rule(rule, trigger, context, due, upcoming)
+    return RulePlan(tuple(due), min(upcoming) if upcoming else None)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    at: int
+    known_at: int
+    occurrence: str
+    what: str
+    evidence: str | None
+    actor: str | None = None
+
+
+def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
+               due: list[PlannedAction], upcoming: list[int]) -> None:
+    if trigger.at > context.now:
+        upcoming.append(trigger.at)
+        return
+    done_before = _happened_at(rule.unless, context)
+    if done_before is not None and done_before <= trigger.at:
+        return  # the customer had already done it: nothing to say
+    run = context.run.number  # type: ignore[union-attr]
+    base = f"{context.account_id}/{run}"
+    facts = {"trigger": trigger.what, "trigger_at": local_isoformat(trigger.at, context.tz),
+             "evidence": trigger.evidence, "unless": _describe(rule.unless)}
+    for index, spec in enumerate(rule.actions):
+        suffix = f"/{index}" if index else ""
+        due.append(PlannedAction(
+            f"{base}/{rule.key}/{trigger.occurrence}{suffix}", rule.key, spec.kind, spec.to,
+            spec.template, trigger.at, trigger.known_at, "due",
+            f"rule {rule.key}: {trigger.what}" + _unless_text(rule.unless), facts,
+            actor=trigger.actor, run=run))
+
+    for escalation in rule.escalations:
+        if not _where_holds(escalation.where, context):
+            continue
+        unless = escalation.unless or rule.unless
+        label = f"{rule.key}.{escalation.key}"
+        if escalation.at is not None:
+            due_at = _day_moment(escalation.at, context)
+            if due_at is None:
+                continue
+        elif escalation.after is not None:
+            due_at = _after(trigger.at, escalation.after.days, escalation.after.hours, context)
+        else:
+            due_at = trigger.at
+        if due_at > context.now:
+            upcoming.append(due_at)
+            continue
+        cleared_at = _happened_at(unless, context)
+        cancelled = cleared_at is not None and cleared_at <= due_at
+        for index, spec in enumerate(escalation.actions):
+            suffix = f"/{index}" if index else ""
+            escalation_facts = {**facts, "escalation": escalation.key,
+                                "due_at": local_isoformat(due_at, context.tz)}
+            if cancelled:
+                reason = (f"cancelled: {_describe(unless)} happened at "
+                          f"{local_isoformat(cleared_at, context.tz)}, before the escalation "  # type: ignore[arg-type]
+                          f"came due at {local_isoformat(due_at, context.tz)}")
+            else:
+                reason = f"escalation {label}: {trigger.what}" + _unless_text(unless)
+            due.append(PlannedAction(
+                f"{base}/{label}/{trigger.occurrence}{suffix}", label, spec.kind, spec.to,
+                spec.template, due_at, trigger.known_at, "cancelled" if cancelled else "due",
+                reason, escalation_facts,
+                cleared=not cancelled and cleared_at is not None, actor=trigger.actor, run=run))
+
+
+def _triggers(rule: Rule, context: RuleContext) -> list[Trigger]:
+    if rule.at is not None:
+        moment = _day_moment(rule.at, context)
+        if moment is None:
+            return []
+        what = (f"day {rule.at.day}" if rule.at.day is not None else f"{rule.at.hours} hours") \
+            + f" since {rule.at.since}"
+        return [Trigger(moment, _anchor_known_at(rule.at.since, context), "1", what, None)]
+
+    happening = rule.on
+    assert happening is not None
+    if happening.anchor == "contract_signed":
+        run = context.run
+        return [Trigger(run.started_at, _anchor_known_at("contract_signed", context), "1",  # type: ignore[union-attr]
+                        "contract signed", run.evidence)]  # type: ignore[union-attr]
+    if happening.anchor == "kickoff":
+        kickoff = context.kickoff
+        if kickoff is None or not context.has_kickoff:
+            return []
+        return [Trigger(kickoff.at, _anchor_known_at("kickoff", context), "1", "kickoff",
+                        kickoff.evidence)]
+    if happening.milestone is not None:
+        found = context.milestones.get(happening.milestone)
+        if found is None:
+            return []
+        return [Trigger(found.ts, found.received_at, "1", f"milestone {happening.milestone}",
+                        found.message_id, found.actor)]
+
+    events = _matching_events(happening, context)
+    if rule.once == "run":
+        events = events[:1]
+    return [Trigger(e.ts, e.received_at, "1" if rule.once == "run" else e.message_id,
+                    f"event {e.name!r}", e.message_id, e.actor) for e in events]
+
+
+def _matching_events(happening: Happening, context: RuleContext) -> list[EventFact]:
+    names = context.meanings.get(happening.meaning, []) if happening.meaning else \
+        [happening.event]
+    found = [e for name in names for e in context.events.get(name or "", ())]
+    found.sort(key=lambda e: (e.ts, e.message_id))
+    return found
+
+
+def _happened_at(happening: Happening | None, context: RuleContext) -> int | None:
+    """When the thing first happened (by its own time), or None if it has not."""
+    if happening is None:
+        return None
+    if happening.milestone is not None:
+        found = context.milestones.get(happening.milestone)
+        return found.ts if found else None
+    if happening.anchor == "contract_signed":
+        return context.run.started_at if context.run else None
+    if happening.anchor == "kickoff":
+        return context.arrivals.get("kickoff_booked")
+    events = _matching_events(happening, context)
+    return events[0].ts if events else None
+
+
+def _anchor_known_at(anchor: str, context: RuleContext) -> int:
+    return context.arrivals.get(f"{anchor}_known", context.now)
+
+
+def _day_moment(trigger: DayTrigger, context: RuleContext) -> int | None:
+    """The instant a day trigger fires: the window's opening on that local day, or hours."""
+    if trigger.since == "kickoff":
+        if context.day0 is None:
+            return None
+        base_day = context.day0
+        base_instant = context.kickoff.at if context.kickoff else context.run.started_at  # type: ignore[union-attr]
+    else:
+        base_instant = context.run.started_at  # type: ignore[union-attr]
+        base_day = local_date(base_instant, context.tz)
+    if trigger.hours is not None:
+        return base_instant + trigger.hours * HOUR
+    assert trigger.day is not None
+    if trigger.business_days:
+        target = nth_business_day(base_day, trigger.day, context.country)
+    else:
+        target = base_day + timedelta(days=trigger.day)
+    return window_opening(target, context.tz, context.window)
+
+
+def _after(start: int, days: int | None, hours: int | None, context: RuleContext) -> int:
+    if hours is not None:
+        return start + hours * HOUR
+    target = local_date(start, context.tz) + timedelta(days=days or 0)
+    return window_opening(target, context.tz, context.window)
+
+
+def window_opening(day: date, tz: zoneinfo.ZoneInfo, window: SendWindow) -> int:
+    hour, minute = (int(part) for part in window.start.split(":"))
+    return to_micros(datetime.combine(day, time(hour, minute), tz))
+
+
+def nth_business_day(start: date, count: int, country: str | None) -> date:
+    """Business day N: the N-th Monday-to-Friday non-holiday strictly after `start`."""
+    day = start
+    found = 0
+    while found < count:
+        day += timedelta(days=1)
+        if day.weekday() < 5 and day not in _holidays(country, day.year):
+            found += 1
+    return day
+
+
+@lru_cache(maxsize=256)
+def _holidays(country: str | None, year: int) -> frozenset[date]:
+    if not country:
+        return frozenset()
+    import holidays
+
+    try:
+        return frozenset(holidays.country_holidays(country, years=year))
+    except (NotImplementedError, KeyError):
+        return frozenset()
+
+
+def next_window_opening(moment: int, tz: zoneinfo.ZoneInfo, window: SendWindow) -> int:
+    """`moment` itself if it is inside the send window, else the window's next opening."""
+    local = datetime.fromtimestamp(moment // 1_000_000, tz)
+    start = time(*(int(p) for p in window.start.split(":")))
+    end = time(*(int(p) for p in window.end.split(":")))
+    allowed = {WEEKDAYS.index(day) for day in window.weekdays}
+    day = local.date()
+    if day.weekday() in allowed and start <= local.time() < end:
+        return moment
+    if local.time() >= start:
+        day += timedelta(days=1)
+    while day.weekday() not in allowed:
+        day += timedelta(days=1)
+    return window_opening(day, tz, window)
+
+
+def _where_holds(where: Mapping[str, Any], context: RuleContext) -> bool:
+    for key, wanted in where.items():
+        value = context.track if key == "track" else context.traits.get(key)
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if value not in options and str(value) not in [str(o) for o in options]:
+            return False
+    return True
+
+
+def _describe(happening: Happening | None) -> str | None:
+    if happening is None:
+        return None
+    for name in ("milestone", "anchor", "meaning", "event"):
+        value = getattr(happening, name)
+        if value is not None:
+            return f"{name} {value}"
+    return None
+
+
+def _unless_text(happening: Happening | None) -> str:
+    described = _describe(happening)
+    return f", {described} not done" if described else ""
