@@ -1,8 +1,9 @@
 """Traits that arrive over time, merged so that the order of arrival does not matter.
 
 Each trait is kept with the time and message id of the call that set it, and when that call
-arrived: `{key: [value, ts, message_id, received_at]}`. A later call (by its own timestamp, then message id) wins key by key, so two calls
-arriving in either order leave the same traits behind.
+arrived: `{key: [value, ts, message_id, received_at]}`. A later call (by its own timestamp,
+then message id) wins key by key, so two calls arriving in either order leave the same traits
+behind.
 """
 
 from __future__ import annotations

@@ -133,6 +133,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("counters", "endpoints", "actions", "playbook_versions", "api_tokens", "write_keys", "memberships",
-                 "contacts", "accounts", "events"):
+    for name in ("counters", "endpoints", "actions", "playbook_versions", "api_tokens",
+                 "write_keys", "memberships", "contacts", "accounts", "events"):
         op.drop_table(name)
