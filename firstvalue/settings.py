@@ -29,6 +29,23 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between two ticks of the scheduler in `serve`."),
     Setting("hold_days", "FIRSTVALUE_HOLD_DAYS", "7",
             "Days after which held events still without an account are reported."),
+    Setting("smtp_host", "FIRSTVALUE_SMTP_HOST", None,
+            "SMTP server for emails; without it emails wait, undelivered, until one is set."),
+    Setting("smtp_port", "FIRSTVALUE_SMTP_PORT", "25", "SMTP server port."),
+    Setting("smtp_from", "FIRSTVALUE_SMTP_FROM", "onboarding@firstvalue.invalid",
+            "The From address of emails."),
+    Setting("smtp_user", "FIRSTVALUE_SMTP_USER", None, "SMTP user name, when it needs one."),
+    Setting("smtp_password", "FIRSTVALUE_SMTP_PASSWORD", None, "SMTP password (a secret)."),
+    Setting("slack_webhook_url", "FIRSTVALUE_SLACK_WEBHOOK_URL", None,
+            "Slack incoming webhook for alerts to owners; without it they go by email."),
+    Setting("webhook_url", "FIRSTVALUE_WEBHOOK_URL", None,
+            "Receiver of `webhook` actions, signed per Standard Webhooks."),
+    Setting("webhook_secret", "FIRSTVALUE_WEBHOOK_SECRET", None,
+            "Signing secret of outbound webhooks (whsec_...; a secret)."),
+    Setting("team_lead", "FIRSTVALUE_TEAM_LEAD", None,
+            "Who gets tasks addressed to the manager when an account names none."),
+    Setting("max_attempts", "FIRSTVALUE_MAX_ATTEMPTS", "8",
+            "Delivery attempts before an action is parked as dead."),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

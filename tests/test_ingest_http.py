@@ -12,6 +12,7 @@ import gzip
 import json
 import warnings
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -808,6 +809,17 @@ def test_account_listing_pages_through_accounts_in_id_order(client, database, to
 
     assert [a["id"] for a in page["accounts"]] == ["acct-1", "acct-2"]
     assert (page["limit"], page["offset"]) == (2, 1)
+
+
+@pytest.mark.parametrize("account_id", ["org/42", "Zürich AG", "a%b?c#d"])
+def test_account_whose_id_needs_escaping_in_a_url_is_found(client, token, account_id):
+    send(client, group("g1", "u1", account_id, "2026-10-01T00:00:00Z", name="Escaped"))
+
+    response = client.get(f"/api/accounts/{quote(account_id, safe='')}",
+                          headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 200
+    assert (response.json()["id"], response.json()["name"]) == (account_id, "Escaped")
 
 
 def test_unknown_account_is_404_with_the_error_shape(client, token):

@@ -127,7 +127,8 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         states = await run_in_threadpool(_account_page, context, limit, offset)
         return json_response({"accounts": states, "limit": limit, "offset": offset})
 
-    @app.get("/api/accounts/{account_id}")
+    # `path`: a groupId may hold a slash ("org/42"), which arrives decoded in the path.
+    @app.get("/api/accounts/{account_id:path}")
     async def get_account(account_id: str, request: Request) -> Response:
         await _authenticate_api(request, context)
         states = await run_in_threadpool(

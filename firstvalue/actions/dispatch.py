@@ -1,0 +1,267 @@
+"""The dispatcher: claims due actions from the outbox and delivers them, at least once.
+
+A row is claimed by pushing its next attempt a lease into the future and committing, then
+delivered, then marked sent. A dispatcher that dies between delivery and marking leaves the row
+to come back when the lease runs out, and the next delivery carries the same Message-ID or
+`webhook-id`: that lease (LEASE_SECONDS) is the window in which a crash causes a second
+delivery, which the receiver can recognise and drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from firstvalue.actions import channels
+from firstvalue.actions.channels import DeliveryError, Outgoing
+from firstvalue.actions.templates import TemplateRenderError, render
+from firstvalue.engine.compiled import CompiledPlaybook
+from firstvalue.engine.days import start_of_local_day, zone
+from firstvalue.engine.rules import next_window_opening, window_opening
+from firstvalue.settings import get_int_setting, get_setting
+from firstvalue.store.database import Database
+from firstvalue.store.traits import plain_traits
+
+log = logging.getLogger(__name__)
+
+SECOND = 1_000_000
+LEASE_SECONDS = 300
+LATE_AFTER = 15 * 60 * SECOND
+CUSTOMER_FACING = ("champion", "actor", None)
+BATCH = 100
+_decode = msgspec.json.decode
+
+
+@dataclass
+class DispatchResult:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    dead: int = 0
+    keys: list[str] = field(default_factory=list)
+
+
+Deliver = Callable[[Outgoing], None]
+
+
+def default_channels() -> dict[str, Deliver]:
+    return {"email": channels.send_email, "slack": channels.send_slack,
+            "webhook": channels.send_webhook}
+
+
+def sandbox_channels(log_to: list[Outgoing]) -> dict[str, Deliver]:
+    """Deliveries that go nowhere but a list: what `firstvalue demo` uses."""
+    return {kind: log_to.append for kind in ("email", "slack", "webhook")}
+
+
+class Dispatcher:
+    def __init__(self, database: Database, playbook: CompiledPlaybook,
+                 deliver: dict[str, Deliver] | None = None,
+                 slack_is_set_up: Callable[[], bool] = channels.slack_is_set_up) -> None:
+        self.database = database
+        self.playbook = playbook
+        self.deliver = deliver or default_channels()
+        self.slack_is_set_up = slack_is_set_up
+
+    def run_once(self, now: int) -> DispatchResult:
+        """Deliver every action due at `now`, in batches, until none is left."""
+        result = DispatchResult()
+        while True:
+            claimed = self._claim(now)
+            if not claimed:
+                return result
+            for row in claimed:
+                self._dispatch(row, now, result)
+
+    def _claim(self, now: int) -> list[dict[str, Any]]:
+        lock = "" if self.database.is_sqlite else " FOR UPDATE SKIP LOCKED"
+        with self.database.engine.begin() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sa.text(
+                "SELECT * FROM actions WHERE status IN ('pending', 'failed') "
+                f"AND next_attempt_at <= :now ORDER BY next_attempt_at, id LIMIT {BATCH}{lock}"),
+                {"now": now})]
+            if rows:
+                conn.execute(sa.text("UPDATE actions SET next_attempt_at = :lease WHERE id = :id"),
+                             [{"id": r["id"], "lease": now + LEASE_SECONDS * SECOND}
+                              for r in rows])
+        return rows
+
+    def _dispatch(self, row: dict[str, Any], now: int, result: DispatchResult) -> None:
+        context = _load_context(self.database, row["account_id"])
+        tz = zone(context["timezone"]) or zoneinfo.ZoneInfo("UTC")
+        kind = row["kind"]
+        if kind == "slack" and not self.slack_is_set_up():
+            kind = "email"  # the owner's alert goes by email where Slack is not set up
+
+        wait_until = self._wait_until(row, kind, context, tz, now)
+        if wait_until is not None:
+            self._update(row, status="pending", not_before=wait_until, next_attempt_at=wait_until)
+            result.deferred += 1
+            return
+
+        try:
+            outgoing = self._render(row, kind, context)
+            if kind in self.deliver:
+                self._check_endpoint(kind)
+                self.deliver[kind](outgoing)
+        except TemplateRenderError as exc:
+            self._park(row, f"template {row['template']!r} cannot be rendered: {exc}", now)
+            result.dead += 1
+            return
+        except DeliveryError as exc:
+            self._failed(row, kind, exc, now, result)
+            return
+
+        late = now - max(row["not_before"], row["due_at"]) > LATE_AFTER
+        self._update(row, status="sent", sent_at=now, late=int(late), error=None,
+                     next_attempt_at=None, subject=outgoing.subject, body=outgoing.body,
+                     attempts=row["attempts"] + 1)
+        log.info("Action %s was delivered (%s).", row["key"], kind)
+        result.sent += 1
+        result.keys.append(row["key"])
+
+    def _wait_until(self, row: dict[str, Any], kind: str, context: dict[str, Any],
+                    tz: zoneinfo.ZoneInfo, now: int) -> int | None:
+        """For a message to a customer: the window's next opening, or the next day's when the
+        contact already had the day's cap. None when it may go now."""
+        if kind not in ("email", "in_app") or row["recipient"] not in CUSTOMER_FACING:
+            return None
+        model = self.playbook.loaded.model
+        opening = next_window_opening(now, tz, model.send_window)
+        if opening > now:
+            return opening
+        contact = _recipient_id(row, context)
+        day = datetime.fromtimestamp(now // SECOND, tz).date()
+        start = start_of_local_day(day, tz)
+        with self.database.engine.connect() as conn:
+            sent_today = conn.execute(sa.text(
+                "SELECT COUNT(*) FROM actions WHERE contact = :c AND kind IN ('email', 'in_app') "
+                "AND status = 'sent' AND sent_at >= :start AND account_id = :a"),
+                {"c": contact, "start": start, "a": row["account_id"]}).scalar()
+        if sent_today >= model.daily_cap:
+            return window_opening(day + timedelta(days=1), tz, model.send_window)
+        return None
+
+    def _render(self, row: dict[str, Any], kind: str, context: dict[str, Any]) -> Outgoing:
+        track = self.playbook.choose_track(context["traits"])
+        templates = track.templates if track else self.playbook.loaded.model.templates
+        template = templates.get(row["template"] or "")
+        variables = _variables(row, context)
+        subject = render(template.subject, variables) if template and template.subject else None
+        body = render(template.body, variables) if template else ""
+        address = _address(row, context)
+        payload = {"key": row["key"], "account_id": row["account_id"], "rule": row["rule"],
+                   "kind": row["kind"], "due_at": row["due_at"], "subject": subject,
+                   "body": body, "reason": row["reason"]}
+        return Outgoing(row["key"], kind, address, subject, body, payload)
+
+    def _check_endpoint(self, kind: str) -> None:
+        with self.database.engine.connect() as conn:
+            disabled = conn.execute(sa.text(
+                "SELECT reason FROM endpoints WHERE name = :n AND disabled_at IS NOT NULL"),
+                {"n": kind}).scalar()
+        if disabled:
+            raise DeliveryError(f"the {kind} endpoint is disabled ({disabled}); re-enable it "
+                                f"with `firstvalue actions retry --endpoint {kind}`", gone=True)
+
+    def _failed(self, row: dict[str, Any], kind: str, exc: DeliveryError, now: int,
+                result: DispatchResult) -> None:
+        attempts = row["attempts"] + 1
+        if exc.gone:
+            if kind in ("slack", "webhook") and "disabled" not in str(exc):
+                self._disable_endpoint(kind, str(exc), now)
+            self._park(row, str(exc), now, attempts)
+            result.dead += 1
+            return
+        if attempts >= get_int_setting("max_attempts"):
+            self._park(row, f"gave up after {attempts} attempts: {exc}", now, attempts)
+            result.dead += 1
+            return
+        backoff = 30 * SECOND * 2 ** (attempts - 1)
+        if exc.retry_after is not None:
+            backoff = max(backoff, int(exc.retry_after * SECOND))
+        self._update(row, status="failed", attempts=attempts, error=str(exc),
+                     next_attempt_at=now + min(backoff, 6 * 3600 * SECOND))
+        log.warning("Action %s could not be delivered (%s); attempt %d, will retry.",
+                    row["key"], exc, attempts)
+        result.failed += 1
+
+    def _park(self, row: dict[str, Any], reason: str, now: int,
+              attempts: int | None = None) -> None:
+        self._update(row, status="dead", error=reason, next_attempt_at=None,
+                     attempts=attempts if attempts is not None else row["attempts"] + 1)
+        log.warning("Action %s is parked as dead: %s", row["key"], reason)
+
+    def _disable_endpoint(self, kind: str, reason: str, now: int) -> None:
+        with self.database.engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO endpoints (name, disabled_at, reason) VALUES (:n, :at, :r) "
+                "ON CONFLICT (name) DO UPDATE SET disabled_at = :at, reason = :r"),
+                {"n": kind, "at": now, "r": reason})
+
+    def _update(self, row: dict[str, Any], **changes: Any) -> None:
+        assignments = ", ".join(f"{column} = :{column}" for column in changes)
+        with self.database.engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE actions SET {assignments} WHERE id = :id"),
+                         {**changes, "id": row["id"]})
+
+
+def _load_context(database: Database, account_id: str) -> dict[str, Any]:
+    with database.engine.connect() as conn:
+        account = conn.execute(sa.text("SELECT traits, state FROM accounts WHERE id = :a"),
+                               {"a": account_id}).one()
+        contacts = conn.execute(sa.text(
+            "SELECT DISTINCT c.user_id, c.traits FROM memberships m JOIN contacts c "
+            "ON c.user_id = m.user_id WHERE m.account_id = :a ORDER BY c.user_id"),
+            {"a": account_id}).all()
+    traits = plain_traits(_decode(account[0]))
+    state = _decode(account[1]) if account[1] else {}
+    return {"id": account_id, "traits": traits, "state": state,
+            "timezone": state.get("timezone") or traits.get("timezone") or "UTC",
+            "contacts": {user: plain_traits(_decode(t)) for user, t in contacts}}
+
+
+def _recipient_id(row: dict[str, Any], context: dict[str, Any]) -> str | None:
+    if row["recipient"] == "actor" and row["contact"]:
+        return row["contact"]
+    contacts = context["contacts"]
+    champions = [user for user, traits in contacts.items() if traits.get("role") == "champion"]
+    return (champions or list(contacts) or [None])[0]
+
+
+def _address(row: dict[str, Any], context: dict[str, Any]) -> str | None:
+    traits = context["traits"]
+    recipient = row["recipient"]
+    if recipient == "owner" or row["kind"] == "slack":
+        owner = traits.get("owner_email") or traits.get("owner")
+        return owner if isinstance(owner, str) and "@" in owner else None
+    if recipient == "manager":
+        return traits.get("manager") or get_setting("team_lead")
+    contact = context["contacts"].get(_recipient_id(row, context) or "", {})
+    email = contact.get("email")
+    return email if isinstance(email, str) else None
+
+
+def _variables(row: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    traits = context["traits"]
+    state = context["state"]
+    contact_id = _recipient_id(row, context)
+    contact = {"id": contact_id, **context["contacts"].get(contact_id or "", {})}
+    owner = traits.get("owner")
+    handoff = traits.get("handoff") if isinstance(traits.get("handoff"), dict) else {}
+    run = {"number": row["run"], "day": state.get("day"), "ttv_days": state.get("ttv_days"),
+           "kickoff": state.get("kickoff_at") is not None or state.get("track") != "smb",
+           "started_at": (state.get("run") or {}).get("started_at")}
+    milestone = next((m for m in state.get("milestones", [])
+                      if m.get("key") == state.get("current_milestone")), {})
+    return {"account": {"id": context["id"], **traits}, "contact": contact,
+            "owner": {"name": owner, "email": owner if isinstance(owner, str) and "@" in owner
+                      else None},
+            "run": run, "milestone": milestone, "handoff": handoff}

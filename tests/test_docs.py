@@ -1,0 +1,49 @@
+"""The docs keep up with the code: every setting and every CLI command is in docs/cli.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+
+from firstvalue.cli.main import cli
+from firstvalue.settings import SETTINGS
+
+CLI_DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+
+
+def command_names(group: click.Group, prefix: str = "firstvalue") -> Iterator[str]:
+    """`firstvalue NAME` for every command, `firstvalue GROUP NAME` for those of subgroups."""
+    for name, command in sorted(group.commands.items()):
+        if command.hidden:
+            continue
+        if isinstance(command, click.Group):
+            yield from command_names(command, f"{prefix} {name}")
+        else:
+            yield f"{prefix} {name}"
+
+
+@pytest.fixture(scope="module")
+def cli_doc() -> str:
+    return CLI_DOC.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda setting: setting.name)
+def test_every_setting_is_documented_with_its_environment_variable(setting, cli_doc):
+    assert setting.env in cli_doc, (
+        f"setting {setting.name!r} ({setting.env}) is missing from docs/cli.md; add it to the "
+        "Settings table with its default and help")
+
+
+@pytest.mark.parametrize("command", list(command_names(cli)))
+def test_every_cli_command_is_documented(command, cli_doc):
+    assert command in cli_doc, (
+        f"`{command}` is not mentioned in docs/cli.md; give it a section under Commands")
+
+
+def test_the_command_walk_finds_subcommands():
+    names = list(command_names(cli))
+    assert "firstvalue playbook check" in names
+    assert "firstvalue tick" in names
