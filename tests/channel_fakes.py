@@ -30,7 +30,8 @@ class SmtpSink:
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         if self.refuse:
             return "451 try again later"
-        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append(parsed)
         return "250 OK"
 
 
