@@ -44,7 +44,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Signing secret of outbound webhooks (whsec_...; a secret)."),
     Setting("team_lead", "FIRSTVALUE_TEAM_LEAD", None,
             "Who gets tasks addressed to the manager when an account names none."),
-    Setting("max_attempts", "FIRSTVALUE_MAX_ATTEMPTS", "8",
+    Setting("max_attempts", "FIRSTVALUE_MAX_ATTEMPTS", "10",
             "Delivery attempts before an action is parked as dead."),
 )
 

@@ -768,11 +768,15 @@ def test_nul_character_in_an_event_name_is_rejected_and_the_rest_of_the_batch_is
     whole batch (nor be stored on SQLite only)."""
     response = send(client, track("nul", "u1", "Signed\u0000In"),
                     track("nul-user", "u1\u0000", "Signed In"),
-                    track("good", "u1", "Signed In"))
+                    track("good", "u1", "Signed In"),
+                    # In properties and traits it stays an escape in the JSON text: no harm.
+                    track("nul-property", "u1", "Signed In", note="a\u0000b"),
+                    group("nul-trait", "u1", "acme", "2026-10-01T00:00:00Z", note="a\u0000b"))
 
     assert response.status_code == 200
-    assert statuses(response) == ["rejected", "rejected", "pending_account"]
-    assert set(events(database)) == {"good"}
+    assert statuses(response) == ["rejected", "rejected", "accepted", "accepted", "accepted"]
+    assert set(events(database)) == {"good", "nul-property", "nul-trait"}
+    assert json.loads(events(database)["nul-property"]["properties"]) == {"note": "a\u0000b"}
 
 
 # -- the account API -----------------------------------------------------------------------

@@ -102,3 +102,48 @@ def list_actions(conn: sa.Connection, account_ids: Iterable[str] | None = None,
         statement_binds.append(sa.bindparam("statuses", expanding=True))
     statement = sa.text(sql + " ORDER BY due_at, key").bindparams(*statement_binds)
     return [dict(row._mapping) for row in conn.execute(statement, params)]
+
+
+def action_json(row: dict[str, Any]) -> dict[str, Any]:
+    """An outbox row as `firstvalue actions --json` and the API show it."""
+    from firstvalue.clock import isoformat
+
+    data = {
+        "key": row["key"], "account_id": row["account_id"], "run": row["run"],
+        "rule": row["rule"], "kind": row["kind"], "status": row["status"],
+        "recipient": row["recipient"], "due_at": isoformat(row["due_at"]),
+        "sent_at": isoformat(row["sent_at"]), "late": bool(row["late"]),
+        "reason": row["reason"], "error": row["error"],
+        "resolved_at": isoformat(row["resolved_at"]),
+        "attempts": row["attempts"], "playbook_version": row["playbook_version"],
+        "facts": msgspec.json.decode(row["facts"]) if row["facts"] else {},
+    }
+    if row["kind"] == "task":
+        data["done_at"] = isoformat(row["done_at"])
+    return data
+
+
+def complete_task(conn: sa.Connection, key: str, now: int) -> bool:
+    """Mark a task done; False when there is no open task with that key."""
+    return conn.execute(sa.text(
+        "UPDATE actions SET done_at = :now WHERE key = :key AND kind = 'task' "
+        "AND status = 'sent' AND done_at IS NULL"), {"key": key, "now": now}).rowcount == 1
+
+
+def replay(conn: sa.Connection, keys: Sequence[str], endpoint: str | None, now: int) -> int:
+    """Put dead (or failed) actions back in line; re-enable an endpoint and replay its rows."""
+    count = 0
+    if endpoint is not None:
+        conn.execute(sa.text("UPDATE endpoints SET disabled_at = NULL WHERE name = :n"),
+                     {"n": endpoint})
+        count += conn.execute(sa.text(
+            "UPDATE actions SET status = 'pending', next_attempt_at = :now, attempts = 0 "
+            "WHERE status = 'dead' AND (kind = :n OR (kind = 'slack' AND :n = 'email'))"),
+            {"n": endpoint, "now": now}).rowcount
+    if keys:
+        statement = sa.text(
+            "UPDATE actions SET status = 'pending', next_attempt_at = :now, attempts = 0 "
+            "WHERE status IN ('dead', 'failed') AND key IN :keys").bindparams(
+            sa.bindparam("keys", expanding=True))
+        count += conn.execute(statement, {"keys": list(keys), "now": now}).rowcount
+    return count

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import uvicorn
 from fastapi import FastAPI
 
+from firstvalue.actions.dispatch import Dispatcher
 from firstvalue.api.app import create_app
 from firstvalue.clock import system_now, to_micros
 from firstvalue.engine.compiled import CompiledPlaybook
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    """Ticks every `interval` seconds in a thread of its own until stopped.
+    """Ticks, then dispatches, every `interval` seconds in a thread of its own until stopped.
 
     A tick that fails is logged and the next one runs as usual: the state it would have
     written is recomputed from the events, so nothing is lost by skipping one.
@@ -42,9 +43,11 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        dispatcher = Dispatcher(self.database, self.playbook)
         while not self._stop.is_set():
             try:
                 tick(self.database, self.playbook, to_micros(system_now()))
+                dispatcher.run_once(to_micros(system_now()))
             except Exception:
                 log.exception("The scheduled tick failed; the next one will run as usual.")
             self._stop.wait(self.interval)

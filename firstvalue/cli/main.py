@@ -282,6 +282,91 @@ def tokens_create(obj: Context, name: str, role: str) -> None:
     click.echo(create_api_token(obj.database, name, role, to_micros(system_now())))
 
 
+@cli.command("dispatch")
+@click.option("--loop", "interval", type=float, default=None, metavar="SECONDS",
+              help="Keep dispatching every SECONDS on the real clock instead of once.")
+@now_option
+@click.pass_obj
+def dispatch_command(obj: Context, interval: float | None, now_text: str | None) -> None:
+    """Deliver the actions that are due: emails, Slack messages, webhooks, tasks."""
+    import time
+
+    from firstvalue.actions.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(obj.database, obj.playbook)
+    while True:
+        result = dispatcher.run_once(resolve_now(now_text))
+        click.echo(f"Delivered {result.sent}, deferred {result.deferred}, failed "
+                   f"{result.failed}, parked {result.dead}.")
+        if interval is None:
+            return
+        time.sleep(interval)
+
+
+@cli.group("actions", invoke_without_command=True)
+@click.option("--account", "account_id", default=None, help="Only this account's actions.")
+@click.option("--status", type=click.Choice(["pending", "sent", "failed", "dead", "cancelled",
+                                              "suppressed"]), multiple=True,
+              help="Only actions with this status (repeatable).")
+@json_option
+@click.pass_context
+def actions_group(ctx: click.Context, account_id: str | None, status: tuple[str, ...],
+                  as_json: bool) -> None:
+    """The outbox: every action, escalation, cancellation and suppression, with its reason."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from firstvalue.actions.outbox import action_json, list_actions
+    from firstvalue.cli.views import show_actions
+
+    obj: Context = ctx.obj
+    with obj.database.engine.connect() as conn:
+        rows = list_actions(conn, [account_id] if account_id else None, status or None)
+    actions = [action_json(row) for row in rows]
+    if as_json:
+        print_json(actions)
+    else:
+        show_actions(actions)
+
+
+@actions_group.command("retry")
+@click.argument("keys", nargs=-1)
+@click.option("--endpoint", type=click.Choice(["email", "slack", "webhook"]), default=None,
+              help="Re-enable this endpoint and replay its parked actions.")
+@now_option
+@click.pass_obj
+def actions_retry(obj: Context, keys: tuple[str, ...], endpoint: str | None,
+                  now_text: str | None) -> None:
+    """Put dead or failed actions back in line for delivery (the dead-letter replay)."""
+    from firstvalue.actions.outbox import replay
+
+    if not keys and endpoint is None:
+        raise click.UsageError("name the actions' keys, or --endpoint NAME")
+    with obj.database.engine.begin() as conn:
+        count = replay(conn, keys, endpoint, resolve_now(now_text))
+    click.echo(f"{count} action(s) will be delivered again; run `firstvalue dispatch`.")
+
+
+@cli.group("tasks")
+def tasks_group() -> None:
+    """Tasks for people: the human side of escalations."""
+
+
+@tasks_group.command("done")
+@click.argument("key")
+@now_option
+@click.pass_obj
+def tasks_done(obj: Context, key: str, now_text: str | None) -> None:
+    """Mark the task with this action key as done."""
+    from firstvalue.actions.outbox import complete_task
+
+    with obj.database.engine.begin() as conn:
+        done = complete_task(conn, key, resolve_now(now_text))
+    if not done:
+        raise FirstvalueError(f"no open task with key {key!r}; list them with "
+                              "`firstvalue actions --status sent`")
+    click.echo(f"Task {key} is done.")
+
+
 @cli.command("held")
 @json_option
 @now_option
@@ -302,3 +387,7 @@ def held_command(obj: Context, as_json: bool, now_text: str | None) -> None:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -98,3 +98,17 @@ def show_report(report: dict[str, Any]) -> None:
 
 def _text(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def show_actions(actions: Sequence[dict[str, Any]]) -> None:
+    table = Table(title=f"{len(actions)} action(s)")
+    for column in ("due", "account", "rule", "kind", "status", "sent", "reason"):
+        table.add_column(column, overflow="fold")
+    for action in actions:
+        status = action["status"] + (" (late)" if action["late"] else "")
+        if action.get("resolved_at") and action["status"] == "sent":
+            status += ", resolved"
+        table.add_row(action["due_at"] or "", action["account_id"], action["rule"],
+                      action["kind"], status, action["sent_at"] or "",
+                      action["error"] or action["reason"])
+    console.print(table)

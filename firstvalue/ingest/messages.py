@@ -8,7 +8,6 @@ so nothing is parsed twice or re-encoded on the way into the store.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
@@ -24,12 +23,14 @@ SUPPORTED_TYPES = ("track", "identify", "group")
 FLAG_CLAMPED = 1  # the timestamp was in the future after clock correction, so set to arrival
 
 
-class Context(msgspec.Struct):
+# gc=False: these hold only strings, numbers and times, never a cycle, so the collector need not
+# track the millions of them a bulk import makes.
+class Context(msgspec.Struct, gc=False):
     groupId: str | int | None = None
     traits: msgspec.Raw = msgspec.Raw(b"")  # RudderStack's identify puts the traits here
 
 
-class Message(msgspec.Struct):
+class Message(msgspec.Struct, gc=False):
     type: str | None = None
     messageId: str | None = None
     userId: str | int | None = None
@@ -49,8 +50,7 @@ class Batch(msgspec.Struct):
     sentAt: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(msgspec.Struct, frozen=True, gc=False):
     """A valid message, normalised for the store (times in microseconds, UTC)."""
 
     message_id: str
@@ -65,8 +65,7 @@ class Accepted:
     payload: str  # properties (track) or traits (identify, group), as JSON text
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
+class Rejected(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
@@ -144,8 +143,8 @@ def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: dat
         return Rejected(f"`{field}` must be a JSON object")
 
     message_id = message.messageId
-    texts = (name, group_id, user_id, anonymous_id, message_id)
-    if any("\x00" in text for text in texts if text):
+    # JSON can only carry a NUL as the escape \u0000: without one in the bytes, skip the check.
+    if b"\\u0000" in raw and _holds_nul(name, group_id, user_id, anonymous_id, message_id):
         return Rejected("a name or id holds a NUL character (\\u0000); remove it")
     if message_id is not None and (not isinstance(message_id, str) or not message_id):
         return Rejected("`messageId` must be a non-empty string")
@@ -189,7 +188,13 @@ def _event_time(message: Message, received_at: int,
     return ts, 0
 
 
+def _holds_nul(*texts: str | None) -> bool:
+    return any(text and "\x00" in text for text in texts)
+
+
 def _as_id(value: str | int | None) -> str | None:
+    if value.__class__ is str:  # the common case, first
+        return value.strip() or None  # type: ignore[union-attr]
     if value is None or isinstance(value, bool):
         return None
     text = str(value).strip()

@@ -75,8 +75,9 @@ def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
         memberships.add(message.actor, message.ts, message.message_id, message.group_id)
 
     rows = []
+    accounts = known | created
     for index, message in tracks:
-        account_id = _attribute(message, known | created, memberships)
+        account_id = _attribute(message, accounts, memberships)
         if account_id is None:
             statuses[index] = PENDING_ACCOUNT
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from firstvalue.ingest.pipeline import Memberships
 
 CHUNK = 900  # below SQLite's historical limit of 999 bound parameters
+WRITE_CHUNK = 5_000
 EVENT_COLUMNS = ("message_id", "type", "name", "account_id", "group_id", "user_id",
                  "anonymous_id", "ts", "received_at", "flags", "properties")
 
@@ -43,20 +45,47 @@ def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
 
 def select_in(conn: sa.Connection, sql: str, values: Iterable[Any],
               **params: Any) -> list[sa.Row[Any]]:
-    """Run `sql` (with `IN :ids`) over `values` in chunks; the rows of every chunk."""
-    statement = sa.text(sql).bindparams(sa.bindparam("ids", expanding=True))
-    rows: list[sa.Row[Any]] = []
-    for part in chunks(list(values)):
-        rows += conn.execute(statement, {"ids": list(part), **params}).all()
-    return rows
+    """Run `sql` (with `IN :ids`) over all of `values` in one statement; its rows."""
+    ids = list(values)
+    if not ids:
+        return []
+    statement = _whole_list_statement(conn.dialect.name, sql)
+    return conn.execute(statement, {"ids": _list_value(conn, ids), **params}).all()
 
 
 def execute_in(conn: sa.Connection, sql: str, values: Iterable[Any], **params: Any) -> int:
-    statement = sa.text(sql).bindparams(sa.bindparam("ids", expanding=True))
+    """Run the write `sql` (with `IN :ids`) over `values`; the number of rows it touched.
+
+    On PostgreSQL the ids go in sorted parts, so that two writers lock rows part by part in
+    the same order; SQLite has one writer at a time and takes them all at once.
+    """
+    ids = sorted(values)
+    if not ids:
+        return 0
+    statement = _whole_list_statement(conn.dialect.name, sql)
+    size = len(ids) if conn.dialect.name == "sqlite" else WRITE_CHUNK
     count = 0
-    for part in chunks(sorted(values)):
-        count += conn.execute(statement, {"ids": list(part), **params}).rowcount
+    for part in chunks(ids, size):
+        count += conn.execute(statement, {"ids": _list_value(conn, list(part)), **params}).rowcount
     return count
+
+
+@lru_cache(maxsize=256)
+def _whole_list_statement(dialect: str, sql: str) -> sa.TextClause:
+    """`sql` with its `IN :ids` taking the whole list as one parameter.
+
+    Expanding `IN (?, ?, ...)` costs a statement per 900 ids and a compilation of each; SQLite
+    reads a JSON array with `json_each` instead, PostgreSQL an array with `= ANY`.
+    """
+    if sql.count("IN :ids") != 1 or "NOT IN :ids" in sql:
+        raise ValueError(f"expected one `IN :ids` in {sql!r}")
+    if dialect == "sqlite":
+        return sa.text(sql.replace("IN :ids", "IN (SELECT value FROM json_each(:ids))"))
+    return sa.text(sql.replace("IN :ids", "= ANY(:ids)"))
+
+
+def _list_value(conn: sa.Connection, ids: list[Any]) -> Any:
+    return _encode(ids).decode() if conn.dialect.name == "sqlite" else ids
 
 
 def event_row(message: Accepted, account_id: str | None) -> tuple[Any, ...]:
