@@ -15,14 +15,14 @@ CLI_DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 
 def command_names(group: click.Group, prefix: str = "firstvalue") -> Iterator[str]:
-    """`firstvalue NAME` for every command, `firstvalue GROUP NAME` for those of subgroups."""
+    """`firstvalue NAME` for every command and group, `firstvalue GROUP NAME` for those of
+    subgroups (a group such as `actions` can be a command of its own too)."""
     for name, command in sorted(group.commands.items()):
         if command.hidden:
             continue
+        yield f"{prefix} {name}"
         if isinstance(command, click.Group):
             yield from command_names(command, f"{prefix} {name}")
-        else:
-            yield f"{prefix} {name}"
 
 
 @pytest.fixture(scope="module")
@@ -45,5 +45,6 @@ def test_every_cli_command_is_documented(command, cli_doc):
 
 def test_the_command_walk_finds_subcommands():
     names = list(command_names(cli))
+    assert "firstvalue playbook" in names
     assert "firstvalue playbook check" in names
     assert "firstvalue tick" in names

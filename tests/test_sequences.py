@@ -77,9 +77,9 @@ def data_connected(account: str, at: int) -> tuple[int, dict]:
 
 
 def simulate(database, playbook, deliveries, until: int, step: int = HOUR,
-             start: int | None = None) -> Dispatcher:
+             start: int | None = None, deliver=None) -> Dispatcher:
     """Walk the clock from the first delivery to `until`: deliver, tick, dispatch."""
-    dispatcher = Dispatcher(database, playbook)
+    dispatcher = Dispatcher(database, playbook, deliver)
     pending = sorted(deliveries, key=lambda item: item[0])
     now = start if start is not None else pending[0][0]
     moments = sorted({*range(now, until + 1, step), *(at for at, _ in pending)})

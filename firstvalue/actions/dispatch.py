@@ -120,7 +120,11 @@ class Dispatcher:
             return
 
         late = now - max(row["not_before"], row["due_at"]) > LATE_AFTER
+        # The contact it went to is kept: the daily cap counts per contact.
+        contact = _recipient_id(row, context) if row["recipient"] in CUSTOMER_FACING \
+            else row["contact"]
         self._update(row, status="sent", sent_at=now, late=int(late), error=None,
+                     contact=contact,
                      next_attempt_at=None, subject=outgoing.subject, body=outgoing.body,
                      attempts=row["attempts"] + 1)
         log.info("Action %s was delivered (%s).", row["key"], kind)

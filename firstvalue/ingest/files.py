@@ -21,14 +21,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, NamedTuple, cast
 
 import msgspec
 
 from firstvalue.errors import ImportFileError
-from firstvalue.ingest.messages import derive_message_id
+from firstvalue.ingest.messages import Accepted, Rejected, derive_message_id, validate_message
 from firstvalue.ingest.pipeline import REJECTED
-from firstvalue.ingest.service import MessageStatus, ingest_messages
+from firstvalue.ingest.service import store_accepted
 from firstvalue.store.database import Database
 
 CHUNK_LINES = 10_000
@@ -50,8 +50,7 @@ class ImportSummary:
                 "rejected": len(self.rejects)}
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
+class Line(NamedTuple):  # a tuple: a bulk import makes one for every line
     number: int
     raw: bytes
     fallback_id: str | None = None
@@ -97,21 +96,24 @@ def import_file(database: Database, path: Path, received_at: int, anchor_names: 
 
 def _import_chunk(database: Database, path: Path, chunk: list[Line], received_at: int,
                   anchor_names: frozenset[str], summary: ImportSummary) -> None:
-    usable = [line for line in chunk if line.problem is None]
-    statuses = iter(ingest_messages(database, [line.raw for line in usable], received_at,
-                                    anchor_names,
-                                    fallback_ids=[line.fallback_id for line in usable]))
+    """Validate and store one chunk in one transaction (the path of HTTP ingest, without
+    building an HTTP status for every line)."""
+    judged = [None if line.problem else validate_message(line.raw, received_at,
+                                                         fallback_id=line.fallback_id)
+              for line in chunk]
+    statuses = iter(store_accepted(database, judged, anchor_names))
     summary.lines += len(chunk)
-    for line in chunk:
-        status, reason = (REJECTED, line.problem) if line.problem else _unpack(next(statuses))
-        summary.statuses[status] += 1
-        if status == REJECTED:
-            summary.rejects.append({"file": str(path), "line": line.number, "reason": reason,
-                                    "text": line.raw[:2000].decode("utf-8", "replace")})
 
-
-def _unpack(status: MessageStatus) -> tuple[str, str | None]:
-    return status.status, status.reason
+    counts: Counter[str] = Counter()
+    for line, item in zip(chunk, judged, strict=True):
+        if item.__class__ is Accepted:
+            counts[next(statuses)] += 1
+            continue
+        counts[REJECTED] += 1
+        reason = item.reason if isinstance(item, Rejected) else line.problem
+        summary.rejects.append({"file": str(path), "line": line.number, "reason": reason,
+                                "text": line.raw[:2000].decode("utf-8", "replace")})
+    summary.statuses.update(counts)
 
 
 def _open(path: Path) -> IO[bytes]:

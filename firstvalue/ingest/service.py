@@ -27,17 +27,13 @@ def ingest_messages(database: Database, raws: Sequence[bytes], received_at: int,
                     fallback_ids: Sequence[str | None] | None = None) -> list[MessageStatus]:
     """Validate each raw message, store the valid ones in one transaction, say what became of
     each. Nothing is stored if the transaction fails."""
-    judged: list[Accepted | Rejected] = [
-        validate_message(raw, received_at, batch_sent_at, implied_type,
-                         fallback_ids[i] if fallback_ids else None)
-        for i, raw in enumerate(raws)]
-    accepted = [item for item in judged if isinstance(item, Accepted)]
-    stored_statuses: list[str] = []
-    if accepted:
-        with database.engine.begin() as conn:
-            stored_statuses = store_messages(conn, accepted, anchor_names).statuses
-
-    statuses = iter(stored_statuses)
+    if fallback_ids:
+        judged = [validate_message(raw, received_at, batch_sent_at, implied_type, fallback)
+                  for raw, fallback in zip(raws, fallback_ids, strict=True)]
+    else:
+        judged = [validate_message(raw, received_at, batch_sent_at, implied_type)
+                  for raw in raws]
+    statuses = iter(store_accepted(database, judged, anchor_names))
     result = []
     for item in judged:
         if isinstance(item, Rejected):
@@ -45,3 +41,13 @@ def ingest_messages(database: Database, raws: Sequence[bytes], received_at: int,
         else:
             result.append(MessageStatus(item.message_id, next(statuses)))
     return result
+
+
+def store_accepted(database: Database, judged: Sequence[Accepted | Rejected | None],
+                   anchor_names: frozenset[str]) -> list[str]:
+    """Store the accepted among `judged` in one transaction; their statuses, in order."""
+    accepted = [item for item in judged if item.__class__ is Accepted]
+    if not accepted:
+        return []
+    with database.engine.begin() as conn:
+        return store_messages(conn, accepted, anchor_names).statuses  # type: ignore[arg-type]

@@ -114,16 +114,19 @@ def insert_events(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
 
 def _insert_events_postgresql(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
     columns = ", ".join(EVENT_COLUMNS)
+    # The staging table is the session's own and names nothing of the schema (no LIKE, no
+    # shared sequence), so dropping a schema never waits on another session's temp table.
     conn.exec_driver_sql(
-        "CREATE TEMP TABLE IF NOT EXISTS events_staging "
-        "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        "CREATE TEMP TABLE IF NOT EXISTS events_staging (seq BIGSERIAL, message_id TEXT, "
+        "type TEXT, name TEXT, account_id TEXT, group_id TEXT, user_id TEXT, anonymous_id TEXT, "
+        "ts BIGINT, received_at BIGINT, flags INTEGER, properties TEXT) ON COMMIT DELETE ROWS")
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     with cursor.copy(f"COPY events_staging ({columns}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
     inserted = conn.exec_driver_sql(
         f"INSERT INTO events ({columns}) SELECT {columns} FROM events_staging "
-        "ORDER BY id ON CONFLICT (message_id) DO NOTHING RETURNING message_id").scalars().all()
+        "ORDER BY seq ON CONFLICT (message_id) DO NOTHING RETURNING message_id").scalars().all()
     conn.exec_driver_sql("TRUNCATE events_staging")
     if len(inserted) == len(rows):
         return set()

@@ -1,0 +1,166 @@
+"""Late news, missed ticks, send windows, caps and re-entry (shared/DESIGN.md "Time" 3, 9, 10)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from firstvalue.actions.dispatch import Dispatcher
+from firstvalue.engine.compiled import compile_playbook
+from firstvalue.engine.rules import nth_business_day
+from firstvalue.ingest.service import ingest_messages
+from firstvalue.playbook.loader import parse_playbook, read_default_text
+from firstvalue.runtime.evaluation import tick
+from tests.conftest import encode, micros
+from tests.test_sequences import DAY3_OPENING, DAY5_OPENING, HOUR, onboarding, simulate
+
+SANDBOX: dict = {"email": lambda outgoing: None, "slack": lambda outgoing: None,
+                 "webhook": lambda outgoing: None}
+
+
+def actions(database, where="1 = 1") -> dict[str, dict]:
+    with database.engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT * FROM actions WHERE {where}")).all()
+    return {row.rule: dict(row._mapping) for row in rows}
+
+
+def test_importing_three_months_of_history_sends_nothing_that_fell_due_long_ago(database,
+                                                                                playbook):
+    # Given the whole history of an account that kicked off 80 days ago, imported today,
+    now = micros("2026-05-21T12:00:00Z")
+    history = [message for _, message in onboarding("acme")]
+    ingest_messages(database, [encode(m) for m in history], now, playbook.anchor_names)
+    tick(database, playbook, now)
+
+    # then what fell due back then is recorded as suppressed (backfill), not sent,
+    found = actions(database)
+    for rule in ("welcome", "integration_tutorial", "integration_tutorial.csm_alert",
+                 "template_recommendation", "template_recommendation.session", "re_engagement",
+                 "re_engagement.manager", "re_engagement.risk_flag"):
+        assert found[rule]["status"] == "suppressed", rule
+        assert found[rule]["reason"].startswith("backfill:")
+    result = Dispatcher(database, playbook, SANDBOX).run_once(now)
+    assert result.sent == 0
+
+    # while what falls due after now fires as usual.
+    later = micros("2026-05-22T12:00:00Z")
+    ingest_messages(database, [encode({
+        "type": "track", "messageId": "data", "userId": "acme-champion",
+        "event": "Data Source Connected", "timestamp": "2026-05-22T11:00:00Z",
+        "context": {"groupId": "acme"}})], later, playbook.anchor_names)
+    tick(database, playbook, later)
+    Dispatcher(database, playbook, SANDBOX).run_once(later)
+    assert actions(database)["data_congrats"]["status"] == "sent"
+
+
+def test_an_account_kicked_off_two_days_before_its_import_gets_its_day3_email(database,
+                                                                              playbook):
+    now = micros("2026-03-04T12:00:00Z")
+    history = [message for _, message in onboarding("acme")]
+    ingest_messages(database, [encode(m) for m in history], now, playbook.anchor_names)
+    simulate(database, playbook, [], until=DAY3_OPENING + HOUR, start=now, deliver=SANDBOX)
+    found = actions(database)
+    assert found["welcome"]["status"] == "suppressed"  # due on 27 February
+    assert found["integration_tutorial"]["status"] == "sent"
+    assert found["integration_tutorial"]["sent_at"] == DAY3_OPENING
+
+
+def test_after_three_days_without_scheduler_each_due_rule_fires_once_marked_late(database,
+                                                                                 playbook):
+    deliveries = onboarding("acme")
+    simulate(database, playbook, deliveries, until=micros("2026-03-02T12:00:00+01:00"))
+    # The scheduler is down from 2 March noon until 8 March noon: days 3 and 5 pass unseen.
+    dispatcher = Dispatcher(database, playbook, SANDBOX)
+    back = micros("2026-03-08T12:00:00+01:00")
+    for moment in (back, back + HOUR, back + 2 * HOUR):
+        tick(database, playbook, moment)
+        dispatcher.run_once(moment)
+    found = actions(database)
+    for rule, due in (("integration_tutorial", DAY3_OPENING),
+                      ("integration_tutorial.csm_alert", DAY5_OPENING)):
+        assert found[rule]["status"] == "sent"
+        assert found[rule]["late"] == 1
+        assert found[rule]["due_at"] == due
+        assert found[rule]["sent_at"] == back
+    with database.engine.connect() as conn:
+        count = conn.execute(sa.text("SELECT COUNT(*) FROM actions WHERE rule LIKE "
+                                     "'integration_tutorial%'")).scalar()
+    assert count == 2
+
+
+def test_a_message_due_outside_the_send_window_waits_for_its_opening(database, playbook):
+    # The workspace is created at 22:00 Berlin time: the in-app prompt waits for 09:00.
+    deliveries = onboarding("acme") + [(micros("2026-03-02T22:00:00+01:00"), {
+        "type": "track", "messageId": "ws", "userId": "acme-champion",
+        "event": "Workspace Created", "timestamp": "2026-03-02T22:00:00+01:00",
+        "context": {"groupId": "acme"}})]
+    dispatcher = simulate(database, playbook, deliveries,
+                          until=micros("2026-03-03T10:00:00+01:00"))
+    assert dispatcher is not None
+    prompt = actions(database)["setup_prompts"]
+    assert prompt["status"] == "sent"
+    assert prompt["sent_at"] == micros("2026-03-03T09:00:00+01:00")
+    assert prompt["late"] == 0  # waiting for the window is not lateness
+
+
+def test_no_contact_gets_more_messages_a_day_than_the_cap(database):
+    text = read_default_text().replace("daily_cap: 3", "daily_cap: 1")
+    playbook = compile_playbook(parse_playbook(text, "capped.yaml"))
+    # Data arrives on day 3 at 10:00, an hour after the tutorial: its congratulations wait.
+    deliveries = onboarding("acme") + [(micros("2026-03-05T10:00:00+01:00"), {
+        "type": "track", "messageId": "data", "userId": "acme-champion",
+        "event": "Data Source Connected", "timestamp": "2026-03-05T10:00:00+01:00",
+        "context": {"groupId": "acme"}})]
+    simulate_sandboxed(database, playbook, deliveries, micros("2026-03-06T10:00:00+01:00"))
+    found = actions(database)
+    assert found["integration_tutorial"]["sent_at"] == DAY3_OPENING
+    assert found["data_congrats"]["sent_at"] == micros("2026-03-06T09:00:00+01:00")
+
+
+def simulate_sandboxed(database, playbook, deliveries, until):
+    pending = sorted(deliveries, key=lambda item: item[0])
+    dispatcher = Dispatcher(database, playbook, SANDBOX)
+    moments = sorted({*range(pending[0][0], until + 1, HOUR), *(at for at, _ in pending)})
+    for moment in moments:
+        arrived = [m for at, m in pending if at <= moment]
+        pending = [(at, m) for at, m in pending if at > moment]
+        if arrived:
+            ingest_messages(database, [encode(m) for m in arrived], moment,
+                            playbook.anchor_names)
+        tick(database, playbook, moment)
+        dispatcher.run_once(moment)
+
+
+def test_a_rule_once_per_occurrence_fires_for_each_event_and_once_per_run_only_once(database):
+    text = read_default_text().replace(
+        "    on: {meaning: workspace_created}\n",
+        "    on: {meaning: workspace_created}\n    once: occurrence\n")
+    playbook = compile_playbook(parse_playbook(text, "occurrence.yaml"))
+    created = [(micros(f"2026-03-0{day}T10:00:00+01:00"), {
+        "type": "track", "messageId": f"ws{day}", "userId": "acme-champion",
+        "event": "Workspace Created", "timestamp": f"2026-03-0{day}T10:00:00+01:00",
+        "context": {"groupId": "acme"}}) for day in (3, 4)]
+    simulate_sandboxed(database, playbook, onboarding("acme") + created,
+                       micros("2026-03-04T12:00:00+01:00"))
+    with database.engine.connect() as conn:
+        keys = conn.execute(sa.text("SELECT key FROM actions WHERE rule = 'setup_prompts' "
+                                    "ORDER BY key")).scalars().all()
+    assert keys == ["acme/1/setup_prompts/ws3", "acme/1/setup_prompts/ws4"]
+    assert actions(database)["welcome"]["key"] == "acme/1/welcome/1"
+
+
+def test_business_day_n_skips_weekends_and_the_countrys_holidays():
+    from datetime import date
+
+    # Thursday 30 April 2026; 1 May is a holiday in Germany, 2 and 3 May a weekend.
+    assert nth_business_day(date(2026, 4, 30), 1, "DE") == date(2026, 5, 4)
+    assert nth_business_day(date(2026, 4, 30), 1, "US") == date(2026, 5, 1)
+    assert nth_business_day(date(2026, 4, 30), 3, None) == date(2026, 5, 5)
+
+
+def test_every_action_records_its_rule_playbook_version_and_facts(database, playbook):
+    simulate(database, playbook, onboarding("acme"), until=DAY3_OPENING + HOUR)
+    tutorial = actions(database)["integration_tutorial"]
+    assert tutorial["playbook_version"] == playbook.version
+    assert "day 3 since kickoff" in tutorial["reason"]
+    assert "milestone data_connected not done" in tutorial["reason"]
+    assert '"trigger_at":"2026-03-05T09:00:00+01:00"' in tutorial["facts"]
