@@ -141,17 +141,19 @@ def accounts_command(obj: Context, as_json: bool, now_text: str | None) -> None:
 @now_option
 @click.pass_obj
 def account_command(obj: Context, account_id: str, as_json: bool, now_text: str | None) -> None:
-    """One account: milestones against targets, time-to-value, phases."""
+    """One account: milestones against targets, TTV, phases, and its timeline with reasons."""
     from firstvalue.cli.views import show_account
     from firstvalue.runtime.evaluation import evaluate_accounts
+    from firstvalue.runtime.timeline import account_view
 
     states = evaluate_accounts(obj.database, obj.playbook, resolve_now(now_text), [account_id])
     if not states:
         raise UnknownAccount(account_id)
+    view = account_view(obj.database, states[0])
     if as_json:
-        print_json(states[0].as_json())
+        print_json(view)
     else:
-        show_account(states[0])
+        show_account(states[0], view["timeline"])
 
 
 @cli.command("report")

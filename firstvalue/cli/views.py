@@ -38,7 +38,7 @@ def show_accounts(states: Sequence[AccountState], playbook: CompiledPlaybook) ->
     console.print(table)
 
 
-def show_account(state: AccountState) -> None:
+def show_account(state: AccountState, timeline: Sequence[dict[str, Any]] = ()) -> None:
     console.print(f"[bold]{state.name or state.id}[/] ({state.id}): segment "
                   f"{state.segment or '?'}, tier {_text(state.tier)}, track {state.track or '-'}")
     zone = state.timezone + (" (default)" if state.timezone_is_default else "")
@@ -65,6 +65,13 @@ def show_account(state: AccountState) -> None:
     console.print(phases)
     target = f" (target {state.ttv_target_days})" if state.ttv_target_days is not None else ""
     console.print(f"Time-to-value: {_text(state.ttv_days)} day(s){target}")
+    if timeline:
+        story = Table(title="Timeline (events, milestones, actions, escalations)")
+        for column in ("at", "type", "what", "why"):
+            story.add_column(column, overflow="fold")
+        for entry in timeline:
+            story.add_row(entry["at"] or "", entry["type"], entry["what"], entry["reason"] or "")
+        console.print(story)
     console.print(f"[dim]Evaluated with playbook {state.playbook_version}[/]")
 
 

@@ -1,0 +1,69 @@
+"""One account's story: its events, milestones, actions and escalations, each with its reason.
+
+This is what answers "why did this account get that email?": every action row carries the rule,
+the playbook version and the facts that made it due, and the timeline puts them in time order
+beside the events and milestones they came from.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from firstvalue.actions.outbox import action_json, list_actions
+from firstvalue.clock import isoformat
+from firstvalue.engine.evaluate import AccountState
+from firstvalue.store.database import Database
+
+MAX_EVENTS = 500
+
+
+def account_view(database: Database, state: AccountState) -> dict[str, Any]:
+    """The account's state as JSON, with its stored actions and its timeline."""
+    with database.engine.connect() as conn:
+        actions = [action_json(row) for row in list_actions(conn, [state.id])]
+        events = conn.execute(sa.text(
+            "SELECT ts, name, user_id, message_id FROM events WHERE account_id = :a "
+            "AND type = 'track' ORDER BY ts DESC LIMIT :n"),
+            {"a": state.id, "n": MAX_EVENTS}).all()
+    data = state.as_json()
+    data["actions"] = actions
+    data["timeline"] = _timeline(state, events, actions)
+    return data
+
+
+def _timeline(state: AccountState, events: list[Any],
+              actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    for ts, name, actor, message_id in events:
+        entries.append({"at": isoformat(ts), "type": "event", "what": name, "actor": actor,
+                        "reason": None, "ref": message_id})
+    for milestone in state.milestones:
+        if milestone.completed_at:
+            timing = "on time" if milestone.on_time else (
+                "late" if milestone.on_time is False else "no target day known")
+            entries.append({"at": milestone.completed_at, "type": "milestone",
+                            "what": f"{milestone.key} done (local day {milestone.local_day}, "
+                                    f"target {milestone.target_day}, {timing})",
+                            "actor": None, "reason": "its first qualifying event",
+                            "ref": milestone.evidence})
+    for action in actions:
+        kind = "escalation" if "." in action["rule"] else "action"
+        at = action["sent_at"] or action["due_at"]
+        what = f"{action['rule']}: {action['kind']} {action['status']}"
+        if action["late"]:
+            what += " (late)"
+        if action["resolved_at"] and action["status"] == "sent":
+            what += f", resolved {action['resolved_at']}"
+        entries.append({"at": at, "type": kind, "what": what, "actor": action["recipient"],
+                        "reason": action["error"] or action["reason"], "ref": action["key"]})
+    entries.sort(key=lambda entry: (_sortable(entry["at"]), entry["type"]))
+    return entries
+
+
+def _sortable(moment: str | None) -> str:
+    if moment is None:
+        return ""
+    return datetime.fromisoformat(moment).astimezone(UTC).isoformat()
