@@ -27,7 +27,7 @@ def facts(traits: dict[str, Any], *events: EventFact, account_id: str = "acme",
           contacts: dict[str, dict[str, Any]] | None = None,
           traits_at: str = "2020-01-01T00:00:00Z") -> AccountFacts:
     stamp = us(traits_at)
-    stamped = {key: [value, stamp, "g1"] for key, value in traits.items()}
+    stamped = {key: [[stamp, "g1", value, stamp]] for key, value in traits.items()}
     return AccountFacts(account_id, stamped, tuple(events), contacts or {})
 
 

@@ -14,7 +14,7 @@ from firstvalue.engine.days import days_between, local_date, local_isoformat, ne
 from firstvalue.engine.days import zone as find_zone
 from firstvalue.engine.facts import AccountFacts, EventFact
 from firstvalue.engine.rules import PlannedAction, RuleContext, RulePlan, plan_rules
-from firstvalue.store.traits import plain_traits
+from firstvalue.store.traits import traits_at
 
 UTC_ZONE = zoneinfo.ZoneInfo("UTC")
 
@@ -88,8 +88,8 @@ class AccountState:
 
 def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) -> AccountState:
     """The state of one account at `now` (microseconds, UTC). Pure: no clock, no I/O."""
-    stamped = {key: entry for key, entry in facts.traits.items() if entry[1] <= now}
-    traits = plain_traits(stamped)
+    stamped = traits_at(facts.traits, now)
+    traits = {key: entry[0] for key, entry in stamped.items()}
     tz, tz_name, tz_default = _timezone_of(traits, playbook)
     compiled_track = playbook.choose_track(traits)
 
@@ -191,8 +191,7 @@ def _arrivals(playbook: CompiledPlaybook, run: Run | None, events: dict[str, lis
 
 
 def _trait_arrival(stamped_trait: list[Any]) -> int:
-    """Traits stamped before arrivals were recorded carry only their own time."""
-    return stamped_trait[3] if len(stamped_trait) > 3 else stamped_trait[1]
+    return stamped_trait[3]
 
 
 def _timezone_of(traits: dict[str, Any],

@@ -38,7 +38,8 @@ class EventFact:
 class AccountFacts:
     """An account as the store holds it.
 
-    `traits` are stamped (`{key: [value, ts, message_id]}`, see store.traits); `events` are the
+    `traits` keep their history (`{key: [[ts, message_id, value, received_at], ...]}`, see
+    store.traits); `events` are the
     account's track events in any order; `contacts` maps an actor to their plain traits.
     """
 
