@@ -270,3 +270,19 @@ def test_the_state_records_the_playbook_version(playbook):
     state = evaluate_account(facts(MID), playbook, us(NOW))
     assert state.playbook_version == playbook.version
     assert state.as_json()["playbook_version"].startswith("default@")
+
+
+def test_a_first_deal_without_id_and_the_same_deal_with_its_id_are_one_run(playbook):
+    account = facts(MID, event("Deal Closed Won", "2026-03-01T10:00:00Z"),
+                    event("Deal Closed Won", "2026-03-02T10:00:00Z", deal_id="d1"),
+                    event("Deal Closed Won", "2026-03-20T10:00:00Z", deal_id="d2"))
+    state = evaluate_account(account, playbook, us("2026-03-10T00:00:00Z"))
+    assert state.run["number"] == 1
+    assert evaluate_account(account, playbook, us(NOW)).run["number"] == 2
+
+
+def test_a_contract_dated_ahead_wakes_the_account_when_it_starts(playbook):
+    account = facts({**MID, "contract_signed_at": "2026-05-01T08:00:00Z"})
+    state = evaluate_account(account, playbook, us(NOW))
+    assert state.run is None
+    assert state.next_wake_at == us("2026-05-01T08:00:00Z")

@@ -196,7 +196,8 @@ def wait_for_tick(server: Server, account_id: str) -> None:
         if rows and rows[0][2] is not None and rows[0][0] == rows[0][1]:
             return
         time.sleep(0.05)
-    pytest.fail(f"the scheduler did not evaluate {account_id} within 15 s")
+    pytest.fail(f"the scheduler did not evaluate {account_id} within 15 s:\n"
+                f"{server.log_path.read_text()}")
 
 
 # -- Segment's client ----------------------------------------------------------------------

@@ -206,11 +206,13 @@ def demo_command(obj: Context, account_count: int, seed: int, today: str | None,
 
 
 @cli.command("serve")
-@click.option("--host", default=get_setting("host"), show_default=True,
+@click.option("--host", default=lambda: get_setting("host"), show_default="127.0.0.1",
               help="Address to bind (loopback unless told otherwise).")
-@click.option("--port", default=int(get_setting("port") or 8000), show_default=True, type=int)
-@click.option("--tick-seconds", default=float(get_setting("tick_seconds") or 60),
-              show_default=True, type=float, help="Seconds between scheduler ticks (0: none).")
+@click.option("--port", default=lambda: get_setting("port"), show_default="8000", type=int,
+              help="Port to listen on (FIRSTVALUE_PORT).")
+@click.option("--tick-seconds", default=lambda: get_setting("tick_seconds"), show_default="60",
+              type=float, help="Seconds between scheduler ticks, 0 for none "
+              "(FIRSTVALUE_TICK_SECONDS).")
 @click.pass_obj
 def serve_command(obj: Context, host: str, port: int, tick_seconds: float) -> None:
     """Run ingest (/v1), the JSON API (/api) and the scheduler in one process."""

@@ -63,6 +63,10 @@ def find_runs(events: Mapping[str, Sequence[EventFact]], traits: Mapping[str, li
     for event in contracts:
         deal = event.properties.get(anchor.deal_property)
         deal_id = None if deal is None else str(deal)
+        if starts and deal_id is not None and not seen_deals:
+            # The first deal came without an id: the first id seen names that same deal.
+            seen_deals.add(deal_id)
+            continue
         if starts and (deal_id is None or deal_id in seen_deals):
             continue  # the same deal sent again
         if deal_id is not None:

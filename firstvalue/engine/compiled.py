@@ -78,7 +78,7 @@ def compile_playbook(loaded: LoadedPlaybook) -> CompiledPlaybook:
     for track in model.tracks:
         overrides = {m.key: m for m in track.milestones}
         milestones = tuple(
-            CompiledMilestone(key, (overrides.get(key) or m).name or key,
+            CompiledMilestone(key, (overrides.get(key) or m).name or m.name or key,
                               compile_condition((overrides.get(key) or m).when, meanings))
             for key, m in base.items())
         rules = {rule.key: rule for rule in model.rules}

@@ -94,8 +94,10 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     compiled_track = playbook.choose_track(traits)
 
     events = _index_events(facts.events, now)
-    runs = find_runs(events, stamped, playbook, tz)
-    runs = [run for run in runs if run.started_at <= now]
+    all_runs = find_runs(events, stamped, playbook, tz)
+    runs = [run for run in all_runs if run.started_at <= now]
+    # A contract dated ahead (a `contract_signed_at` trait) starts its run when that time comes.
+    future_starts = [run.started_at for run in all_runs if run.started_at > now]
     run = runs[-1] if runs else None
     if run is not None and run.counts_from is not None:
         events = {name: [e for e in group if e.ts >= run.counts_from]
@@ -115,9 +117,9 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     ttv_target = track.ttv_target if track else None
     plan = _plan(facts, playbook, compiled_track, traits, tz, run, kickoff, has_kickoff, day0,
                  events, completions, stamped, now)
-    wake = _next_wake(now, kickoff, day, tz)
-    if plan.next_due_at is not None:
-        wake = plan.next_due_at if wake is None else min(wake, plan.next_due_at)
+    wakes = [w for w in (_next_wake(now, kickoff, day, tz), plan.next_due_at,
+                         min(future_starts, default=None)) if w is not None]
+    wake = min(wakes) if wakes else None
 
     return AccountState(
         id=facts.account_id,

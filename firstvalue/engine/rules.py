@@ -138,7 +138,8 @@ def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
             escalation_facts = {**facts, "escalation": escalation.key,
                                 "due_at": local_isoformat(due_at, context.tz)}
             if cancelled:
-                reason = (f"cancelled: {_describe(unless)} happened at "
+                happened = "was booked" if unless and unless.anchor == "kickoff" else "happened"
+                reason = (f"cancelled: {_describe(unless)} {happened} at "
                           f"{local_isoformat(cleared_at, context.tz)}, before the escalation "  # type: ignore[arg-type]
                           f"came due at {local_isoformat(due_at, context.tz)}")
             else:

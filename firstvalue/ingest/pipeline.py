@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -43,6 +44,8 @@ class Memberships:
         calls = self.by_actor.get(actor)
         if not calls:
             return None
+        if len(calls) == 1:  # most users belong to one account: no search needed
+            return calls[0][2]
         index = bisect.bisect_right(calls, (ts, "\U0010ffff", ""))
         return calls[index - 1][2] if index else calls[0][2]
 
@@ -59,12 +62,8 @@ def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     """Store `messages` (already validated) in the open transaction `conn`."""
     statuses = [ACCEPTED] * len(messages)
     fresh_indexes, conflicts = _dedupe(conn, messages, statuses)
-    fresh = [messages[i] for i in fresh_indexes]
     changed: set[str] = set()
-
-    groups = [m for m in fresh if m.type == "group"]
-    identifies = [m for m in fresh if m.type == "identify"]
-    tracks = [(i, m) for i, m in zip(fresh_indexes, fresh, strict=True) if m.type == "track"]
+    groups, identifies, tracks = _split_by_type(messages, fresh_indexes)
 
     known = event_store.known_accounts(conn, _group_ids(groups, tracks))
     created = _create_accounts(conn, groups, tracks, known, anchor_names)
@@ -74,15 +73,7 @@ def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     for message in groups:
         memberships.add(message.actor, message.ts, message.message_id, message.group_id)
 
-    rows = []
-    accounts = known | created
-    for index, message in tracks:
-        account_id = _attribute(message, accounts, memberships)
-        if account_id is None:
-            statuses[index] = PENDING_ACCOUNT
-        else:
-            changed.add(account_id)
-        rows.append(event_store.event_row(message, account_id))
+    rows = _attributed_rows(tracks, known | created, memberships, statuses, changed)
     rows += [event_store.event_row(m, m.group_id) for m in groups]
     rows += [event_store.event_row(m, None) for m in identifies]
     late_duplicates = event_store.insert_events(conn, rows)
@@ -98,6 +89,48 @@ def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     if conflicts:
         event_store.add_to_counter(conn, "ingest_conflicts", conflicts)
     return IngestResult(statuses=statuses, conflicts=conflicts, changed_accounts=changed)
+
+
+def _split_by_type(messages: Sequence[Accepted], indexes: list[int]) -> tuple[
+        list[Accepted], list[Accepted], list[tuple[int, Accepted]]]:
+    groups = []
+    identifies = []
+    tracks = []
+    for index in indexes:
+        message = messages[index]
+        kind = message.type
+        if kind == "track":
+            tracks.append((index, message))
+        elif kind == "group":
+            groups.append(message)
+        else:
+            identifies.append(message)
+    return groups, identifies, tracks
+
+
+def _attributed_rows(tracks: list[tuple[int, Accepted]], accounts: set[str],
+                     memberships: Memberships, statuses: list[str],
+                     changed: set[str]) -> list[tuple[Any, ...]]:
+    """The event rows of the track calls, each with its account: the one its `groupId` names
+    if that is known (else none: it is held), or the user's membership at the event's time.
+
+    This runs once for every event of a bulk import, so `event_row` is written out here.
+    """
+    rows = []
+    account_at = memberships.account_at
+    for index, m in tracks:
+        group_id = m.group_id
+        if group_id is not None:
+            account_id = group_id if group_id in accounts else None
+        else:
+            account_id = account_at(m.actor, m.ts)  # type: ignore[arg-type]
+        if account_id is None:
+            statuses[index] = PENDING_ACCOUNT
+        else:
+            changed.add(account_id)
+        rows.append((m.message_id, m.type, m.name, account_id, group_id, m.actor,
+                     m.anonymous_id, m.ts, m.received_at, m.flags, m.payload))
+    return rows
 
 
 def _dedupe(conn: sa.Connection, messages: Sequence[Accepted],
@@ -194,12 +227,6 @@ def _merge_contact_traits(conn: sa.Connection, identifies: list[Accepted]) -> se
     updated_at = max(m.received_at for m in identifies)
     event_store.upsert_contacts(conn, {k: stored[k] for k in changed_actors}, updated_at)
     return event_store.accounts_of_actors(conn, changed_actors)
-
-
-def _attribute(message: Accepted, accounts: set[str], memberships: Memberships) -> str | None:
-    if message.group_id is not None:
-        return message.group_id if message.group_id in accounts else None
-    return memberships.account_at(message.actor, message.ts)  # type: ignore[arg-type]
 
 
 def _mark_late_duplicates(late: set[str], messages: Sequence[Accepted], fresh: list[int],

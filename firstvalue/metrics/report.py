@@ -59,7 +59,7 @@ def _ttv_rows(states: Sequence[AccountState]) -> list[dict[str, Any]]:
             "accounts": len(runs),
             "reached_value": len(reached),
             "not_reached_yet": len(runs) - len(reached),
-            "median_ttv_days": statistics.median(reached) if reached else None,
+            "median_ttv_days": float(statistics.median(reached)) if reached else None,
             "ttv_target_days": min(targets) if len(targets) == 1 else None,
         })
     return rows

@@ -226,8 +226,13 @@ def check_playbook(model: Playbook) -> list[PlaybookProblem]:
         problems.append(PlaybookProblem(
             "first_value", f"unknown milestone {model.first_value!r}",
             f"name one of the milestones: {', '.join(milestone_keys)}"))
-    for meaning in (model.login, model.anchors.contract_signed.meaning,
-                    model.anchors.kickoff.completed, model.anchors.kickoff.scheduled):
+    anchors = model.anchors
+    needed = [model.login, anchors.contract_signed.meaning, anchors.kickoff.completed,
+              anchors.kickoff.scheduled]
+    # Restarts are optional; but a restart meaning named in the file must exist.
+    if "restart_meaning" in anchors.contract_signed.model_fields_set:
+        needed.append(anchors.contract_signed.restart_meaning)
+    for meaning in needed:
         if meaning not in meanings:
             problems.append(PlaybookProblem(
                 "meanings", f"the meaning {meaning!r} is used by the anchors but not defined",
