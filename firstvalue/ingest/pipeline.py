@@ -77,7 +77,7 @@ def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     rows += [event_store.event_row(m, m.group_id) for m in groups]
     rows += [event_store.event_row(m, None) for m in identifies]
     late_duplicates = event_store.insert_events(conn, rows)
-    _mark_late_duplicates(late_duplicates, messages, fresh_indexes, statuses)
+    conflicts += _mark_late_duplicates(conn, late_duplicates, messages, fresh_indexes, statuses)
 
     event_store.insert_memberships(conn, groups)
     changed |= _merge_contact_traits(conn, identifies)
@@ -217,7 +217,9 @@ def _merge_contact_traits(conn: sa.Connection, identifies: list[Accepted]) -> se
     """Merge contact traits; the accounts the contacts belong to change with them."""
     if not identifies:
         return set()
-    stored = event_store.load_traits(conn, "contacts", "user_id", {m.actor for m in identifies})
+    actors = {m.actor for m in identifies}
+    event_store.ensure_contacts(conn, actors, max(m.received_at for m in identifies))
+    stored = event_store.load_traits(conn, "contacts", "user_id", actors)
     changed_actors = set()
     for message in identifies:
         traits = stored.setdefault(message.actor, {})  # type: ignore[arg-type]
@@ -229,14 +231,21 @@ def _merge_contact_traits(conn: sa.Connection, identifies: list[Accepted]) -> se
     return event_store.accounts_of_actors(conn, changed_actors)
 
 
-def _mark_late_duplicates(late: set[str], messages: Sequence[Accepted], fresh: list[int],
-                          statuses: list[str]) -> None:
-    """Ids another writer stored between our check and our insert are duplicates too."""
+def _mark_late_duplicates(conn: sa.Connection, late: set[str], messages: Sequence[Accepted],
+                          fresh: list[int], statuses: list[str]) -> int:
+    """Ids another writer stored between our check and our insert are duplicates too, and
+    conflicts when that writer's event differs; returns the conflicts."""
     if not late:
-        return
+        return 0
+    stored = event_store.stored_versions(conn, sorted(late))
+    conflicts = 0
     for index in fresh:
-        if messages[index].message_id in late:
+        message = messages[index]
+        if message.message_id in late:
             statuses[index] = DUPLICATE
+            version = stored.get(message.message_id)
+            conflicts += version is not None and _is_conflict(version, message)
+    return conflicts
 
 
 def group_statuses(statuses: Sequence[str]) -> dict[str, int]:

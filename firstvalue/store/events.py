@@ -148,7 +148,15 @@ def insert_accounts(conn: sa.Connection, created: dict[str, int]) -> None:
 
 def load_traits(conn: sa.Connection, table: str, key: str,
                 ids: Iterable[str]) -> dict[str, dict[str, list[Any]]]:
-    rows = select_in(conn, f"SELECT {key}, traits FROM {table} WHERE {key} IN :ids", ids)
+    """The stored traits of these rows, locked until the transaction ends on PostgreSQL.
+
+    The lock makes a second writer merging into the same account or contact wait and then read
+    what the first one wrote, instead of both merging into the same old traits and the last
+    to commit losing the other's. (SQLite has one writer at a time already.)
+    """
+    lock = "" if conn.dialect.name == "sqlite" else " ORDER BY 1 FOR UPDATE"
+    rows = select_in(conn, f"SELECT {key}, traits FROM {table} WHERE {key} IN :ids{lock}",
+                     sorted(ids))
     return {row[0]: _decode(row[1]) for row in rows}
 
 
@@ -157,6 +165,15 @@ def save_traits(conn: sa.Connection, table: str, key: str,
     if traits:
         conn.execute(sa.text(f"UPDATE {table} SET traits = :traits WHERE {key} = :id"),
                      [{"id": k, "traits": _encode(v).decode()} for k, v in traits.items()])
+
+
+def ensure_contacts(conn: sa.Connection, actors: Iterable[str], now: int) -> None:
+    """Create empty contact rows, so that merging traits can lock an existing row."""
+    ids = sorted(actors)
+    if ids:
+        conn.execute(sa.text("INSERT INTO contacts (user_id, traits, updated_at) "
+                             "VALUES (:id, '{}', :at) ON CONFLICT (user_id) DO NOTHING"),
+                     [{"id": actor, "at": now} for actor in ids])
 
 
 def upsert_contacts(conn: sa.Connection, traits: dict[str, dict[str, list[Any]]],
