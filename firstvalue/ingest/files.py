@@ -99,7 +99,8 @@ def _import_chunk(database: Database, path: Path, chunk: list[Line], received_at
     """Validate and store one chunk in one transaction (the path of HTTP ingest, without
     building an HTTP status for every line)."""
     judged = [None if line.problem else validate_message(line.raw, received_at,
-                                                         fallback_id=line.fallback_id)
+                                                         fallback_id=line.fallback_id,
+                                                         from_file=True)
               for line in chunk]
     statuses = iter(store_accepted(database, judged, anchor_names))
     summary.lines += len(chunk)

@@ -40,6 +40,7 @@ class Message(msgspec.Struct, gc=False):
     timestamp: datetime | None = None
     originalTimestamp: datetime | None = None
     sentAt: datetime | None = None
+    receivedAt: datetime | None = None  # only read from files: an archive's own arrival time
     properties: msgspec.Raw = msgspec.Raw(b"")  # empty: not given
     traits: msgspec.Raw = msgspec.Raw(b"")
     context: Context | None = None
@@ -79,13 +80,15 @@ def decode_batch(body: bytes) -> Batch:
 
 
 def validate_message(raw: bytes, received_at: int, batch_sent_at: datetime | None = None,
-                     implied_type: str | None = None,
-                     fallback_id: str | None = None) -> Accepted | Rejected:
+                     implied_type: str | None = None, fallback_id: str | None = None,
+                     from_file: bool = False) -> Accepted | Rejected:
     """Judge one message: the normalised event, or the reason it was rejected.
 
     `implied_type` is the call of a single-message endpoint (`/v1/track` implies `track`).
     `fallback_id` names a message that has no `messageId` (a file's line); without it, one is
-    derived from the message's own bytes.
+    derived from the message's own bytes. A message `from_file` is history: its clock is
+    corrected against the `receivedAt` it carries (as Segment's archives do), and not at all
+    when it carries none, since the import's own time says nothing about when it was sent.
     """
     if len(raw) > MAX_EVENT_BYTES:
         return Rejected(f"event is {len(raw)} bytes, over the limit of {MAX_EVENT_BYTES} "
@@ -94,11 +97,13 @@ def validate_message(raw: bytes, received_at: int, batch_sent_at: datetime | Non
         message = _decode_message(raw)
     except msgspec.DecodeError as exc:
         return Rejected(f"not a valid event: {_explain_decode_error(exc)}")
-    return _validate(message, raw, received_at, batch_sent_at, implied_type, fallback_id)
+    return _validate(message, raw, received_at, batch_sent_at, implied_type, fallback_id,
+                     from_file)
 
 
 def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: datetime | None,
-              implied_type: str | None, fallback_id: str | None) -> Accepted | Rejected:
+              implied_type: str | None, fallback_id: str | None,
+              from_file: bool) -> Accepted | Rejected:
     kind = message.type or implied_type
     if kind is None:
         return Rejected("event has no `type`; set it to track, identify or group")
@@ -153,7 +158,7 @@ def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: dat
     if message_id is None:
         message_id = fallback_id or derive_message_id(raw)
 
-    timing = _event_time(message, received_at, batch_sent_at)
+    timing = _event_time(message, received_at, batch_sent_at, from_file)
     if isinstance(timing, Rejected):
         return timing
     ts, flags = timing
@@ -162,8 +167,8 @@ def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: dat
                     flags, payload)
 
 
-def _event_time(message: Message, received_at: int,
-                batch_sent_at: datetime | None) -> tuple[int, int] | Rejected:
+def _event_time(message: Message, received_at: int, batch_sent_at: datetime | None,
+                from_file: bool) -> tuple[int, int] | Rejected:
     stamp = message.timestamp or message.originalTimestamp
     if stamp is None:
         return received_at, 0
@@ -175,10 +180,15 @@ def _event_time(message: Message, received_at: int,
                         "time")
 
     sent_at = message.sentAt or batch_sent_at
+    arrival = received_at
+    if from_file:
+        archived = message.receivedAt
+        sent_at = sent_at if archived is not None and archived.tzinfo is not None else None
+        arrival = to_micros(archived) if sent_at is not None else received_at  # type: ignore[arg-type]
     if sent_at is not None and sent_at.tzinfo is not None:
         # Correct the client's clock as Segment does: what the client saw as "how long ago"
         # is kept, measured back from when the server received it.
-        ts = received_at - (to_micros(sent_at) - ts)
+        ts = arrival - (to_micros(sent_at) - ts)
         if ts < 0:
             return Rejected(f"sentAt {sent_at.isoformat()!r} is so far from the server's clock "
                             "that the corrected timestamp falls before 1970; check the "

@@ -24,7 +24,8 @@ class MessageStatus:
 def ingest_messages(database: Database, raws: Sequence[bytes], received_at: int,
                     anchor_names: frozenset[str], batch_sent_at: datetime | None = None,
                     implied_type: str | None = None,
-                    fallback_ids: Sequence[str | None] | None = None) -> list[MessageStatus]:
+                    fallback_ids: Sequence[str | None] | None = None,
+                    from_file: bool = False) -> list[MessageStatus]:
     """Validate each raw message, store the valid ones in one transaction, say what became of
     each. Nothing is stored if the transaction fails."""
     if fallback_ids:
