@@ -41,7 +41,7 @@ def reconcile(conn: sa.Connection, account_id: str, planned: Sequence[PlannedAct
             "INSERT INTO actions (key, account_id, run, rule, kind, recipient, contact, template, "
             "status, due_at, not_before, next_attempt_at, created_at, reason, facts, "
             "playbook_version) VALUES (:key, :account_id, :run, :rule, :kind, :recipient, "
-            ":contact, :template, :status, :due_at, :due_at, :next_attempt_at, :now, :reason, "
+            ":contact, :template, :status, :due_at, :not_before, :next_attempt_at, :now, :reason, "
             ":facts, :version) ON CONFLICT (key) DO NOTHING"), inserts)
 
     cancels = []
@@ -82,6 +82,9 @@ def _new_row(action: PlannedAction, account_id: str, version: str, late_limit_ho
             "rule": action.rule, "kind": action.kind, "recipient": action.to,
             "contact": action.actor, "template": action.template, "status": status,
             "due_at": action.due_at,
+            # Lateness counts from when the engine could first have acted: not before the
+            # fact that made the action due had arrived.
+            "not_before": max(action.due_at, action.known_at),
             "next_attempt_at": action.due_at if status == "pending" else None,
             "now": now, "reason": reason, "facts": _encode(action.facts).decode(),
             "version": version}

@@ -166,11 +166,15 @@ def report_command(obj: Context, as_json: bool, now_text: str | None) -> None:
     from firstvalue.metrics.report import build_report
     from firstvalue.runtime.evaluation import evaluate_accounts, held_events
 
+    from firstvalue.actions.outbox import list_actions
+
     now = resolve_now(now_text)
     states = evaluate_accounts(obj.database, obj.playbook, now)
     keys = [m.key for m in obj.playbook.loaded.model.milestones]
+    with obj.database.engine.connect() as conn:
+        actions = list_actions(conn)
     report = build_report(states, keys, isoformat(now) or "", obj.playbook.version,
-                          held_events(obj.database, now))
+                          held_events(obj.database, now), actions)
     if as_json:
         print_json(report)
     else:

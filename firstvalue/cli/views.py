@@ -97,6 +97,16 @@ def show_report(report: dict[str, Any]) -> None:
     console.print(ttv)
     console.print("[dim]The median counts only accounts that reached value; those that have "
                   "not are counted beside it, not dropped.[/]")
+    actions = report.get("actions_by_rule") or []
+    if actions:
+        table = Table(title="Actions and escalations by rule")
+        columns = ("rule", "kind", "sent", "late", "pending", "cancelled", "suppressed",
+                   "failed", "dead", "resolved")
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("rule", "kind") else "right")
+        for row in actions:
+            table.add_row(*(str(row[c]) for c in columns))
+        console.print(table)
     held = report.get("held_events") or []
     if held:
         console.print(f"[yellow]{sum(h['events'] for h in held)} event(s) have waited for their "

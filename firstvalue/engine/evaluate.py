@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zoneinfo
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
 from typing import Any
 
@@ -32,6 +32,13 @@ class MilestoneStatus:
     overdue_days: int | None
     severely_overdue: bool
     evidence: str | None
+
+
+    def as_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _MILESTONE_FIELDS}
+
+
+_MILESTONE_FIELDS = tuple(f.name for f in fields(MilestoneStatus))
 
 
 @dataclass(frozen=True)
@@ -76,14 +83,19 @@ class AccountState:
     planned: tuple[PlannedAction, ...] = field(default=(), repr=False)
 
     def as_json(self) -> dict[str, Any]:
-        data = asdict(replace(self, planned=()))
-        del data["planned"]
-        data["milestones"] = [asdict(m) for m in self.milestones]
+        # Built field by field: dataclasses.asdict deep-copies, which cost more than the
+        # evaluation itself on a full tick.
+        data = {name: getattr(self, name) for name in _STATE_FIELDS}
+        data["run"] = dict(self.run) if self.run is not None else None
+        data["milestones"] = [m.as_json() for m in self.milestones]
         data["phases"] = [p.as_json() for p in self.phases]
         data["stalls"] = list(self.stalls)
         data["actions"] = list(self.actions)
-        del data["next_wake_at"]
         return data
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(AccountState)
+                      if f.name not in ("next_wake_at", "planned"))
 
 
 def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) -> AccountState:

@@ -13,12 +13,14 @@ that reads as a JSON number, `true`, `false` or `null` is taken as that; anythin
 from __future__ import annotations
 
 import csv
+import gc
 import gzip
 import io
 import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
@@ -31,7 +33,9 @@ from firstvalue.ingest.pipeline import REJECTED
 from firstvalue.ingest.service import store_accepted
 from firstvalue.store.database import Database
 
-CHUNK_LINES = 10_000
+# Lines per transaction. Each commit rewrites the index pages the chunk touched, and with ids
+# in random order that is most of them: 10,000 lines a commit halve the rate of 100,000.
+CHUNK_LINES = 100_000
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv",)
 _encode = msgspec.json.encode
@@ -98,6 +102,29 @@ def _import_chunk(database: Database, path: Path, chunk: list[Line], received_at
                   anchor_names: frozenset[str], summary: ImportSummary) -> None:
     """Validate and store one chunk in one transaction (the path of HTTP ingest, without
     building an HTTP status for every line)."""
+    with _collector_paused():
+        _store_chunk(database, path, chunk, received_at, anchor_names, summary)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one chunk.
+
+    A chunk makes a few objects per line that live until the chunk is stored, and the collector
+    would walk them again and again (a fifth of the import's time, measured). The import makes
+    no reference cycles of its own; whatever others make is collected after the chunk.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _store_chunk(database: Database, path: Path, chunk: list[Line], received_at: int,
+                 anchor_names: frozenset[str], summary: ImportSummary) -> None:
     judged = [None if line.problem else validate_message(line.raw, received_at,
                                                          fallback_id=line.fallback_id,
                                                          from_file=True)
@@ -124,12 +151,13 @@ def _open(path: Path) -> IO[bytes]:
 
 
 def _jsonl_lines(stream: IO[bytes]) -> Iterator[Line]:
+    make = Line._make  # builds the tuple directly, a third of the cost of Line(...)
     for number, line in enumerate(stream, start=1):
         line = line.strip()
         if line:
             # A message without an id gets one derived from the line's bytes (in validation):
             # the same file imported twice gives the same ids.
-            yield Line(number, line)
+            yield make((number, line, None, None))
 
 
 def _csv_lines(stream: IO[bytes], path: Path) -> Iterator[Line]:

@@ -18,8 +18,10 @@ SEGMENT_ORDER = ("smb", "mid_market", "enterprise")
 
 def build_report(states: Sequence[AccountState], milestone_keys: Sequence[str],
                  now_iso: str, playbook_version: str,
-                 held: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+                 held: Sequence[dict[str, Any]] = (),
+                 actions: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {
+        "actions_by_rule": _action_rows(actions),
         "now": now_iso,
         "playbook_version": playbook_version,
         "accounts": len(states),
@@ -43,6 +45,20 @@ def _milestone_rows(states: Sequence[AccountState],
             "overdue": sum(1 for m in statuses if m.status == "open" and (m.overdue_days or 0) > 0),
         })
     return rows
+
+
+def _action_rows(actions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rule (escalations as `rule.escalation`): what was done, cancelled or suppressed."""
+    rows: dict[str, dict[str, Any]] = {}
+    for action in actions:
+        row = rows.setdefault(action["rule"], {
+            "rule": action["rule"], "escalation": "." in action["rule"], "kind": action["kind"],
+            **{status: 0 for status in ("sent", "late", "pending", "failed", "dead",
+                                        "cancelled", "suppressed", "resolved")}})
+        row[action["status"]] += 1
+        row["late"] += int(bool(action["late"]))
+        row["resolved"] += int(action["resolved_at"] is not None and action["status"] == "sent")
+    return sorted(rows.values(), key=lambda row: row["rule"])
 
 
 def _ttv_rows(states: Sequence[AccountState]) -> list[dict[str, Any]]:

@@ -3,8 +3,9 @@
 Every sample account follows one behaviour (fast starter, typical, slow, never connecting data,
 champion going quiet, scope creep freeze) in one of the three segments. Its events are generated
 up front with their own timestamps; the simulation then walks the 120 days that end on `today`
-one day at a time, delivering each day's events as they would have arrived and ticking the
-engine, exactly as `serve` would on the real clock.
+one hour at a time, delivering each hour's events as they would have arrived, ticking the
+engine and dispatching what fell due, as `serve` would on the real clock. Deliveries go to a
+sandbox (a list in memory), so the demo sends nothing anywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import msgspec
 
 from firstvalue.clock import isoformat, to_micros
 from firstvalue.engine.compiled import CompiledPlaybook
+from firstvalue.actions.dispatch import Dispatcher, sandbox_channels
+from firstvalue.actions.outbox import list_actions
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.metrics.report import build_report
 from firstvalue.runtime.evaluation import evaluate_accounts, held_events, tick
@@ -84,7 +87,10 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
 
     ticks = 0
     delivered = 0
-    for step in _daily_steps(first, now):
+    # The sandbox delivers to a list: a demo sends nothing out of the machine.
+    outbox: list[Any] = []
+    dispatcher = Dispatcher(database, playbook, sandbox_channels(outbox), lambda: True)
+    for step in _hourly_steps(first, now):
         batch = []
         while delivered < len(messages) and messages[delivered]["timestamp"] <= step.isoformat():
             batch.append(msgspec.json.encode(messages[delivered]))
@@ -93,22 +99,27 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
         if batch:
             ingest_messages(database, batch, step_micros, playbook.anchor_names)
         tick(database, playbook, step_micros)
+        dispatcher.run_once(step_micros)
         ticks += 1
 
     now_micros = to_micros(now)
     states = evaluate_accounts(database, playbook, now_micros)
     keys = [m.key for m in playbook.loaded.model.milestones]
+    with database.engine.connect() as conn:
+        actions = list_actions(conn)
     report = build_report(states, keys, isoformat(now_micros) or "", playbook.version,
-                          held_events(database, now_micros))
+                          held_events(database, now_micros), actions)
     database.dispose()
     return DemoResult(report, len(accounts), len(messages), ticks,
                       time.perf_counter() - started, now.isoformat())
 
 
-def _daily_steps(first: datetime, now: datetime) -> Iterator[datetime]:
+def _hourly_steps(first: datetime, now: datetime) -> Iterator[datetime]:
+    """Every hour, as `serve`'s scheduler would tick: events arrive within the hour they
+    happen, and day-N rules go out at their window's opening, not hours after it."""
     step = first
     while step < now:
-        step = min(step + timedelta(days=1), now)
+        step = min(step + timedelta(hours=1), now)
         yield step
 
 
