@@ -32,7 +32,7 @@ def hash_secret(secret: str) -> str:
 
 def create_write_key(database: Database, name: str, now: int) -> str:
     key = "fvw_" + secrets.token_urlsafe(32)
-    with database.engine.begin() as conn:
+    with database.write() as conn:
         conn.execute(sa.text("INSERT INTO write_keys (key_hash, name, created_at) "
                              "VALUES (:h, :n, :at)"), {"h": hash_secret(key), "n": name, "at": now})
     return key
@@ -42,7 +42,7 @@ def create_api_token(database: Database, name: str, role: str, now: int) -> str:
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     token = "fvt_" + secrets.token_urlsafe(32)
-    with database.engine.begin() as conn:
+    with database.write() as conn:
         conn.execute(sa.text("INSERT INTO api_tokens (token_hash, role, name, created_at) "
                              "VALUES (:h, :r, :n, :at)"),
                      {"h": hash_secret(token), "r": role, "n": name, "at": now})

@@ -255,7 +255,7 @@ def test_a_run_is_completed_when_every_milestone_is_done_and_ended_after_its_end
                                    kickoff), playbook, us("2026-04-05T12:00:00Z"))
     assert state.day == 94
     assert state.run["status"] == "ended"
-    assert state.next_wake_at == us("2026-04-06T00:00:00Z")  # the day number still moves
+    assert state.next_wake_at is None  # a finished run no longer wakes every day
 
 
 def test_an_active_run_wakes_at_the_next_local_midnight(playbook):

@@ -118,8 +118,17 @@ def fresh_postgres():
 
 
 def comparable(states: dict) -> dict:
-    return {key: {k: v for k, v in state.items() if k != "evaluated_at"}
-            for key, state in states.items()}
+    """States without what is allowed to differ: the evaluation time, and for a finished run
+    (which stops waking daily) the day count and the overdue figures that follow it."""
+    result = {}
+    for key, state in states.items():
+        state = {k: v for k, v in state.items() if k != "evaluated_at"}
+        if state["run"] is not None and state["run"]["status"] != "active":
+            state["day"] = None
+            state["milestones"] = [{**m, "overdue_days": None, "severely_overdue": None}
+                                   if m["status"] == "open" else m for m in state["milestones"]]
+        result[key] = state
+    return result
 
 
 def deliver_incrementally(database, playbook, batches) -> None:

@@ -81,8 +81,15 @@ class Dispatcher:
                 self._dispatch(row, now, result)
 
     def _claim(self, now: int) -> list[dict[str, Any]]:
+        with self.database.engine.connect() as conn:
+            # A read first: most runs find nothing due, and need not take the write lock.
+            anything = conn.execute(sa.text(
+                "SELECT 1 FROM actions WHERE status IN ('pending', 'failed') "
+                "AND next_attempt_at <= :now LIMIT 1"), {"now": now}).first()
+        if anything is None:
+            return []
         lock = "" if self.database.is_sqlite else " FOR UPDATE SKIP LOCKED"
-        with self.database.engine.begin() as conn:
+        with self.database.write() as conn:
             rows = [dict(r._mapping) for r in conn.execute(sa.text(
                 "SELECT * FROM actions WHERE status IN ('pending', 'failed') "
                 f"AND next_attempt_at <= :now ORDER BY next_attempt_at, id LIMIT {BATCH}{lock}"),
@@ -204,7 +211,7 @@ class Dispatcher:
         log.warning("Action %s is parked as dead: %s", row["key"], reason)
 
     def _disable_endpoint(self, kind: str, reason: str, now: int) -> None:
-        with self.database.engine.begin() as conn:
+        with self.database.write() as conn:
             conn.execute(sa.text(
                 "INSERT INTO endpoints (name, disabled_at, reason) VALUES (:n, :at, :r) "
                 "ON CONFLICT (name) DO UPDATE SET disabled_at = :at, reason = :r"),
@@ -212,7 +219,7 @@ class Dispatcher:
 
     def _update(self, row: dict[str, Any], **changes: Any) -> None:
         assignments = ", ".join(f"{column} = :{column}" for column in changes)
-        with self.database.engine.begin() as conn:
+        with self.database.write() as conn:
             conn.execute(sa.text(f"UPDATE actions SET {assignments} WHERE id = :id"),
                          {**changes, "id": row["id"]})
 

@@ -21,8 +21,21 @@ STATUSES = ("pending", "sent", "failed", "dead", "cancelled", "suppressed")
 ALERT_KINDS = ("slack", "task", "flag", "email")
 
 
+def existing_actions(conn: sa.Connection,
+                     account_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The outbox rows of these accounts, by account and key (what `reconcile` compares)."""
+    from firstvalue.store.events import select_in
+
+    found: dict[str, dict[str, Any]] = {}
+    for row in select_in(conn, "SELECT account_id, key, status, resolved_at FROM actions "
+                               "WHERE account_id IN :ids", account_ids):
+        found.setdefault(row.account_id, {})[row.key] = row
+    return found
+
+
 def reconcile(conn: sa.Connection, account_id: str, planned: Sequence[PlannedAction],
-              playbook_version: str, late_limit_hours: int, now: int) -> int:
+              playbook_version: str, late_limit_hours: int, now: int,
+              existing: dict[str, Any] | None = None) -> int:
     """Bring the account's outbox rows in line with what the playbook asks for at `now`.
 
     New due actions are inserted (pending, or suppressed as `backfill` when the fact that made
@@ -30,9 +43,8 @@ def reconcile(conn: sa.Connection, account_id: str, planned: Sequence[PlannedAct
     with the reason; sent alerts whose condition has cleared are marked resolved. Returns the
     number of rows inserted.
     """
-    existing = {row.key: row for row in conn.execute(sa.text(
-        "SELECT key, status, resolved_at FROM actions WHERE account_id = :a"),
-        {"a": account_id})}
+    if existing is None:
+        existing = existing_actions(conn, [account_id]).get(account_id, {})
     wanted = {action.key: action for action in planned}
     inserts = [_new_row(action, account_id, playbook_version, late_limit_hours, now)
                for key, action in wanted.items() if key not in existing]

@@ -162,11 +162,10 @@ def account_command(obj: Context, account_id: str, as_json: bool, now_text: str 
 @click.pass_obj
 def report_command(obj: Context, as_json: bool, now_text: str | None) -> None:
     """Accounts reaching each milestone, and median time-to-value per segment."""
+    from firstvalue.actions.outbox import list_actions
     from firstvalue.cli.views import show_report
     from firstvalue.metrics.report import build_report
     from firstvalue.runtime.evaluation import evaluate_accounts, held_events
-
-    from firstvalue.actions.outbox import list_actions
 
     now = resolve_now(now_text)
     states = evaluate_accounts(obj.database, obj.playbook, now)
@@ -349,7 +348,7 @@ def actions_retry(obj: Context, keys: tuple[str, ...], endpoint: str | None,
 
     if not keys and endpoint is None:
         raise click.UsageError("name the actions' keys, or --endpoint NAME")
-    with obj.database.engine.begin() as conn:
+    with obj.database.write() as conn:
         count = replay(conn, keys, endpoint, resolve_now(now_text))
     click.echo(f"{count} action(s) will be delivered again; run `firstvalue dispatch`.")
 
@@ -367,7 +366,7 @@ def tasks_done(obj: Context, key: str, now_text: str | None) -> None:
     """Mark the task with this action key as done."""
     from firstvalue.actions.outbox import complete_task
 
-    with obj.database.engine.begin() as conn:
+    with obj.database.write() as conn:
         done = complete_task(conn, key, resolve_now(now_text))
     if not done:
         raise FirstvalueError(f"no open task with key {key!r}; list them with "

@@ -129,7 +129,9 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     ttv_target = track.ttv_target if track else None
     plan = _plan(facts, playbook, compiled_track, traits, tz, run, kickoff, has_kickoff, day0,
                  events, completions, stamped, now)
-    wakes = [w for w in (_next_wake(now, kickoff, day, tz), plan.next_due_at,
+    run_info = _run_json(run, track, day, current, tz)
+    finished = run_info is not None and run_info["status"] != "active"
+    wakes = [w for w in (_next_wake(now, kickoff, day, tz, finished), plan.next_due_at,
                          min(future_starts, default=None)) if w is not None]
     wake = min(wakes) if wakes else None
 
@@ -144,7 +146,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         owner=_text(traits.get("owner")),
         playbook_version=playbook.version,
         evaluated_at=local_isoformat(now, UTC_ZONE),
-        run=_run_json(run, track, day, current, tz),
+        run=run_info,
         contract_signed_at=local_isoformat(run.started_at, tz) if run else None,
         kickoff_at=local_isoformat(kickoff.at, tz) if kickoff else None,
         kickoff_source=kickoff.source if kickoff else None,
@@ -327,18 +329,20 @@ def _run_json(run: Run | None, track: Any, day: int | None, current: str | None,
             "end_day": end_day}
 
 
-def _next_wake(now: int, kickoff: Kickoff | None, day: int | None,
-               tz: zoneinfo.ZoneInfo) -> int | None:
+def _next_wake(now: int, kickoff: Kickoff | None, day: int | None, tz: zoneinfo.ZoneInfo,
+               finished: bool) -> int | None:
     """When time alone next changes this state.
 
-    A kickoff booked ahead becomes reached at its meeting time. Once day 0 is known, every
-    local midnight moves `day`, overdue counts and the run's status, so the account wakes then;
-    this holds after the run too, so a stored state never shows yesterday's day number.
+    A kickoff booked ahead becomes reached at its meeting time. While a run is active, every
+    local midnight moves `day`, overdue counts and the run's status, so the account wakes then.
+    A finished run (completed, or past its end day) no longer wakes each day: its stored `day`
+    stays at the last evaluation, while read commands and the API, which evaluate at the time
+    asked for, show today's.
     """
     wakes = []
     if kickoff is not None and kickoff.at > now:
         wakes.append(kickoff.at)
-    if day is not None:
+    if day is not None and not finished:
         wakes.append(next_local_midnight(now, tz))
     return min(wakes) if wakes else None
 

@@ -50,5 +50,5 @@ def store_accepted(database: Database, judged: Sequence[Accepted | Rejected | No
     accepted = [item for item in judged if item.__class__ is Accepted]
     if not accepted:
         return []
-    with database.engine.begin() as conn:
+    with database.write() as conn:
         return store_messages(conn, accepted, anchor_names).statuses  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from firstvalue.actions.outbox import reconcile
+from firstvalue.actions.outbox import existing_actions, reconcile
 from firstvalue.engine import AccountFacts, EventFact, evaluate_account
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
@@ -57,26 +57,26 @@ def _facts_for(conn: sa.Connection, accounts: list[Any], names: list[str],
     if not accounts:
         return
     ids = [row[0] for row in accounts]
-    statement = sa.text(
-        "SELECT account_id, message_id, name, ts, user_id, properties, "
-        "COALESCE(attached_at, received_at) FROM events "
-        "WHERE type = 'track' AND name IN :names "
-        + ("AND account_id IS NOT NULL " if load_all else "AND account_id IN :ids ")
-        + "ORDER BY account_id").bindparams(sa.bindparam("names", expanding=True))
-    params: dict[str, Any] = {"names": names}
-    if not load_all:
-        statement = statement.bindparams(sa.bindparam("ids", expanding=True))
-        params["ids"] = ids
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    sql = ("SELECT account_id, message_id, name, ts, user_id, properties, "
+           "COALESCE(attached_at, received_at) FROM events WHERE type = 'track' AND name IN ("
+           + ", ".join([mark] * len(names)) + ") AND account_id "
+           + ("IS NOT NULL" if load_all else "IN (" + ", ".join([mark] * len(ids)) + ")"))
+    # The driver's own cursor: this loop reads every event of every account evaluated, and
+    # SQLAlchemy's row objects cost more than the rows themselves here.
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute(sql, names if load_all else [*names, *ids])
+    rows = cursor
 
     events: dict[str, list[EventFact]] = {account_id: [] for account_id in ids}
     actors: set[str] = set()
-    for account_id, message_id, name, ts, actor, properties, known in conn.execute(statement,
-                                                                                  params):
+    for account_id, message_id, name, ts, actor, properties, known in rows:
         bucket = events.get(account_id)
         if bucket is not None:
             bucket.append(EventFact(message_id, name, ts, actor, properties, known))
             if actor is not None:
                 actors.add(actor)
+    cursor.close()
 
     contacts = _load_contacts(conn, actors, load_all)
     for account_id, traits in accounts:
@@ -106,7 +106,7 @@ def evaluate_accounts(database: Database, playbook: CompiledPlaybook, now: int,
 
 def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult:
     """Evaluate the changed and due accounts at `now` and store their state."""
-    with database.engine.begin() as conn:
+    with database.write() as conn:
         attached = sweep_held_events(conn, now)
         record_playbook_version(conn, playbook, now)
         due = conn.execute(sa.text(
@@ -116,11 +116,13 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
         seqs = dict(due)  # type: ignore[arg-type]
         updates = []
         late_limit = playbook.loaded.model.late_limit_hours
+        outbox = existing_actions(conn, seqs)
         for facts in load_facts(conn, playbook, seqs):
             state = evaluate_account(facts, playbook, now)
             # The actions go into the outbox in the transaction that stores the state which
             # caused them (shared/DESIGN.md "Outbox").
-            reconcile(conn, facts.account_id, state.planned, playbook.version, late_limit, now)
+            reconcile(conn, facts.account_id, state.planned, playbook.version, late_limit, now,
+                      outbox.get(facts.account_id, {}))
             updates.append({"id": facts.account_id, "state": _encode(state.as_json()).decode(),
                             "wake": state.next_wake_at, "seq": seqs[facts.account_id],
                             "at": now, "version": playbook.version})
@@ -143,7 +145,16 @@ def sweep_held_events(conn: sa.Connection, now: int) -> int:
     return len(attached)
 
 
+_RECORDED: set[tuple[str, str]] = set()
+
+
 def record_playbook_version(conn: sa.Connection, playbook: CompiledPlaybook, now: int) -> None:
+    """Keep the text of every playbook version evaluations used (once per database and
+    process is enough: the row, once there, never changes)."""
+    seen = (str(conn.engine.url), playbook.version)
+    if seen in _RECORDED:
+        return
+    _RECORDED.add(seen)
     conn.execute(sa.text(
         "INSERT INTO playbook_versions (version, text, first_used_at) VALUES (:v, :t, :at) "
         "ON CONFLICT (version) DO NOTHING"),

@@ -21,10 +21,10 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from firstvalue.clock import isoformat, to_micros
-from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.actions.dispatch import Dispatcher, sandbox_channels
 from firstvalue.actions.outbox import list_actions
+from firstvalue.clock import isoformat, to_micros
+from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.metrics.report import build_report
 from firstvalue.runtime.evaluation import evaluate_accounts, held_events, tick

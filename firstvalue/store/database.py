@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,15 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """A transaction that writes. On SQLite it takes the write lock when it begins, so two
+        writers queue instead of one failing with "database is locked" when its read turns
+        into a write; reads (`engine.connect()`) begin as usual and never wait on a writer."""
+        with self.engine.connect().execution_options(firstvalue_write=True) as conn:
+            with conn.begin():
+                yield conn
 
 
 def engine_url(url: str) -> str:
@@ -78,10 +89,11 @@ def _create_engine(url: str) -> Engine:
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
-    def _begin_immediate(conn):  # type: ignore[no-untyped-def]
-        # Take the write lock at the start, so two writers queue instead of failing later
-        # with "database is locked" when a read transaction tries to upgrade.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(conn):  # type: ignore[no-untyped-def]
+        # Writers (Database.write) take the write lock at the start; readers do not, so that
+        # in WAL mode they go on while the single writer works.
+        immediate = conn.get_execution_options().get("firstvalue_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -94,5 +106,5 @@ def alembic_config(connection: sa.Connection) -> Config:
 
 
 def upgrade(database: Database) -> None:
-    with database.engine.begin() as connection:
+    with database.write() as connection:
         command.upgrade(alembic_config(connection), "head")

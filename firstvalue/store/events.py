@@ -49,7 +49,7 @@ def select_in(conn: sa.Connection, sql: str, values: Iterable[Any],
     ids = list(values)
     if not ids:
         return []
-    statement = _whole_list_statement(conn.dialect.name, sql)
+    statement = _whole_list_statement(_list_kind(conn, ids), sql)
     return conn.execute(statement, {"ids": _list_value(conn, ids), **params}).all()
 
 
@@ -62,7 +62,7 @@ def execute_in(conn: sa.Connection, sql: str, values: Iterable[Any], **params: A
     ids = sorted(values)
     if not ids:
         return 0
-    statement = _whole_list_statement(conn.dialect.name, sql)
+    statement = _whole_list_statement(_list_kind(conn, ids), sql)
     size = len(ids) if conn.dialect.name == "sqlite" else WRITE_CHUNK
     count = 0
     for part in chunks(ids, size):
@@ -71,21 +71,34 @@ def execute_in(conn: sa.Connection, sql: str, values: Iterable[Any], **params: A
 
 
 @lru_cache(maxsize=256)
-def _whole_list_statement(dialect: str, sql: str) -> sa.TextClause:
+def _whole_list_statement(kind: str, sql: str) -> sa.TextClause:
     """`sql` with its `IN :ids` taking the whole list as one parameter.
 
-    Expanding `IN (?, ?, ...)` costs a statement per 900 ids and a compilation of each; SQLite
-    reads a JSON array with `json_each` instead, PostgreSQL an array with `= ANY`.
+    Expanding `IN (?, ?, ...)` costs a statement per 900 ids and a compilation of each. SQLite
+    reads a JSON array with `json_each` instead. PostgreSQL gets text ids as a JSON array too:
+    the driver builds a Python list into an array slowly, and for a long literal array the
+    planner picks a scan of the whole table where an array from a subquery gets index lookups.
     """
     if sql.count("IN :ids") != 1 or "NOT IN :ids" in sql:
         raise ValueError(f"expected one `IN :ids` in {sql!r}")
-    if dialect == "sqlite":
+    if kind == "sqlite":
         return sa.text(sql.replace("IN :ids", "IN (SELECT value FROM json_each(:ids))"))
+    if kind == "postgresql-text":
+        return sa.text(sql.replace(
+            "IN :ids", "= ANY(ARRAY(SELECT json_array_elements_text(CAST(:ids AS json))))"))
     return sa.text(sql.replace("IN :ids", "= ANY(:ids)"))
 
 
+def _list_kind(conn: sa.Connection, ids: list[Any]) -> str:
+    if conn.dialect.name == "sqlite":
+        return "sqlite"
+    return "postgresql-text" if all(type(i) is str for i in ids) else "postgresql"
+
+
 def _list_value(conn: sa.Connection, ids: list[Any]) -> Any:
-    return _encode(ids).decode() if conn.dialect.name == "sqlite" else ids
+    if conn.dialect.name == "sqlite" or all(type(i) is str for i in ids):
+        return _encode(ids).decode()
+    return ids
 
 
 def event_row(message: Accepted, account_id: str | None) -> tuple[Any, ...]:
