@@ -126,5 +126,7 @@ def _rule_event_names(tracks: list[CompiledTrack],
 
 def _with_relevant(compiled: CompiledPlaybook) -> CompiledPlaybook:
     """The event names the engine reads: the rest need not be loaded from the store."""
-    relevant = compiled.relevant_names | compiled.anchor_names | compiled.login_names
+    # Logins are not read yet (no milestone or rule counts them in the default playbook); a
+    # milestone or rule on the login meaning brings them in through its detector's names.
+    relevant = compiled.relevant_names | compiled.anchor_names
     return CompiledPlaybook(**{**compiled.__dict__, "relevant_names": relevant})

@@ -37,9 +37,9 @@ class Database:
         """A transaction that writes. On SQLite it takes the write lock when it begins, so two
         writers queue instead of one failing with "database is locked" when its read turns
         into a write; reads (`engine.connect()`) begin as usual and never wait on a writer."""
-        with self.engine.connect().execution_options(firstvalue_write=True) as conn:
-            with conn.begin():
-                yield conn
+        with self.engine.connect().execution_options(firstvalue_write=True) as conn, \
+                conn.begin():
+            yield conn
 
 
 def engine_url(url: str) -> str:
