@@ -54,8 +54,10 @@ class AppContext:
 
 def create_app(database: Database, playbook: CompiledPlaybook,
                clock: Callable[[], int] | None = None, lifespan: Any = None) -> FastAPI:
+    # The OpenAPI document is served behind a token at /api/openapi.json: only /health
+    # answers anyone (shared/DESIGN.md "Access").
     app = FastAPI(title="firstvalue", version="0.1.0", lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None)
     context = AppContext(database, playbook, clock or (lambda: to_micros(system_now())))
     app.state.context = context
 
@@ -127,18 +129,110 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         states = await run_in_threadpool(_account_page, context, limit, offset)
         return json_response({"accounts": states, "limit": limit, "offset": offset})
 
+    @app.get("/api/openapi.json")
+    async def openapi(request: Request) -> Response:
+        await _authenticate_api(request, context)
+        return json_response(app.openapi())
+
+    @app.get("/api/actions")
+    async def list_actions_endpoint(request: Request, account: str | None = None,
+                                    status: str | None = None) -> Response:
+        await _authenticate_api(request, context)
+        rows = await run_in_threadpool(_actions, context, account, status)
+        return json_response({"actions": rows})
+
+    @app.post("/api/tasks/done")
+    async def complete_task_endpoint(request: Request) -> Response:
+        principal = await _authenticate_api(request, context)
+        if principal.role not in ("admin", "csm"):
+            raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
+                              "completing a task takes a csm or admin token")
+        key = _key_from(await request.body())
+        done = await run_in_threadpool(_complete, context, key)
+        if not done:
+            raise HTTPProblem(404, "unknown_task", f"no open task with key {key!r}")
+        return json_response({"key": key, "done": True})
+
+    @app.get("/api/in-app/{account_id}/{user_id}")
+    async def in_app_messages(account_id: str, user_id: str, request: Request) -> Response:
+        await _authenticate_api(request, context)
+        messages = await run_in_threadpool(_in_app, context, account_id, user_id)
+        return json_response({"messages": messages})
+
+    @app.post("/api/in-app/{account_id}/{user_id}/ack")
+    async def acknowledge_in_app(account_id: str, user_id: str, request: Request) -> Response:
+        await _authenticate_api(request, context)
+        key = _key_from(await request.body())
+        done = await run_in_threadpool(_acknowledge, context, account_id, user_id, key)
+        if not done:
+            raise HTTPProblem(404, "unknown_message",
+                              f"no unacknowledged in-app message {key!r} for {user_id!r}")
+        return json_response({"key": key, "acknowledged": True})
+
     # `path`: a groupId may hold a slash ("org/42"), which arrives decoded in the path.
     @app.get("/api/accounts/{account_id:path}")
     async def get_account(account_id: str, request: Request) -> Response:
         await _authenticate_api(request, context)
-        states = await run_in_threadpool(
-            evaluate_accounts, context.database, context.playbook, context.clock(),
-            [account_id])
-        if not states:
+        view = await run_in_threadpool(_account_view, context, account_id)
+        if view is None:
             raise HTTPProblem(404, "unknown_account", f"no account {account_id!r}")
-        return json_response(states[0].as_json())
+        return json_response(view)
 
     return app
+
+
+def _account_view(context: AppContext, account_id: str) -> dict[str, Any] | None:
+    from firstvalue.runtime.timeline import account_view
+
+    states = evaluate_accounts(context.database, context.playbook, context.clock(),
+                               [account_id])
+    return account_view(context.database, states[0]) if states else None
+
+
+def _actions(context: AppContext, account: str | None,
+             status: str | None) -> list[dict[str, Any]]:
+    from firstvalue.actions.outbox import action_json, list_actions
+
+    with context.database.engine.connect() as conn:
+        rows = list_actions(conn, [account] if account else None, [status] if status else None)
+    return [action_json(row) for row in rows]
+
+
+def _complete(context: AppContext, key: str) -> bool:
+    from firstvalue.actions.outbox import complete_task
+
+    with context.database.write() as conn:
+        return complete_task(conn, key, context.clock())
+
+
+def _in_app(context: AppContext, account_id: str, user_id: str) -> list[dict[str, Any]]:
+    from firstvalue.clock import isoformat
+
+    with context.database.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT key, subject, body, sent_at FROM actions WHERE kind = 'in_app' "
+            "AND status = 'sent' AND done_at IS NULL AND account_id = :a AND contact = :u "
+            "ORDER BY sent_at, key"), {"a": account_id, "u": user_id}).all()
+    return [{"key": r.key, "subject": r.subject, "body": r.body, "sent_at": isoformat(r.sent_at)}
+            for r in rows]
+
+
+def _acknowledge(context: AppContext, account_id: str, user_id: str, key: str) -> bool:
+    with context.database.write() as conn:
+        return conn.execute(sa.text(
+            "UPDATE actions SET done_at = :now WHERE key = :k AND kind = 'in_app' "
+            "AND status = 'sent' AND done_at IS NULL AND account_id = :a AND contact = :u"),
+            {"now": context.clock(), "k": key, "a": account_id, "u": user_id}).rowcount == 1
+
+
+def _key_from(body: bytes) -> str:
+    try:
+        key = msgspec.json.decode(body).get("key")
+    except (msgspec.DecodeError, AttributeError):
+        key = None
+    if not isinstance(key, str) or not key:
+        raise HTTPProblem(400, "invalid_body", 'send {"key": "ACTION KEY"} as JSON')
+    return key
 
 
 def _account_page(context: AppContext, limit: int, offset: int) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ import msgspec
 
 from firstvalue.errors import ImportFileError
 from firstvalue.ingest.messages import Accepted, Rejected, derive_message_id, validate_message
-from firstvalue.ingest.pipeline import REJECTED
+from firstvalue.ingest.pipeline import DUPLICATE, REJECTED
 from firstvalue.ingest.service import store_accepted
 from firstvalue.store.database import Database
 
@@ -90,7 +90,8 @@ def import_file(database: Database, path: Path, received_at: int, anchor_names: 
     with _open(path) as stream, _collector_paused():
         lines = _jsonl_lines(stream) if kind == "jsonl" else _csv_lines(stream, path)
         chunks = _chunks(lines)
-        store = partial(_store_chunk, database, path, anchor_names, summary, on_progress)
+        store = partial(_store_chunk, database, path, anchor_names, summary, on_progress,
+                        _Guess())
         if database.is_sqlite:
             for chunk in chunks:
                 store(chunk, _judge(chunk, received_at))
@@ -154,12 +155,25 @@ def _judge(chunk: list[Line], received_at: int) -> list[Judged]:
             for line in chunk]
 
 
+@dataclass
+class _Guess:
+    """Whether the next chunk is likely all new: yes until a chunk held a duplicate.
+
+    A guess only decides how the chunk is stored (see `store_messages`), never what becomes of
+    it; a file imported a second time is all duplicates, and trying first costs a chunk.
+    """
+
+    all_new: bool = True
+
+
 def _store_chunk(database: Database, path: Path, anchor_names: frozenset[str],
                  summary: ImportSummary, on_progress: Callable[[int], None] | None,
-                 chunk: list[Line], judged: list[Judged]) -> None:
+                 guess: _Guess, chunk: list[Line], judged: list[Judged]) -> None:
     """Store one chunk in one transaction (the path of HTTP ingest, without building an HTTP
     status for every line) and add its outcome to `summary`."""
-    statuses = iter(store_accepted(database, judged, anchor_names))
+    stored = store_accepted(database, judged, anchor_names, assume_new=guess.all_new)
+    guess.all_new = DUPLICATE not in stored
+    statuses = iter(stored)
     summary.lines += len(chunk)
 
     counts: Counter[str] = Counter()

@@ -58,10 +58,30 @@ class IngestResult:
 
 
 def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
-                   anchor_names: frozenset[str]) -> IngestResult:
-    """Store `messages` (already validated) in the open transaction `conn`."""
+                   anchor_names: frozenset[str], assume_new: bool = False) -> IngestResult:
+    """Store `messages` (already validated) in the open transaction `conn`.
+
+    `assume_new` is for bulk imports of history, where the ids are almost never stored yet:
+    it skips looking them up first and lets the unique index on the id tell. If one is stored
+    after all, everything done under that assumption is rolled back to a savepoint and the
+    messages are stored again the careful way, so the outcome is the same either way.
+    """
+    if assume_new:
+        savepoint = conn.begin_nested()
+        try:
+            result = _store_messages(conn, messages, anchor_names, check_store=False)
+        except event_store.AlreadyStored:
+            savepoint.rollback()
+        else:
+            savepoint.commit()
+            return result
+    return _store_messages(conn, messages, anchor_names, check_store=True)
+
+
+def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
+                    anchor_names: frozenset[str], check_store: bool) -> IngestResult:
     statuses = [ACCEPTED] * len(messages)
-    fresh_indexes, conflicts = _dedupe(conn, messages, statuses)
+    fresh_indexes, conflicts = _dedupe(conn, messages, statuses, check_store)
     changed: set[str] = set()
     groups, identifies, tracks = _split_by_type(messages, fresh_indexes)
 
@@ -76,7 +96,7 @@ def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     rows = _attributed_rows(tracks, known | created, memberships, statuses, changed)
     rows += [event_store.event_row(m, m.group_id) for m in groups]
     rows += [event_store.event_row(m, None) for m in identifies]
-    late_duplicates = event_store.insert_events(conn, rows)
+    late_duplicates = event_store.insert_events(conn, rows, strict=not check_store)
     conflicts += _mark_late_duplicates(conn, late_duplicates, messages, fresh_indexes, statuses)
 
     event_store.insert_memberships(conn, groups)
@@ -133,9 +153,10 @@ def _attributed_rows(tracks: list[tuple[int, Accepted]], accounts: set[str],
     return rows
 
 
-def _dedupe(conn: sa.Connection, messages: Sequence[Accepted],
-            statuses: list[str]) -> tuple[list[int], int]:
-    """Mark duplicates (within the batch and against the store); the indexes left are new."""
+def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[str],
+            check_store: bool = True) -> tuple[list[int], int]:
+    """Mark duplicates (within the batch and, if `check_store`, against the store); the indexes
+    left are new."""
     first_seen: dict[str, Accepted] = {}
     candidates = []
     conflicts = 0
@@ -148,6 +169,8 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted],
         first_seen[message.message_id] = message
         candidates.append(index)
 
+    if not check_store:
+        return candidates, conflicts
     stored = event_store.stored_versions(conn, [messages[i].message_id for i in candidates])
     fresh = []
     for index in candidates:

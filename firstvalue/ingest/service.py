@@ -45,10 +45,12 @@ def ingest_messages(database: Database, raws: Sequence[bytes], received_at: int,
 
 
 def store_accepted(database: Database, judged: Sequence[Accepted | Rejected | None],
-                   anchor_names: frozenset[str]) -> list[str]:
-    """Store the accepted among `judged` in one transaction; their statuses, in order."""
+                   anchor_names: frozenset[str], assume_new: bool = False) -> list[str]:
+    """Store the accepted among `judged` in one transaction; their statuses, in order.
+    (`assume_new`: see `store_messages`.)"""
     accepted = [item for item in judged if item.__class__ is Accepted]
     if not accepted:
         return []
     with database.write() as conn:
-        return store_messages(conn, accepted, anchor_names).statuses  # type: ignore[arg-type]
+        return store_messages(conn, accepted, anchor_names,  # type: ignore[arg-type]
+                              assume_new).statuses

@@ -114,19 +114,34 @@ def stored_versions(conn: sa.Connection, message_ids: Sequence[str]) -> dict[str
     return {row[0]: StoredVersion(row[1], row[2], row[3], row[4], row[5]) for row in rows}
 
 
-def insert_events(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
-    """Insert event rows; the ids that turned out to be stored already (PostgreSQL only)."""
+class AlreadyStored(Exception):
+    """Raised by a `strict` insert_events when one of the ids is stored already."""
+
+
+def insert_events(conn: sa.Connection, rows: list[tuple[Any, ...]],
+                  strict: bool = False) -> set[str]:
+    """Insert event rows; the ids that turned out to be stored already (PostgreSQL only).
+
+    `strict` raises AlreadyStored instead, for a caller that did not check the ids first and
+    rolls back to a savepoint to do it.
+    """
     if not rows:
         return set()
     if conn.dialect.name == "sqlite":
         placeholders = ", ".join("?" * len(EVENT_COLUMNS))
-        conn.exec_driver_sql(
-            f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({placeholders})", rows)
+        try:
+            conn.exec_driver_sql(
+                f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({placeholders})", rows)
+        except sa.exc.IntegrityError as exc:
+            if strict and "events.message_id" in str(exc.orig):
+                raise AlreadyStored from None
+            raise
         return set()
-    return _insert_events_postgresql(conn, rows)
+    return _insert_events_postgresql(conn, rows, strict)
 
 
-def _insert_events_postgresql(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+def _insert_events_postgresql(conn: sa.Connection, rows: list[tuple[Any, ...]],
+                              strict: bool) -> set[str]:
     """COPY the rows straight into `events`; through the staging table if that meets an id that
     another writer stored since our check.
 
@@ -143,6 +158,8 @@ def _insert_events_postgresql(conn: sa.Connection, rows: list[tuple[Any, ...]]) 
                 copy.write_row(row)
     except psycopg.errors.UniqueViolation:
         savepoint.rollback()
+        if strict:
+            raise AlreadyStored from None
         return _insert_events_staged(conn, rows)
     finally:
         cursor.close()

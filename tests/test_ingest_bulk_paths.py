@@ -1,0 +1,159 @@
+"""The fast paths of bulk import store exactly what the careful path of HTTP ingest stores.
+
+A file import guesses that its ids are new and lets the unique index tell (rolling back to a
+savepoint when one is stored after all), pauses the garbage collector, and on PostgreSQL stores
+one chunk while it validates the next. None of that may change an outcome: statuses, rows,
+attribution, held events, traits, conflicts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from firstvalue.ingest import files
+from firstvalue.ingest.files import ImportSummary, import_file
+from firstvalue.ingest.messages import validate_message
+from firstvalue.ingest.service import ingest_messages
+from firstvalue.store.database import open_database
+from firstvalue.store.events import read_counter
+from firstvalue.store.traits import plain_traits
+from tests.conftest import encode, micros
+
+NOW = micros("2026-11-10T12:00:00Z")
+
+
+def group(mid: str, user: str, account: str, at: str, **traits: Any) -> dict[str, Any]:
+    return {"type": "group", "messageId": mid, "userId": user, "groupId": account,
+            "timestamp": at, "traits": traits}
+
+
+def track(mid: str, user: str, name: str, at: str, account: str | None = None,
+          **properties: Any) -> dict[str, Any]:
+    message = {"type": "track", "messageId": mid, "userId": user, "event": name,
+               "timestamp": at, "properties": properties}
+    if account:
+        message["context"] = {"groupId": account}
+    return message
+
+
+def identify(mid: str, user: str, at: str, **traits: Any) -> dict[str, Any]:
+    return {"type": "identify", "messageId": mid, "userId": user, "timestamp": at,
+            "traits": traits}
+
+
+# Late group calls (re-attribution), a held event whose account appears later, duplicates
+# inside the file and a conflicting redelivery.
+MESSAGES = [
+    group("g1", "u1", "acme", "2026-10-01T08:00:00Z", name="Acme", segment="mid_market"),
+    identify("i1", "u1", "2026-10-01T08:01:00Z", role="champion"),
+    track("t1", "u1", "Workspace Created", "2026-10-02T09:00:00Z"),
+    track("t2", "u2", "Signed In", "2026-10-02T10:00:00Z"),
+    track("t3", "u3", "Deal Closed Won", "2026-10-03T09:00:00Z", "globex", deal_id="d1"),
+    track("t4", "u4", "Signed In", "2026-10-03T10:00:00Z", "initech"),
+    track("t1", "u1", "Workspace Created", "2026-10-02T09:00:00Z"),
+    group("g2", "u2", "acme", "2026-10-02T09:30:00Z"),
+    track("t5", "u2", "Workflow Run", "2026-10-04T09:00:00Z", template="weekly"),
+    track("t2", "u2", "Signed Out", "2026-10-02T10:00:00Z"),
+    group("g3", "u4", "initech", "2026-10-05T08:00:00Z", segment="smb"),
+    group("g4", "u1", "globex", "2026-10-06T08:00:00Z", tier=2),
+    track("t6", "u1", "Signed In", "2026-10-07T08:00:00Z"),
+    identify("i2", "u2", "2026-10-07T09:00:00Z", role="admin"),
+]
+
+
+def write_jsonl(path: Path, messages: list[dict[str, Any]]) -> Path:
+    """One message a line, as the same bytes that `encode` gives the HTTP path."""
+    path.write_bytes(b"".join(encode(m) + b"\n" for m in messages))
+    return path
+
+
+def snapshot(database) -> dict[str, Any]:
+    """What the store holds, without the row ids that insertion order assigns."""
+    with database.engine.connect() as conn:
+        def rows(sql: str) -> list[tuple[Any, ...]]:
+            return sorted(tuple(row) for row in conn.execute(sa.text(sql)))
+
+        return {
+            "events": rows("SELECT message_id, type, name, account_id, group_id, user_id, ts, "
+                           "received_at, attached_at, flags, properties FROM events"),
+            "accounts": rows("SELECT id, traits, created_at, change_seq FROM accounts"),
+            "contacts": rows("SELECT user_id, traits, updated_at FROM contacts"),
+            "memberships": rows("SELECT message_id, user_id, account_id, ts FROM memberships"),
+            "conflicts": read_counter(conn, "ingest_conflicts"),
+        }
+
+
+def import_lines(database, path: Path) -> ImportSummary:
+    summary = ImportSummary()
+    import_file(database, path, NOW, frozenset({"Deal Closed Won"}), summary)
+    return summary
+
+
+def test_a_file_import_stores_what_http_ingest_stores_chunk_for_chunk(sqlite_database,
+                                                                        tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "CHUNK_LINES", 4)
+    path = write_jsonl(tmp_path / "events.jsonl", MESSAGES)
+    careful = open_database(f"sqlite:///{tmp_path / 'careful.db'}")
+
+    summary = import_lines(sqlite_database, path)
+    statuses = []
+    for start in range(0, len(MESSAGES), 4):
+        part = [encode(m) for m in MESSAGES[start:start + 4]]
+        statuses += [s.status for s in ingest_messages(careful, part, NOW,
+                                                       frozenset({"Deal Closed Won"}),
+                                                       from_file=True)]
+
+    assert dict(summary.statuses) == {s: statuses.count(s) for s in set(statuses)}
+    assert snapshot(sqlite_database) == snapshot(careful)
+    careful.dispose()
+
+
+def test_a_chunk_holding_a_stored_id_is_stored_as_if_nothing_had_been_guessed(database,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setattr(files, "CHUNK_LINES", 3)
+    import_lines(database, write_jsonl(tmp_path / "first.jsonl", MESSAGES[:6]))
+    before = snapshot(database)
+    second = [track("t7", "u1", "Workflow Run", "2026-10-08T09:00:00Z"),
+              track("t1", "u1", "Workspace Deleted", "2026-10-02T09:00:00Z"),
+              group("g5", "u5", "acme", "2026-10-08T08:00:00Z", plan="pro")]
+
+    summary = import_lines(database, write_jsonl(tmp_path / "second.jsonl", second))
+
+    after = snapshot(database)
+    assert dict(summary.statuses) == {"accepted": 2, "duplicate": 1}
+    assert after["conflicts"] == before["conflicts"] + 1
+    assert len(after["events"]) == len(before["events"]) + 2
+    assert [e for e in after["events"] if e[0] == "t1"] == \
+        [e for e in before["events"] if e[0] == "t1"]
+    acme = next(a for a in after["accounts"] if a[0] == "acme")
+    assert plain_traits(json.loads(acme[1]))["plan"] == "pro"
+    assert ("g5", "u5", "acme", micros("2026-10-08T08:00:00Z")) in after["memberships"]
+
+
+def test_importing_a_file_twice_changes_nothing_the_second_time(database, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setattr(files, "CHUNK_LINES", 5)
+    path = write_jsonl(tmp_path / "events.jsonl", MESSAGES)
+    import_lines(database, path)
+    before = snapshot(database)
+
+    summary = import_lines(database, path)
+
+    after = snapshot(database)
+    assert dict(summary.statuses) == {"duplicate": len(MESSAGES)}
+    assert {k: v for k, v in after.items() if k not in ("accounts", "conflicts")} == \
+        {k: v for k, v in before.items() if k not in ("accounts", "conflicts")}
+    assert [a[:3] for a in after["accounts"]] == [a[:3] for a in before["accounts"]]
+
+
+def test_a_nul_is_found_whether_or_not_the_bytes_look_escaped():
+    escaped = encode({"type": "track", "userId": "a\x00b", "event": "X"})
+    literal = b'{"type": "track", "userId": "a\\\\u0000b", "event": "X"}'
+
+    assert "NUL" in validate_message(escaped, NOW).reason  # type: ignore[union-attr]
+    assert validate_message(literal, NOW).actor == "a\\u0000b"  # type: ignore[union-attr]
