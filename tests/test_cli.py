@@ -122,6 +122,34 @@ def test_the_demo_prints_the_same_report_for_the_same_seed_and_date(tmp_path, mo
     assert (tmp_path / "firstvalue-demo.db").exists()
 
 
+def test_the_demo_reports_actions_and_escalations_raised_and_cancelled_by_rule(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = json.loads(run("demo", "--accounts", "30", "--today", "2026-12-04", "--json")[1])
+    rows = {row["rule"]: row for row in report["actions_by_rule"]}
+    assert rows["welcome"]["sent"] == 30  # every account signed: one welcome each
+    assert rows["welcome.no_kickoff_task"]["escalation"] is True
+    assert sum(row["cancelled"] for row in rows.values() if row["escalation"]) > 0
+    assert sum(row["sent"] for row in rows.values() if row["escalation"]) > 0
+
+
+def test_actions_retry_replays_a_dead_action_from_the_cli(loaded):
+    import sqlalchemy as sa
+
+    from firstvalue.store.database import open_database
+
+    run("--db", loaded, "tick", "--now", NOW)
+    database = open_database(loaded)
+    with database.write() as conn:
+        key = conn.execute(sa.text("SELECT key FROM actions WHERE rule = 'welcome'")).scalar()
+        conn.execute(sa.text("UPDATE actions SET status = 'dead' WHERE key = :k"), {"k": key})
+    code, output = run("--db", loaded, "actions", "retry", key, "--now", NOW)
+    assert code == 0 and "1 action(s)" in output
+    code, output = run("--db", loaded, "actions", "--json", "--status", "pending")
+    assert key in [a["key"] for a in json.loads(output)]
+    database.dispose()
+
+
 def test_the_demo_database_holds_every_behaviour(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run("demo", "--accounts", "60", "--today", "2026-12-04", "--json")

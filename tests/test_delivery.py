@@ -211,6 +211,22 @@ def test_a_410_disables_the_endpoint_and_keeps_its_rows_for_replay(database, del
     assert len(hook.received) == 3
 
 
+def test_a_webhook_is_signed_per_standard_webhooks(database, delivery_playbook, hook, smtp):
+    from standardwebhooks import Webhook
+
+    playbook, _ = delivery_playbook
+    sign_up(database, playbook)
+    Dispatcher(database, playbook).run_once(T0)
+    [received] = hook.received
+    headers = {name.lower(): value for name, value in received.headers.items()}
+    payload = Webhook("whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").verify(received.body,
+                                                                            headers)
+    assert payload["key"] == "acme/1/signed/1"
+    assert payload["body"] == "A note for Acme."
+    with pytest.raises(Exception, match="[Ss]ignature"):
+        Webhook("whsec_" + "A" * 32).verify(received.body, headers)
+
+
 def test_two_workers_evaluating_at_once_fire_a_once_per_run_rule_once(database,
                                                                        delivery_playbook):
     playbook, _ = delivery_playbook
