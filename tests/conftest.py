@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import msgspec
@@ -49,6 +50,13 @@ def sqlite_database(tmp_path) -> Iterator[Database]:
 
 @pytest.fixture
 def postgres_database() -> Iterator[Database]:
+    with fresh_postgres() as database:
+        yield database
+
+
+@contextmanager
+def fresh_postgres() -> Iterator[Database]:
+    """A migrated store in a schema of its own, dropped afterwards."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
     with admin.begin() as conn:

@@ -22,7 +22,7 @@ from firstvalue.clock import from_micros
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.runtime.evaluation import evaluate_accounts, stored_states, tick
 from firstvalue.store.database import open_database
-from tests.conftest import PG_URL
+from tests.conftest import fresh_postgres
 from tests.engine_helpers import us
 
 BASE = us("2026-03-01T00:00:00Z")
@@ -99,22 +99,6 @@ def fresh_sqlite(template: Path, directory: Path):
     finally:
         database.dispose()
         path.unlink()
-
-
-@contextmanager
-def fresh_postgres():
-    schema = f"p_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    database = open_database(f"{PG_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield database
-    finally:
-        database.dispose()
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
 
 
 def comparable(states: dict) -> dict:

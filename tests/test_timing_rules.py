@@ -117,17 +117,7 @@ def test_no_contact_gets_more_messages_a_day_than_the_cap(database):
 
 
 def simulate_sandboxed(database, playbook, deliveries, until):
-    pending = sorted(deliveries, key=lambda item: item[0])
-    dispatcher = Dispatcher(database, playbook, SANDBOX)
-    moments = sorted({*range(pending[0][0], until + 1, HOUR), *(at for at, _ in pending)})
-    for moment in moments:
-        arrived = [m for at, m in pending if at <= moment]
-        pending = [(at, m) for at, m in pending if at > moment]
-        if arrived:
-            ingest_messages(database, [encode(m) for m in arrived], moment,
-                            playbook.anchor_names)
-        tick(database, playbook, moment)
-        dispatcher.run_once(moment)
+    simulate(database, playbook, deliveries, until, deliver=SANDBOX)
 
 
 def test_a_rule_once_per_occurrence_fires_for_each_event_and_once_per_run_only_once(database):
