@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import time
@@ -43,12 +44,18 @@ def main() -> None:
     lines = sum(1 for _ in path.open("rb"))
     print(f"data set: {path} ({lines:,} messages, {path.stat().st_size / 2**20:.0f} MiB)")
 
+    load_before = os.getloadavg()
     results: dict[str, dict[str, Any]] = {"sqlite": _run_sqlite(path, args.data)}
     if not args.skip_postgres:
         results["postgresql"] = _run_postgresql(path, args.pg)
+    load_after = os.getloadavg()
     _print_table(results, lines)
+    # Other work on the machine slows every figure; the load average says how much there was.
+    print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}"
+          .format(*load_before, *load_after))
     if args.json:
-        args.json.write_text(json.dumps({"messages": lines, **results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"messages": lines, "load_before": load_before,
+                                         "load_after": load_after, **results}, indent=2) + "\n")
 
 
 def _parse_args() -> argparse.Namespace:

@@ -94,6 +94,7 @@ def compile_playbook(loaded: LoadedPlaybook) -> CompiledPlaybook:
 
     relevant = frozenset().union(*(m.detector.names for t in tracks for m in t.milestones))
     relevant |= _rule_event_names(tracks, meanings)
+    relevant |= _stall_event_names(model, meanings)
     compiled = CompiledPlaybook(
         loaded=loaded,
         tracks=tuple(tracks),
@@ -122,6 +123,18 @@ def _rule_event_names(tracks: list[CompiledTrack],
                 if happening.event is not None:
                     names.add(happening.event)
     return frozenset(names)
+
+
+def _stall_event_names(model: Any, meanings: dict[str, list[str]]) -> frozenset[str]:
+    """The events stall detection and diagnosis read, when the playbook has stalls."""
+    if not model.stalls:
+        return frozenset()
+    keys = {model.login, "call_missed", "call_rescheduled", "call_cancelled", "call_scheduled",
+            "call_completed", model.diagnosis.ticket_meaning, model.diagnosis.feature_meaning,
+            *model.diagnosis.blocker_meanings}
+    for stall in model.stalls:
+        keys |= set(stall.activity)
+    return frozenset(name for key in keys for name in meanings.get(key, []))
 
 
 def _with_relevant(compiled: CompiledPlaybook) -> CompiledPlaybook:

@@ -14,6 +14,7 @@ from firstvalue.engine.days import days_between, local_date, local_isoformat, ne
 from firstvalue.engine.days import zone as find_zone
 from firstvalue.engine.facts import AccountFacts, EventFact
 from firstvalue.engine.rules import PlannedAction, RuleContext, RulePlan, plan_rules
+from firstvalue.engine.stalls import Episode, StallContext, detect_stalls, plan_interventions
 from firstvalue.store.traits import traits_at
 
 UTC_ZONE = zoneinfo.ZoneInfo("UTC")
@@ -81,6 +82,7 @@ class AccountState:
     stalls: tuple[Any, ...] = field(default=())
     actions: tuple[Any, ...] = field(default=())
     planned: tuple[PlannedAction, ...] = field(default=(), repr=False)
+    episodes: tuple[Episode, ...] = field(default=(), repr=False)
 
     def as_json(self) -> dict[str, Any]:
         # Built field by field: dataclasses.asdict deep-copies, which cost more than the
@@ -95,7 +97,7 @@ class AccountState:
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(AccountState)
-                      if f.name not in ("next_wake_at", "planned"))
+                      if f.name not in ("next_wake_at", "planned", "episodes"))
 
 
 def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) -> AccountState:
@@ -127,8 +129,11 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     ttv = _ttv(run, done.get(playbook.loaded.model.first_value), tz)
     track = compiled_track.track if compiled_track else None
     ttv_target = track.ttv_target if track else None
+    arrivals = _arrivals(playbook, run, events, stamped)
     plan = _plan(facts, playbook, compiled_track, traits, tz, run, kickoff, has_kickoff, day0,
-                 events, completions, stamped, now)
+                 events, completions, arrivals, now)
+    episodes, interventions = _stalls(facts, playbook, compiled_track, traits, tz, run, day0,
+                                      events, completions, arrivals, now)
     run_info = _run_json(run, track, day, current, tz)
     finished = run_info is not None and run_info["status"] != "active"
     wakes = [w for w in (_next_wake(now, kickoff, day, tz, finished), plan.next_due_at,
@@ -160,15 +165,34 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         phases=_phases(playbook, run, kickoff if kickoff and kickoff.at <= now else None,
                        has_kickoff, done, tz),
         next_wake_at=wake,
-        planned=plan.due,
+        planned=plan.due + tuple(interventions),
+        stalls=tuple(e.as_json(facts.account_id, tz) for e in episodes),
+        episodes=tuple(episodes),
     )
+
+
+def _stalls(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrack | None,
+            traits: dict[str, Any], tz: zoneinfo.ZoneInfo, run: Run | None, day0: date | None,
+            events: dict[str, list[EventFact]], completions: dict[str, EventFact],
+            arrivals: dict[str, int], now: int) -> tuple[list[Episode], list[PlannedAction]]:
+    model = playbook.loaded.model
+    if track is None or run is None or not model.stalls or day0 is None:
+        return [], []
+    context = StallContext(
+        account_id=facts.account_id, traits=traits, tz=tz, day0=day0, now=now, events=events,
+        milestones=completions, targets=track.track.targets,
+        milestone_order=[m.key for m in track.milestones], contacts=facts.contacts,
+        model=model, run=run.number, known_at=arrivals.get("kickoff_known", now),
+        country=_text(traits.get("country")))
+    episodes = detect_stalls(model.stalls, context)
+    return episodes, plan_interventions(episodes, model.interventions, context, track.key)
 
 
 def _plan(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrack | None,
           traits: dict[str, Any], tz: zoneinfo.ZoneInfo, run: Run | None,
           kickoff: Kickoff | None, has_kickoff: bool, day0: date | None,
           events: dict[str, list[EventFact]], completions: dict[str, EventFact],
-          stamped: dict[str, list[Any]], now: int) -> RulePlan:
+          arrivals: dict[str, int], now: int) -> RulePlan:
     if track is None or not track.rules:
         return RulePlan((), None)
     model = playbook.loaded.model
@@ -177,7 +201,7 @@ def _plan(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrack 
         tz=tz, run=run, kickoff=kickoff if kickoff and kickoff.at <= now else None, day0=day0,
         events=events, milestones=completions, meanings=model.meanings,
         window=model.send_window, now=now, country=_text(traits.get("country")),
-        arrivals=_arrivals(playbook, run, events, stamped))
+        arrivals=arrivals)
     return plan_rules(track.rules, context)
 
 

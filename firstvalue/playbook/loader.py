@@ -247,6 +247,7 @@ def check_playbook(model: Playbook) -> list[PlaybookProblem]:
     for index, track in enumerate(model.tracks):
         problems += _track_problems(track, f"tracks[{index}]", milestone_keys, meanings)
     problems += _rules_problems(model.rules, "rules", model, model.templates)
+    problems += _stall_problems(model)
     for index, track in enumerate(model.tracks):
         templates = {**model.templates, **track.templates}
         problems += _rules_problems(track.rules, f"tracks[{index}].rules", model, templates)
@@ -272,6 +273,35 @@ def _rules_problems(rules: list[Rule], place: str, model: Playbook,
             problems += _happening_problems(escalation.unless, f"{there}.unless", model)
             problems += _actions_problems(escalation.actions, f"{there}.actions", templates)
             problems += _where_problems(escalation.where, f"{there}.where", model)
+    return problems
+
+
+def _stall_problems(model: Playbook) -> list[PlaybookProblem]:
+    problems = _duplicates("stalls", [stall.key for stall in model.stalls])
+    known = sorted(model.meanings)
+    for index, stall in enumerate(model.stalls):
+        for number, meaning in enumerate(stall.activity if stall.kind == "champion_silent"
+                                         else []):
+            if meaning not in model.meanings:
+                problems.append(PlaybookProblem(
+                    f"stalls[{index}].activity[{number}]", f"unknown meaning {meaning!r}",
+                    f"use one of: {', '.join(known)}"))
+        if stall.when is not None:
+            problems += _condition_problems(stall.when, f"stalls[{index}].when",
+                                            set(model.meanings))
+        problems += _happening_problems(stall.until, f"stalls[{index}].until", model)
+    problems += _duplicates("interventions", [i.key for i in model.interventions])
+    for index, intervention in enumerate(model.interventions):
+        problems += _actions_problems(intervention.actions, f"interventions[{index}].actions",
+                                      model.templates)
+    diagnosis = model.diagnosis
+    for place, meaning in (("ticket_meaning", diagnosis.ticket_meaning),
+                           ("feature_meaning", diagnosis.feature_meaning),
+                           *((f"blocker_meanings[{i}]", m)
+                             for i, m in enumerate(diagnosis.blocker_meanings))):
+        if model.stalls and meaning not in model.meanings:
+            problems.append(PlaybookProblem(f"diagnosis.{place}", f"unknown meaning {meaning!r}",
+                                            f"use one of: {', '.join(known)}"))
     return problems
 
 

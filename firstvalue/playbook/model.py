@@ -145,7 +145,9 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ANCHOR_NAMES = ("contract_signed", "kickoff")
 Anchor = Literal["contract_signed", "kickoff"]
 ActionKind = Literal["email", "in_app", "task", "slack", "webhook", "flag"]
-Recipient = Literal["champion", "owner", "actor", "manager", "queue", "account"]
+Recipient = Literal["champion", "owner", "actor", "manager", "queue", "account", "ae"]
+StallKind = Literal["inactivity", "overdue", "missed_calls", "champion_silent", "custom"]
+Diagnosis = Literal["integration_blocker", "champion_quiet", "scope_creep", "unknown"]
 CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 
 
@@ -256,6 +258,62 @@ class Rule(Strict):
         return self
 
 
+class StallRule(Strict):
+    """A pattern of an account that stopped progressing. Its parameters by kind:
+
+    - inactivity: no login for `days` consecutive local days, raised only within the first
+      `within_days` days (business days with `business_days`);
+    - overdue: a milestone more than `percent` % past its target day;
+    - missed_calls: `count` or more missed or rescheduled calls, a cancellation followed within
+      `rebook_hours` by a new booking counting as one reschedule;
+    - champion_silent: no activity of the champion's own (`activity` meanings) for more than
+      `days` days;
+    - custom: holds from when `when` is first true until `until` happens.
+    """
+
+    key: Key
+    kind: StallKind
+    days: int | None = Field(default=None, ge=1, le=3650)
+    within_days: int | None = Field(default=None, ge=1, le=3650)
+    business_days: bool = False
+    percent: int = Field(default=50, ge=0, le=10_000)
+    count: int = Field(default=2, ge=1, le=1000)
+    rebook_hours: int = Field(default=24, ge=0, le=8760)
+    activity: list[Key] = Field(default_factory=lambda: ["login", "email_replied",
+                                                         "call_completed"])
+    when: Condition | None = None
+    until: Happening | None = None
+
+    @model_validator(mode="after")
+    def _parameters_fit_the_kind(self) -> StallRule:
+        if self.kind in ("inactivity", "champion_silent") and self.days is None:
+            raise ValueError(f"a {self.kind} stall needs `days`")
+        if self.kind == "custom" and self.when is None:
+            raise ValueError("a custom stall needs `when` (a condition like a milestone's)")
+        return self
+
+
+class Intervention(Strict):
+    """What to do when a stall opens, by its kind and diagnosis."""
+
+    key: Key
+    kinds: list[StallKind] | None = None
+    diagnosis: list[Diagnosis] | None = None
+    where: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    actions: list[ActionSpec] = Field(min_length=1)
+
+
+class DiagnosisSettings(Strict):
+    """The signals the diagnosis reads."""
+
+    blocker_meanings: list[Key] = Field(default_factory=lambda: ["data_connection_failed"])
+    blocker_topics: list[str] = Field(default_factory=lambda: ["sso", "security_review"])
+    ticket_meaning: Key = "ticket_opened"
+    before_milestone: Key = "data_connected"
+    feature_meaning: Key = "feature_started"
+    scope_creep_features: int = Field(default=3, ge=1)
+
+
 class Template(Strict):
     subject: str | None = None
     body: str
@@ -296,6 +354,9 @@ class Playbook(Strict):
     login: Key = "login"
     rules: list[Rule] = Field(default_factory=list)
     templates: dict[Key, Template] = Field(default_factory=dict)
+    stalls: list[StallRule] = Field(default_factory=list)
+    interventions: list[Intervention] = Field(default_factory=list)
+    diagnosis: DiagnosisSettings = Field(default_factory=DiagnosisSettings)
     send_window: SendWindow = Field(default_factory=SendWindow)
     daily_cap: int = Field(default=3, ge=1, le=100)
     late_limit_hours: int = Field(default=24, ge=0, le=87_600)

@@ -19,6 +19,7 @@ from firstvalue.actions.outbox import existing_actions, reconcile
 from firstvalue.engine import AccountFacts, EventFact, evaluate_account
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
+from firstvalue.runtime.stall_history import record_stalls, recorded_stalls
 from firstvalue.store import events as event_store
 from firstvalue.store.database import Database
 from firstvalue.store.traits import plain_traits
@@ -78,12 +79,27 @@ def _facts_for(conn: sa.Connection, accounts: list[Any], names: list[str],
                 actors.add(actor)
     cursor.close()
 
-    contacts = _load_contacts(conn, actors, load_all)
+    members = _members(conn, ids, load_all)
+    contacts = _load_contacts(conn, actors | {m for group in members.values() for m in group},
+                              load_all)
     for account_id, traits in accounts:
         account_events = events[account_id]
-        account_contacts = {e.actor: contacts[e.actor] for e in account_events
-                            if e.actor in contacts}
+        people = {e.actor for e in account_events} | members.get(account_id, set())
+        account_contacts = {actor: contacts[actor] for actor in people if actor in contacts}
         yield AccountFacts(account_id, _decode(traits), tuple(account_events), account_contacts)
+
+
+def _members(conn: sa.Connection, ids: list[str], load_all: bool) -> dict[str, set[str]]:
+    """Each account's contacts by group membership, whether or not they acted yet."""
+    if load_all:
+        rows = conn.execute(sa.text("SELECT account_id, user_id FROM memberships")).all()
+    else:
+        rows = event_store.select_in(
+            conn, "SELECT account_id, user_id FROM memberships WHERE account_id IN :ids", ids)
+    members: dict[str, set[str]] = {}
+    for account_id, user_id in rows:
+        members.setdefault(account_id, set()).add(user_id)
+    return members
 
 
 def _load_contacts(conn: sa.Connection, actors: set[str],
@@ -117,12 +133,16 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
         updates = []
         late_limit = playbook.loaded.model.late_limit_hours
         outbox = existing_actions(conn, seqs)
+        history = recorded_stalls(conn, seqs)
         for facts in load_facts(conn, playbook, seqs):
             state = evaluate_account(facts, playbook, now)
             # The actions go into the outbox in the transaction that stores the state which
             # caused them (shared/DESIGN.md "Outbox").
             reconcile(conn, facts.account_id, state.planned, playbook.version, late_limit, now,
                       outbox.get(facts.account_id, {}))
+            run = state.run["number"] if state.run else None
+            record_stalls(conn, facts.account_id, run, state.episodes,
+                          history.get(facts.account_id, {}), now)
             updates.append({"id": facts.account_id, "state": _encode(state.as_json()).decode(),
                             "wake": state.next_wake_at, "seq": seqs[facts.account_id],
                             "at": now, "version": playbook.version})

@@ -135,6 +135,28 @@ actions = Table(
     Index("ix_actions_status_next", "status", "next_attempt_at"),
 )
 
+stalls = Table(
+    "stalls",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("account_id", Text, nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("identity", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("milestone", Text),
+    Column("diagnosis", Text, nullable=False),
+    Column("opened_at", BigInteger, nullable=False),
+    Column("closed_at", BigInteger),
+    Column("status", Text, nullable=False),
+    Column("evidence", Text, nullable=False, server_default=text("'{}'")),
+    Column("recorded_at", BigInteger, nullable=False),
+    Column("retracted_at", BigInteger),
+    Index("ix_stalls_identity", "account_id", "run", "identity", unique=True),
+    Index("ix_stalls_status", "status"),
+)
+
 endpoints = Table(
     "endpoints",
     metadata,

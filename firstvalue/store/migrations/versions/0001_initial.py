@@ -120,6 +120,26 @@ def upgrade() -> None:
     op.create_index("ix_actions_account", "actions", ["account_id"])
     op.create_index("ix_actions_status_next", "actions", ["status", "next_attempt_at"])
     op.create_table(
+        "stalls",
+        sa.Column("id", ID, primary_key=True, autoincrement=True),
+        sa.Column("account_id", sa.Text, nullable=False),
+        sa.Column("run", sa.Integer, nullable=False),
+        sa.Column("identity", sa.Text, nullable=False),
+        sa.Column("rule", sa.Text, nullable=False),
+        sa.Column("kind", sa.Text, nullable=False),
+        sa.Column("milestone", sa.Text),
+        sa.Column("diagnosis", sa.Text, nullable=False),
+        sa.Column("opened_at", sa.BigInteger, nullable=False),
+        sa.Column("closed_at", sa.BigInteger),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("evidence", sa.Text, nullable=False, server_default=sa.text("'{}'")),
+        sa.Column("recorded_at", sa.BigInteger, nullable=False),
+        sa.Column("retracted_at", sa.BigInteger),
+    )
+    op.create_index("ix_stalls_identity", "stalls", ["account_id", "run", "identity"],
+                    unique=True)
+    op.create_index("ix_stalls_status", "stalls", ["status"])
+    op.create_table(
         "endpoints",
         sa.Column("name", sa.Text, primary_key=True),
         sa.Column("disabled_at", sa.BigInteger),
@@ -133,6 +153,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("counters", "endpoints", "actions", "playbook_versions", "api_tokens",
+    for name in ("counters", "endpoints", "stalls", "actions", "playbook_versions", "api_tokens",
                  "write_keys", "memberships", "contacts", "accounts", "events"):
         op.drop_table(name)
