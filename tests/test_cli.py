@@ -150,6 +150,28 @@ def test_actions_retry_replays_a_dead_action_from_the_cli(loaded):
     database.dispose()
 
 
+def test_the_demo_shows_each_diagnosed_stall_with_its_intervention_in_the_timeline(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run("demo", "--accounts", "60", "--today", "2026-12-04", "--json")
+    db = ["--db", "sqlite:///firstvalue-demo.db"]
+    code, output = run(*db, "stalls", "--all", "--json", "--now", "2026-12-04T12:00:00Z")
+    assert code == 0
+    queue = json.loads(output)
+    tiers = [s["tier"] if s["tier"] is not None else 99 for s in queue if s["status"] == "open"]
+    assert tiers == sorted(tiers)  # riskiest (lowest tier) first
+    expected = {"integration_blocker": "stall.sandbox_offer",
+                "champion_quiet": "stall.champion_outreach",
+                "scope_creep": "stall.one_use_case"}
+    for diagnosis, intervention in expected.items():
+        account = next(s["account_id"] for s in queue if s["diagnosis"] == diagnosis)
+        view = json.loads(run(*db, "account", account, "--json", "--now",
+                              "2026-12-04T12:00:00Z")[1])
+        entries = [e for e in view["timeline"] if e["what"].startswith(intervention + ":")]
+        assert entries, (diagnosis, account)
+        assert diagnosis in entries[0]["reason"]
+
+
 def test_the_demo_database_holds_every_behaviour(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run("demo", "--accounts", "60", "--today", "2026-12-04", "--json")

@@ -272,7 +272,10 @@ def _variables(row: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
            "started_at": (state.get("run") or {}).get("started_at")}
     milestone = next((m for m in state.get("milestones", [])
                       if m.get("key") == state.get("current_milestone")), {})
+    facts = _decode(row["facts"]) if row.get("facts") else {}
+    people = [{"id": user, **person} for user, person in context["contacts"].items()]
     return {"account": {"id": context["id"], **traits}, "contact": contact,
+            "contacts": people, "stall": facts.get("stall", {}),
             "owner": {"name": owner, "email": owner if isinstance(owner, str) and "@" in owner
                       else None},
             "run": run, "milestone": milestone, "handoff": handoff}

@@ -141,6 +141,12 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         rows = await run_in_threadpool(_actions, context, account, status)
         return json_response({"actions": rows})
 
+    @app.get("/api/stalls")
+    async def stalls_endpoint(request: Request, include_all: bool = False) -> Response:
+        await _authenticate_api(request, context)
+        queue = await run_in_threadpool(_stalls, context, include_all)
+        return json_response({"stalls": queue})
+
     @app.post("/api/tasks/done")
     async def complete_task_endpoint(request: Request) -> Response:
         principal = await _authenticate_api(request, context)
@@ -196,6 +202,18 @@ def _actions(context: AppContext, account: str | None,
     with context.database.engine.connect() as conn:
         rows = list_actions(conn, [account] if account else None, [status] if status else None)
     return [action_json(row) for row in rows]
+
+
+def _stalls(context: AppContext, include_all: bool) -> list[dict[str, Any]]:
+    from firstvalue.runtime.stall_history import retracted_stalls, stall_queue
+
+    now = context.clock()
+    states = evaluate_accounts(context.database, context.playbook, now)
+    retracted = []
+    if include_all:
+        with context.database.engine.connect() as conn:
+            retracted = retracted_stalls(conn)
+    return stall_queue(states, retracted, now, include_closed=include_all)
 
 
 def _complete(context: AppContext, key: str) -> bool:

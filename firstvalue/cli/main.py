@@ -374,6 +374,32 @@ def tasks_done(obj: Context, key: str, now_text: str | None) -> None:
     click.echo(f"Task {key} is done.")
 
 
+@cli.command("stalls")
+@click.option("--all", "include_all", is_flag=True,
+              help="Closed and retracted stalls too, not only the open ones.")
+@json_option
+@now_option
+@click.pass_obj
+def stalls_command(obj: Context, include_all: bool, as_json: bool,
+                   now_text: str | None) -> None:
+    """The stall queue, riskiest first (tier, days stalled, ARR), with the next step."""
+    from firstvalue.cli.views import show_stalls
+    from firstvalue.runtime.evaluation import evaluate_accounts
+    from firstvalue.runtime.stall_history import retracted_stalls, stall_queue
+
+    now = resolve_now(now_text)
+    states = evaluate_accounts(obj.database, obj.playbook, now)
+    retracted: list[dict[str, Any]] = []
+    if include_all:
+        with obj.database.engine.connect() as conn:
+            retracted = retracted_stalls(conn)
+    queue = stall_queue(states, retracted, now, include_closed=include_all)
+    if as_json:
+        print_json(queue)
+    else:
+        show_stalls(queue)
+
+
 @cli.command("held")
 @json_option
 @now_option

@@ -103,7 +103,10 @@ def show_report(report: dict[str, Any]) -> None:
         columns = ("rule", "kind", "sent", "late", "pending", "cancelled", "suppressed",
                    "failed", "dead", "resolved")
         for column in columns:
-            table.add_column(column, justify="left" if column in ("rule", "kind") else "right")
+            if column == "rule":
+                table.add_column(column, no_wrap=True, min_width=24)
+            else:
+                table.add_column(column, justify="left" if column == "kind" else "right")
         for row in actions:
             table.add_row(*(str(row[c]) for c in columns))
         console.print(table)
@@ -128,4 +131,16 @@ def show_actions(actions: Sequence[dict[str, Any]]) -> None:
         table.add_row(action["due_at"] or "", action["account_id"], action["rule"],
                       action["kind"], status, action["sent_at"] or "",
                       action["error"] or action["reason"])
+    console.print(table)
+
+
+def show_stalls(queue: Sequence[dict[str, Any]]) -> None:
+    table = Table(title=f"{len(queue)} stall(s), riskiest first")
+    for column in ("account", "tier", "kind", "milestone", "diagnosis", "days", "status",
+                   "next step"):
+        table.add_column(column, overflow="fold")
+    for stall in queue:
+        table.add_row(stall["account_id"], _text(stall["tier"]), stall["kind"],
+                      stall["milestone"] or "", stall["diagnosis"], str(stall["days_stalled"]),
+                      stall["status"], stall["next_step"])
     console.print(table)

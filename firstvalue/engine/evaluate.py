@@ -64,6 +64,7 @@ class AccountState:
     timezone: str
     timezone_is_default: bool
     owner: str | None
+    arr: float | None
     playbook_version: str
     evaluated_at: str
     run: dict[str, Any] | None
@@ -149,6 +150,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         timezone=tz_name,
         timezone_is_default=tz_default,
         owner=_text(traits.get("owner")),
+        arr=_number(traits.get("arr")),
         playbook_version=playbook.version,
         evaluated_at=local_isoformat(now, UTC_ZONE),
         run=run_info,
@@ -373,6 +375,15 @@ def _next_wake(now: int, kickoff: Kickoff | None, day: int | None, tz: zoneinfo.
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _tier(value: Any) -> int | None:

@@ -276,9 +276,14 @@ def diagnose(kind: str, at: int, context: StallContext) -> tuple[str, dict[str, 
 
 def plan_interventions(episodes: Sequence[Episode], interventions: Sequence[Intervention],
                        context: StallContext, version_track: str | None) -> list[PlannedAction]:
-    """The actions each opened episode starts, keyed by the episode so each fires once."""
+    """The actions each opened episode starts, keyed by the episode so each fires once.
+
+    An episode opening while another of the same diagnosis is still open starts nothing new:
+    an account overdue on three milestones for one integration blocker gets one sandbox offer,
+    not three.
+    """
     planned = []
-    for episode in episodes:
+    for episode in _first_of_each_spell(episodes):
         for intervention in interventions:
             if intervention.kinds and episode.kind not in intervention.kinds:
                 continue
@@ -301,6 +306,25 @@ def plan_interventions(episodes: Sequence[Episode], interventions: Sequence[Inte
                     f"{local_isoformat(episode.opened_at, context.tz)}", facts,
                     run=context.run))
     return planned
+
+
+def _first_of_each_spell(episodes: Sequence[Episode]) -> list[Episode]:
+    """The episodes that open when no other episode of their diagnosis is open."""
+    chosen = []
+    open_until: dict[str, int | None] = {}
+    for episode in sorted(episodes, key=lambda e: (e.opened_at, e.rule, e.milestone or "")):
+        diagnosis = episode.diagnosis
+        if diagnosis in open_until:
+            until = open_until[diagnosis]
+            if until is None or until > episode.opened_at:
+                # The spell goes on; it lasts until the later of the two closes.
+                if until is not None:
+                    open_until[diagnosis] = (None if episode.closed_at is None
+                                             else max(until, episode.closed_at))
+                continue
+        chosen.append(episode)
+        open_until[diagnosis] = episode.closed_at
+    return chosen
 
 
 def _where_holds(where: Mapping[str, Any], traits: Mapping[str, Any], track: str | None) -> bool:

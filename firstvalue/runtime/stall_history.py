@@ -64,3 +64,66 @@ def record_stalls(conn: sa.Connection, account_id: str, run: int | None,
         conn.execute(sa.text(
             "UPDATE stalls SET status = 'retracted', retracted_at = :now WHERE account_id = :a "
             "AND run = :run AND identity = :identity"), retractions)
+
+
+NEXT_STEPS = {
+    "integration_blocker": "Unblock the data connection: offer sandbox mode and a concierge "
+                           "integration session with their IT.",
+    "champion_quiet": "Reach the champion directly and multi-thread: contact the account's "
+                      "other stakeholders, with the AE if there is one.",
+    "scope_creep": "Narrow the scope: agree on one use case and take it to a first result.",
+    "unknown": "Read the account's timeline and call the champion to find what is in the way.",
+}
+
+
+def stall_queue(states: Sequence[Any], retracted: Sequence[dict[str, Any]], now: int,
+                include_closed: bool = False) -> list[dict[str, Any]]:
+    """Stalls riskiest first (lower tier, longer stalled, larger ARR), from the states
+    evaluated at `now`, with the recorded retracted ones when asked for."""
+    queue = []
+    for state in states:
+        for stall in state.stalls:
+            if stall["status"] != "open" and not include_closed:
+                continue
+            queue.append(_queue_entry(stall, state, now))
+    queue += retracted
+    queue.sort(key=lambda s: (s["tier"] if s["tier"] is not None else 99, -s["days_stalled"],
+                              -(s["arr"] or 0), s["account_id"], s["opened_at"]))
+    return queue
+
+
+def _queue_entry(stall: dict[str, Any], state: Any, now: int) -> dict[str, Any]:
+    from datetime import datetime
+
+    from firstvalue.clock import to_micros
+
+    opened = to_micros(datetime.fromisoformat(stall["opened_at"]))
+    end = to_micros(datetime.fromisoformat(stall["closed_at"])) if stall["closed_at"] else now
+    return {**stall, "name": state.name, "tier": state.tier, "owner": state.owner,
+            "arr": state.arr,
+            "days_stalled": max(0, (end - opened) // 86_400_000_000),
+            "next_step": NEXT_STEPS.get(stall["diagnosis"], NEXT_STEPS["unknown"])}
+
+
+def retracted_stalls(conn: sa.Connection) -> list[dict[str, Any]]:
+    from firstvalue.clock import isoformat
+
+    rows = conn.execute(sa.text("SELECT * FROM stalls WHERE status = 'retracted'")).all()
+    return [{"account_id": r.account_id, "rule": r.rule, "kind": r.kind,
+             "milestone": r.milestone, "diagnosis": r.diagnosis,
+             "opened_at": isoformat(r.opened_at), "closed_at": isoformat(r.closed_at),
+             "status": "retracted", "retracted_at": isoformat(r.retracted_at),
+             "evidence": msgspec.json.decode(r.evidence), "name": None, "tier": None,
+             "owner": None, "arr": None, "days_stalled": 0,
+             "next_step": "None: the events showed this stall was wrong."} for r in rows]
+
+
+def _number(value: Any) -> float | int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -251,7 +251,7 @@ class _AccountScript:
                         props={"topic": rng.choice(["sso", "security_review"])})
             return reached
         if behaviour == "scope_creep":
-            self._track("Data Source Connected", at(targets[1]), props={"source": "hubspot"})
+            # Everything started at once, nothing taken to a first result.
             for index, feature in enumerate(rng.sample(FEATURES, 5)):
                 self._track(feature, configured + timedelta(days=2 + index * 2))
             return reached
