@@ -219,3 +219,45 @@ def test_missed_calls_count_one_reschedule_and_one_miss_and_raise_at_the_second(
                      event("Kickoff Completed", "2026-03-02T10:00:00Z"), contacts=CHAMPION)
     assert stalls_of(evaluate_account(only_one, playbook, us("2026-03-10T12:00:00Z")),
                      "missed_calls") == []
+
+
+def test_a_user_defined_stall_holds_from_its_condition_until_its_end(playbook):
+    from firstvalue.engine.compiled import compile_playbook
+    from firstvalue.playbook.loader import parse_playbook, read_default_text
+
+    text = read_default_text().replace(
+        "  - {key: overdue, kind: overdue, percent: 50}\n",
+        "  - {key: overdue, kind: overdue, percent: 50}\n"
+        "  - key: connection_trouble\n"
+        "    kind: custom\n"
+        "    when: {meaning: data_connection_failed, count: 2}\n"
+        "    until: {milestone: data_connected}\n")
+    custom = compile_playbook(parse_playbook(text, "custom.yaml"))
+    account = kicked_off("UTC", "2026-03-02T10:00:00Z",
+                         event("Data Source Connection Failed", "2026-03-03T10:00:00Z"),
+                         event("Data Source Connection Failed", "2026-03-04T10:00:00Z"),
+                         event("Data Source Connected", "2026-03-06T10:00:00Z"))
+    [stall] = stalls_of(evaluate_account(account, custom, us("2026-03-10T00:00:00Z")),
+                        "connection_trouble")
+    assert (stall["opened_at"], stall["closed_at"]) == ("2026-03-04T10:00:00+00:00",
+                                                        "2026-03-06T10:00:00+00:00")
+    assert stall["diagnosis"] == "integration_blocker"
+
+
+def test_inactivity_in_business_days_skips_the_weekend_and_holidays(playbook):
+    from firstvalue.engine.compiled import compile_playbook
+    from firstvalue.playbook.loader import parse_playbook, read_default_text
+
+    text = read_default_text().replace(
+        "{key: inactivity, kind: inactivity, days: 5, within_days: 30}",
+        "{key: inactivity, kind: inactivity, days: 5, within_days: 30, business_days: true}")
+    business = compile_playbook(parse_playbook(text, "business.yaml"))
+    # Day 0 is Thursday 30 April 2026 in Germany, with a login. 1 May is a holiday; 2-3 May a
+    # weekend: the five business days without login are 4 to 8 May.
+    account = facts({**MID, "timezone": "Europe/Berlin", "country": "DE"},
+                    event("Deal Closed Won", "2026-04-20T10:00:00Z", deal_id="d1"),
+                    event("Kickoff Completed", "2026-04-30T10:00:00+02:00"),
+                    event("Signed In", "2026-04-30T11:00:00+02:00"), contacts=CHAMPION)
+    [stall] = stalls_of(evaluate_account(account, business, us("2026-05-12T00:00:00Z")),
+                        "inactivity")
+    assert stall["opened_at"] == "2026-05-09T00:00:00+02:00"

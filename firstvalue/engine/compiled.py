@@ -132,9 +132,15 @@ def _stall_event_names(model: Any, meanings: dict[str, list[str]]) -> frozenset[
     keys = {model.login, "call_missed", "call_rescheduled", "call_cancelled", "call_scheduled",
             "call_completed", model.diagnosis.ticket_meaning, model.diagnosis.feature_meaning,
             *model.diagnosis.blocker_meanings}
+    names: set[str] = set()
     for stall in model.stalls:
         keys |= set(stall.activity)
-    return frozenset(name for key in keys for name in meanings.get(key, []))
+        if stall.when is not None:
+            names |= compile_condition(stall.when, meanings).names
+        if stall.until is not None:
+            keys.add(stall.until.meaning or "")
+            names.add(stall.until.event or "")
+    return frozenset(names | {name for key in keys for name in meanings.get(key, [])})
 
 
 def _with_relevant(compiled: CompiledPlaybook) -> CompiledPlaybook:

@@ -90,6 +90,33 @@ def _episodes_of(rule: StallRule, context: StallContext) -> Iterator[tuple[Any, 
         yield from _missed_calls(rule, context)
     elif rule.kind == "champion_silent":
         yield from _champion_silent(rule, context)
+    elif rule.kind == "custom":
+        yield from _custom(rule, context)
+
+
+def _custom(rule: StallRule, context: StallContext) -> Iterator[tuple[Any, ...]]:
+    """A user-defined stall: from when its condition (written like a milestone's) is first
+    true, until its `until` happens."""
+    from firstvalue.engine.conditions import compile_condition
+
+    assert rule.when is not None
+    found = compile_condition(rule.when, context.model.meanings).detect(context.events,
+                                                                       context.contacts)
+    if found is None:
+        return
+    closing = None
+    if rule.until is not None:
+        if rule.until.milestone is not None:
+            done = context.milestones.get(rule.until.milestone)
+            closing = done if done is not None and done.ts > found.ts else None
+        else:
+            names = (context.model.meanings.get(rule.until.meaning or "", [])
+                     if rule.until.meaning else [rule.until.event or ""])
+            later = sorted((e for n in names for e in context.events.get(n, ())
+                            if e.ts > found.ts), key=lambda e: (e.ts, e.message_id))
+            closing = later[0] if later else None
+    yield (None, found.ts, closing.ts if closing else None,
+           {"evidence": found.message_id, "closed_by": closing.message_id if closing else None})
 
 
 def _names(context: StallContext, meaning: str) -> list[str]:
