@@ -72,3 +72,8 @@ def check_api_token(database: Database, token: str) -> Principal | None:
         row = conn.execute(sa.text("SELECT name, role FROM api_tokens WHERE token_hash = :h"),
                            {"h": hash_secret(token)}).first()
     return Principal(row[0], row[1]) if row else None
+
+
+def stored_write_key_count(database: Database) -> int:
+    with database.engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT COUNT(*) FROM write_keys")).scalar() or 0)

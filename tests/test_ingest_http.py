@@ -210,8 +210,9 @@ def test_api_without_a_known_bearer_token_is_401(client, token, header):
     one = client.get("/api/accounts/acme", headers=headers)
 
     assert listing.status_code == one.status_code == 401
-    assert listing.json() == {"error": {"code": "unauthorized", "message": (
-        "send a bearer token made with `firstvalue tokens create`")}}
+    assert listing.json()["error"]["code"] == "unauthorized"
+    assert listing.json()["error"]["message"].startswith(
+        "send a bearer token made with `firstvalue tokens create`")
 
 
 def test_write_key_is_not_an_api_token(client, token):

@@ -41,6 +41,7 @@ class Outgoing:
     subject: str | None
     body: str
     payload: dict[str, Any]
+    internal: bool = False  # to the account team (owner, manager), not to the customer
 
 
 def message_id_for(key: str) -> str:
@@ -53,8 +54,9 @@ def send_email(outgoing: Outgoing) -> None:
     if not host:
         raise DeliveryError("no SMTP server is set; set FIRSTVALUE_SMTP_HOST", retry_after=3600)
     if not outgoing.address:
-        raise DeliveryError("the recipient has no email address (contact trait `email`)",
-                            gone=True)
+        where = ("the account's `owner_email` or `owner` trait" if outgoing.internal
+                 else "the contact's `email` trait")
+        raise DeliveryError(f"the recipient has no email address ({where})", gone=True)
     message = EmailMessage()
     message["From"] = get_setting("smtp_from") or "onboarding@firstvalue.invalid"
     message["To"] = outgoing.address

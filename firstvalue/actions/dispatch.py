@@ -171,7 +171,8 @@ class Dispatcher:
         payload = {"key": row["key"], "account_id": row["account_id"], "rule": row["rule"],
                    "kind": row["kind"], "due_at": row["due_at"], "subject": subject,
                    "body": body, "reason": row["reason"]}
-        return Outgoing(row["key"], kind, address, subject, body, payload)
+        internal = row["recipient"] in ("owner", "manager", "ae") or row["kind"] == "slack"
+        return Outgoing(row["key"], kind, address, subject, body, payload, internal)
 
     def _check_endpoint(self, kind: str) -> None:
         with self.database.engine.connect() as conn:
@@ -255,6 +256,9 @@ def _address(row: dict[str, Any], context: dict[str, Any]) -> str | None:
         return owner if isinstance(owner, str) and "@" in owner else None
     if recipient == "manager":
         return traits.get("manager") or get_setting("team_lead")
+    if recipient == "ae":
+        ae = traits.get("ae_email") or traits.get("ae")
+        return ae if isinstance(ae, str) and "@" in ae else None
     contact = context["contacts"].get(_recipient_id(row, context) or "", {})
     email = contact.get("email")
     return email if isinstance(email, str) else None

@@ -145,6 +145,17 @@ def complete_task(conn: sa.Connection, key: str, now: int) -> bool:
         "AND status = 'sent' AND done_at IS NULL"), {"key": key, "now": now}).rowcount == 1
 
 
+def replay_skipped(conn: sa.Connection, keys: Sequence[str]) -> dict[str, str]:
+    """The keys `replay` would not touch, each with why (unknown, or its status)."""
+    if not keys:
+        return {}
+    statement = sa.text("SELECT key, status FROM actions WHERE key IN :keys").bindparams(
+        sa.bindparam("keys", expanding=True))
+    found = dict(conn.execute(statement, {"keys": list(keys)}).all())
+    return {key: ("no such action" if key not in found else f"it is {found[key]}")
+            for key in keys if found.get(key) not in ("dead", "failed")}
+
+
 def replay(conn: sa.Connection, keys: Sequence[str], endpoint: str | None, now: int) -> int:
     """Put dead (or failed) actions back in line; re-enable an endpoint and replay its rows."""
     count = 0

@@ -330,7 +330,9 @@ async def _authenticate_api(request: Request, context: AppContext) -> Principal:
         principal = await run_in_threadpool(check_api_token, context.database, token.strip())
     if principal is None:
         raise HTTPProblem(401, "unauthorized",
-                          "send a bearer token made with `firstvalue tokens create`")
+                          "send a bearer token made with `firstvalue tokens create` (tokens "
+                          "belong to the database they were made in: make it with this "
+                          "server's --db)")
     return principal
 
 

@@ -71,7 +71,12 @@ def build_server_app(database: Database, playbook: CompiledPlaybook,
 
 def serve(database: Database, playbook: CompiledPlaybook, host: str, port: int,
           tick_seconds: float) -> None:
+    from firstvalue.access import environment_write_keys, stored_write_key_count
+
     app = build_server_app(database, playbook, tick_seconds)
+    if not environment_write_keys() and not stored_write_key_count(database):
+        print("Warning: no write key is set, so ingest will refuse every event; set "
+              "FIRSTVALUE_WRITE_KEYS or run `firstvalue keys create NAME`.", flush=True)
     log.info("Serving on http://%s:%d with playbook %s.", host, port, playbook.version)
     print(f"firstvalue serving on http://{host}:{port} (playbook {playbook.version})",
           flush=True)

@@ -187,7 +187,8 @@ def report_command(obj: Context, as_json: bool, now_text: str | None) -> None:
 @click.option("--today", metavar="DATE", default=None,
               help="The last simulated day (default: today, UTC).")
 @click.option("--db", "demo_db", default="firstvalue-demo.db", show_default=True,
-              help="The demo database file (replaced on each run).")
+              help="The demo database: a file path (replaced on each run, and only if it is a "
+                   "demo database).")
 @json_option
 @click.pass_obj
 def demo_command(obj: Context, account_count: int, seed: int, today: str | None, demo_db: str,
@@ -214,7 +215,7 @@ def demo_command(obj: Context, account_count: int, seed: int, today: str | None,
 @click.option("--port", default=lambda: get_setting("port"), show_default="8000", type=int,
               help="Port to listen on (FIRSTVALUE_PORT).")
 @click.option("--tick-seconds", default=lambda: get_setting("tick_seconds"), show_default="60",
-              type=float, help="Seconds between scheduler ticks, 0 for none "
+              type=click.FloatRange(min=0), help="Seconds between scheduler ticks, 0 for none "
               "(FIRSTVALUE_TICK_SECONDS).")
 @click.pass_obj
 def serve_command(obj: Context, host: str, port: int, tick_seconds: float) -> None:
@@ -344,12 +345,15 @@ def actions_group(ctx: click.Context, account_id: str | None, status: tuple[str,
 def actions_retry(obj: Context, keys: tuple[str, ...], endpoint: str | None,
                   now_text: str | None) -> None:
     """Put dead or failed actions back in line for delivery (the dead-letter replay)."""
-    from firstvalue.actions.outbox import replay
+    from firstvalue.actions.outbox import replay, replay_skipped
 
     if not keys and endpoint is None:
         raise click.UsageError("name the actions' keys, or --endpoint NAME")
     with obj.database.write() as conn:
+        skipped = replay_skipped(conn, keys)
         count = replay(conn, keys, endpoint, resolve_now(now_text))
+    for key, why in skipped.items():
+        click.echo(f"Not retried: {key}: {why}; only dead or failed actions are retried.")
     click.echo(f"{count} action(s) will be delivered again; run `firstvalue dispatch`.")
 
 

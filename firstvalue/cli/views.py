@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,8 @@ from rich.table import Table
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState, MilestoneStatus
 
-console = Console(highlight=False)
+# Piped or captured output gets room to breathe: ids and times are never cut to fit 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def milestone_mark(milestone: MilestoneStatus) -> str:

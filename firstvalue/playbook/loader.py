@@ -109,7 +109,8 @@ def _read_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
                                   "fix the YAML syntax at that line", line)
         raise PlaybookError(source, [problem]) from None
     if not isinstance(data, dict):
-        problem = PlaybookProblem("", f"the file holds a {type(data).__name__}, not a mapping",
+        held = "nothing" if data is None else f"a {type(data).__name__}"
+        problem = PlaybookProblem("", f"the file holds {held}, not a mapping",
                                   "start the file with keys such as `milestones:` and `tracks:`")
         raise PlaybookError(source, [problem])
     lines: dict[str, int] = {}
@@ -200,6 +201,12 @@ def _explain(error: dict[str, Any]) -> tuple[str, str]:
     if kind == "string_pattern_mismatch":
         return (f"{_short(value)} is not a valid key",
                 "use lower-case letters, digits and underscores, starting with a letter")
+    if kind == "string_type" and isinstance(value, int) and not isinstance(value, bool):
+        return (f"{value} is a number here, not text",
+                "put the value in quotes; YAML reads an unquoted 9:00 as the number 540, so "
+                'write "09:00"')
+    if kind == "bool_type":
+        return (f"{_short(value)} is not true or false", "write true or false")
     if kind in ("union_tag_invalid", "model_type", "union_tag_not_found") or "union" in kind:
         return (f"{_short(value)} is not a condition",
                 "write one of {event: NAME}, {meaning: KEY}, {users: N, of: [...]}, "

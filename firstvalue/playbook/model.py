@@ -23,10 +23,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic import Strict as PydanticStrict
 
 KEY_PATTERN = r"^[a-z][a-z0-9_]*$"
 Key = Annotated[str, Field(pattern=KEY_PATTERN, max_length=64)]
 Scalar = str | int | float | bool | None
+# Only YAML's true and false: no "yes", "off" or 0 standing in for a flag.
+Flag = Annotated[bool, PydanticStrict()]
 
 
 class Strict(BaseModel):
@@ -43,7 +46,7 @@ class Comparison(Strict):
     lt: float | None = None
     lte: float | None = None
     in_: list[Scalar] | None = Field(default=None, alias="in")
-    exists: bool | None = None
+    exists: Flag | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -123,7 +126,7 @@ class Track(Strict):
     key: Key
     name: str | None = None
     match: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
-    kickoff: bool = True
+    kickoff: Flag = True
     targets: dict[str, int] = Field(default_factory=dict)
     ttv_target: int | None = Field(default=None, ge=0)
     end_day: int = Field(default=90, ge=1, le=3650)
@@ -189,7 +192,7 @@ class DayTrigger(Strict):
     day: int | None = Field(default=None, ge=0, le=3650)
     hours: int | None = Field(default=None, ge=0, le=87_600)
     since: Anchor = "kickoff"
-    business_days: bool = False
+    business_days: Flag = False
 
     @model_validator(mode="after")
     def _day_or_hours(self) -> DayTrigger:
@@ -275,7 +278,7 @@ class StallRule(Strict):
     kind: StallKind
     days: int | None = Field(default=None, ge=1, le=3650)
     within_days: int | None = Field(default=None, ge=1, le=3650)
-    business_days: bool = False
+    business_days: Flag = False
     percent: int = Field(default=50, ge=0, le=10_000)
     count: int = Field(default=2, ge=1, le=1000)
     rebook_hours: int = Field(default=24, ge=0, le=8760)

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from firstvalue.actions.outbox import action_json, list_actions
-from firstvalue.clock import isoformat
+from firstvalue.engine.days import local_isoformat, zone
 from firstvalue.engine.evaluate import AccountState
 from firstvalue.store.database import Database
 
@@ -36,10 +36,12 @@ def account_view(database: Database, state: AccountState) -> dict[str, Any]:
 
 def _timeline(state: AccountState, events: list[Any],
               actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries in time order, every time in the account's own timezone."""
+    tz = zone(state.timezone) or UTC
     entries: list[dict[str, Any]] = []
     for ts, name, actor, message_id in events:
-        entries.append({"at": isoformat(ts), "type": "event", "what": name, "actor": actor,
-                        "reason": None, "ref": message_id})
+        entries.append({"at": local_isoformat(ts, tz), "type": "event", "what": name,
+                        "actor": actor, "reason": None, "ref": message_id})
     for milestone in state.milestones:
         if milestone.completed_at:
             timing = "on time" if milestone.on_time else (
@@ -49,9 +51,16 @@ def _timeline(state: AccountState, events: list[Any],
                                     f"target {milestone.target_day}, {timing})",
                             "actor": None, "reason": "its first qualifying event",
                             "ref": milestone.evidence})
+    for stall in state.stalls:
+        entries.append({"at": stall["opened_at"], "type": "stall",
+                        "what": f"{stall['kind']} stall opened"
+                                + (f" on {stall['milestone']}" if stall["milestone"] else "")
+                                + (f", closed {stall['closed_at']}" if stall["closed_at"] else ""),
+                        "actor": None, "reason": f"diagnosis: {stall['diagnosis']}",
+                        "ref": stall["rule"]})
     for action in actions:
         kind = "escalation" if "." in action["rule"] else "action"
-        at = action["sent_at"] or action["due_at"]
+        at = _local(action["sent_at"] or action["due_at"], tz)
         what = f"{action['rule']}: {action['kind']} {action['status']}"
         if action["late"]:
             what += " (late)"
@@ -61,6 +70,10 @@ def _timeline(state: AccountState, events: list[Any],
                         "reason": action["error"] or action["reason"], "ref": action["key"]})
     entries.sort(key=lambda entry: (_sortable(entry["at"]), entry["type"]))
     return entries
+
+
+def _local(moment: str | None, tz: Any) -> str | None:
+    return None if moment is None else datetime.fromisoformat(moment).astimezone(tz).isoformat()
 
 
 def _sortable(moment: str | None) -> str:

@@ -11,6 +11,7 @@ sandbox (a list in memory), so the demo sends nothing anywhere.
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,11 +21,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
+import sqlalchemy as sa
 
 from firstvalue.actions.dispatch import Dispatcher, sandbox_channels
 from firstvalue.actions.outbox import list_actions
 from firstvalue.clock import isoformat, to_micros
 from firstvalue.engine.compiled import CompiledPlaybook
+from firstvalue.errors import ConfigError
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.metrics.report import build_report
 from firstvalue.runtime.evaluation import evaluate_accounts, held_events, tick
@@ -75,13 +78,16 @@ class SampleAccount:
 def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: int,
              today: str | None, quiet: bool = False) -> DemoResult:
     started = time.perf_counter()
-    last_day = date.fromisoformat(today) if today else datetime.now(UTC).date()
+    last_day = _last_day(today)
     now = datetime.combine(last_day, datetime.min.time(), UTC) + timedelta(hours=12)
     first = now - timedelta(days=SIMULATED_DAYS)
 
+    _check_replaceable(path)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     database = open_database(f"sqlite:///{path}")
+    with database.write() as conn:
+        conn.execute(sa.text("INSERT INTO counters (name, value) VALUES ('demo_database', 1)"))
     accounts = generate_accounts(account_count, seed, first, now)
     messages = sorted((m for a in accounts for m in a.messages), key=lambda m: m["timestamp"])
 
@@ -112,6 +118,33 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
     database.dispose()
     return DemoResult(report, len(accounts), len(messages), ticks,
                       time.perf_counter() - started, now.isoformat())
+
+
+def _last_day(today: str | None) -> date:
+    if today is None:
+        return datetime.now(UTC).date()
+    try:
+        return date.fromisoformat(today)
+    except ValueError:
+        raise ConfigError(f"--today {today!r} is not a date; write it as 2026-12-04") from None
+
+
+def _check_replaceable(path: Path) -> None:
+    """The demo replaces its own database only: never a store with real accounts in it."""
+    if str(path).startswith(("sqlite:", "postgresql:", "postgres:")):
+        raise ConfigError(f"demo --db takes a file path, not a URL: write --db "
+                          f"{str(path).split('///')[-1] or 'firstvalue-demo.db'}")
+    if not path.exists():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            marked = conn.execute(
+                "SELECT value FROM counters WHERE name = 'demo_database'").fetchone()
+    except sqlite3.Error:
+        marked = None
+    if not marked:
+        raise ConfigError(f"{str(path)!r} exists and is not a demo database; the demo will not "
+                          "replace it. Give another --db file, or remove that file yourself")
 
 
 def _hourly_steps(first: datetime, now: datetime) -> Iterator[datetime]:
