@@ -185,3 +185,16 @@ def test_the_demo_database_holds_every_behaviour(tmp_path, monkeypatch):
              if next(m for m in a["milestones"] if m["key"] == "data_connected")["status"]
              == "open" and a["day"] is not None and a["day"] > 30]
     assert never, "some sample accounts never connect data"
+
+
+def test_the_demo_never_replaces_a_database_that_is_not_its_own(loaded, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    real = loaded.removeprefix("sqlite:///")
+    code, output = run("demo", "--accounts", "2", "--db", real)
+    assert code == 2 and "is not a demo database" in output
+    assert json.loads(run("--db", loaded, "accounts", "--json")[1])[0]["id"] == "acme"
+    code, output = run("demo", "--db", "sqlite:///x.db")
+    assert code == 2 and "takes a file path, not a URL" in output
+    code, output = run("demo", "--today", "2026-13-01")
+    assert code == 2 and "is not a date" in output
