@@ -62,5 +62,6 @@ def get_int_setting(name: str) -> int:
     try:
         return int(raw or "")
     except ValueError:
-        env = _BY_NAME[name].env
-        raise ConfigError(f"{env}={raw!r} is not a whole number; set it to e.g. 60") from None
+        setting = _BY_NAME[name]
+        raise ConfigError(f"{setting.env}={raw!r} is not a whole number; set it to e.g. "
+                          f"{setting.default}") from None

@@ -129,3 +129,17 @@ def test_a_new_playbook_version_re_evaluates_everything_and_is_recorded(database
 def _evaluate(database, playbook) -> dict:
     tick(database, playbook, T0 + 10)
     return stored_states(database, ["acme"])["acme"]
+
+
+def test_opening_a_migrated_store_does_not_wait_for_a_writer(sqlite_database):
+    import time
+
+    from firstvalue.store.database import open_database
+
+    with sqlite_database.write():
+        started = time.monotonic()
+        again = open_database(sqlite_database.url)  # would block 30 s on the write lock
+        with again.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM accounts")).scalar() == 0
+        again.dispose()
+    assert time.monotonic() - started < 5

@@ -154,3 +154,44 @@ def test_every_action_records_its_rule_playbook_version_and_facts(database, play
     assert "day 3 since kickoff" in tutorial["reason"]
     assert "milestone data_connected not done" in tutorial["reason"]
     assert '"trigger_at":"2026-03-05T09:00:00+01:00"' in tutorial["facts"]
+
+
+def test_an_event_before_the_contract_acts_when_the_run_starts(playbook):
+    from firstvalue.engine import evaluate_account
+    from tests.engine_helpers import event, facts, us
+
+    account = facts({"segment": "smb", "timezone": "UTC"},
+                    event("Workspace Created", "2026-02-20T10:00:00Z", message_id="trial"),
+                    event("Deal Closed Won", "2026-03-01T10:00:00Z", deal_id="d1"))
+    state = evaluate_account(account, playbook, us("2026-03-01T12:00:00Z"))
+    [prompt] = [p for p in state.planned if p.rule == "setup_prompts"]
+    assert prompt.due_at == us("2026-03-01T10:00:00Z")
+    assert "before the contract" in prompt.reason
+
+
+def test_hours_since_a_kickoff_still_ahead_wait_for_the_kickoff(playbook):
+    from firstvalue.engine import evaluate_account
+    from firstvalue.engine.compiled import compile_playbook
+    from firstvalue.playbook.loader import parse_playbook, read_default_text
+    from tests.engine_helpers import event, facts, us
+
+    text = read_default_text().replace("    at: {day: 3}\n", "    at: {hours: 2, since: kickoff}\n")
+    hourly = compile_playbook(parse_playbook(text, "hours.yaml"))
+    account = facts({"segment": "mid_market", "timezone": "UTC"},
+                    event("Deal Closed Won", "2026-03-01T10:00:00Z", deal_id="d1"),
+                    event("Kickoff Scheduled", "2026-03-01T11:00:00Z",
+                          start_time="2026-03-04T10:00:00Z"))
+    early = evaluate_account(account, hourly, us("2026-03-02T12:00:00Z"))
+    assert not [p for p in early.planned if p.rule == "integration_tutorial"]
+    later = evaluate_account(account, hourly, us("2026-03-04T12:30:00Z"))
+    [tutorial] = [p for p in later.planned if p.rule == "integration_tutorial"]
+    assert tutorial.due_at == us("2026-03-04T12:00:00Z")
+
+
+def test_without_an_smtp_server_emails_wait_without_using_their_attempts(database, playbook,
+                                                                        monkeypatch):
+    monkeypatch.delenv("FIRSTVALUE_SMTP_HOST", raising=False)
+    simulate(database, playbook, onboarding("acme"), until=DAY3_OPENING + 30 * HOUR)
+    welcome = actions(database)["welcome"]
+    assert (welcome["status"], welcome["attempts"]) == ("pending", 0)
+    assert "FIRSTVALUE_SMTP_HOST" in welcome["error"]

@@ -22,13 +22,18 @@ from firstvalue.settings import get_setting
 
 
 class DeliveryError(Exception):
-    """A delivery that did not happen; `retry_after` and `gone` say what to do next."""
+    """A delivery that did not happen; `retry_after`, `gone` and `unset` say what next.
 
-    def __init__(self, message: str, retry_after: float | None = None,
-                 gone: bool = False) -> None:
+    `unset` means the channel is not configured: the action waits for it without using up
+    its attempts.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, gone: bool = False,
+                 unset: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.gone = gone
+        self.unset = unset
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Outgoing:
     body: str
     payload: dict[str, Any]
     internal: bool = False  # to the account team (owner, manager), not to the customer
+    address_source: str = "the contact's `email` trait"
 
 
 def message_id_for(key: str) -> str:
@@ -52,20 +58,26 @@ def message_id_for(key: str) -> str:
 def send_email(outgoing: Outgoing) -> None:
     host = get_setting("smtp_host")
     if not host:
-        raise DeliveryError("no SMTP server is set; set FIRSTVALUE_SMTP_HOST", retry_after=3600)
+        raise DeliveryError("no SMTP server is set; set FIRSTVALUE_SMTP_HOST", retry_after=3600,
+                            unset=True)
     if not outgoing.address:
-        where = ("the account's `owner_email` or `owner` trait" if outgoing.internal
-                 else "the contact's `email` trait")
-        raise DeliveryError(f"the recipient has no email address ({where})", gone=True)
+        raise DeliveryError(f"the recipient has no email address ({outgoing.address_source})",
+                            gone=True)
+    try:
+        port = int(get_setting("smtp_port") or 25)
+    except ValueError:
+        raise DeliveryError(f"FIRSTVALUE_SMTP_PORT={get_setting('smtp_port')!r} is not a port "
+                            "number; set it to e.g. 25 or 587", retry_after=3600,
+                            unset=True) from None
     message = EmailMessage()
     message["From"] = get_setting("smtp_from") or "onboarding@firstvalue.invalid"
     message["To"] = outgoing.address
-    message["Subject"] = outgoing.subject or "(no subject)"
+    message["Subject"] = outgoing.subject or f"firstvalue: {outgoing.payload.get('rule')}"
     message["Message-ID"] = message_id_for(outgoing.key)
     message["X-Firstvalue-Action"] = outgoing.key
     message.set_content(outgoing.body)
     try:
-        with smtplib.SMTP(host, int(get_setting("smtp_port") or 25), timeout=15) as smtp:
+        with smtplib.SMTP(host, port, timeout=15) as smtp:
             user = get_setting("smtp_user")
             if user:
                 smtp.login(user, get_setting("smtp_password") or "")
@@ -95,7 +107,7 @@ def post_json(url: str, body: bytes, headers: dict[str, str]) -> None:
 def send_slack(outgoing: Outgoing) -> None:
     url = get_setting("slack_webhook_url")
     if not url:
-        raise DeliveryError("no Slack webhook is set")
+        raise DeliveryError("no Slack webhook is set", retry_after=3600, unset=True)
     body = msgspec.json.encode({"text": outgoing.body,
                                 "blocks": [{"type": "section",
                                             "text": {"type": "mrkdwn", "text": outgoing.body}},
@@ -112,7 +124,7 @@ def send_webhook(outgoing: Outgoing) -> None:
     secret = get_setting("webhook_secret")
     if not url or not secret:
         raise DeliveryError("no webhook receiver is set; set FIRSTVALUE_WEBHOOK_URL and "
-                            "FIRSTVALUE_WEBHOOK_SECRET", retry_after=3600)
+                            "FIRSTVALUE_WEBHOOK_SECRET", retry_after=3600, unset=True)
     body = msgspec.json.encode(outgoing.payload)
     timestamp = time.time()
     from datetime import UTC, datetime

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from firstvalue.actions import channels
 from firstvalue.actions.channels import DeliveryError, Outgoing
 from firstvalue.actions.templates import TemplateRenderError, render
+from firstvalue.clock import isoformat
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.days import start_of_local_day, zone
 from firstvalue.engine.rules import next_window_opening, window_opening
@@ -32,10 +33,15 @@ from firstvalue.store.traits import plain_traits
 log = logging.getLogger(__name__)
 
 SECOND = 1_000_000
-LEASE_SECONDS = 300
+# A claimed batch must be delivered within the lease, or another dispatcher may take it:
+# BATCH rows at the channels' 15 s timeout stay well inside it.
+LEASE_SECONDS = 600
 LATE_AFTER = 15 * 60 * SECOND
 CUSTOMER_FACING = ("champion", "actor", None)
-BATCH = 100
+ADDRESS_SOURCES = {"owner": "the account's `owner_email` or `owner` trait",
+                   "manager": "the account's `manager` trait or FIRSTVALUE_TEAM_LEAD",
+                   "ae": "the account's `ae_email` or `ae` trait"}
+BATCH = 20
 _decode = msgspec.json.decode
 
 
@@ -164,15 +170,17 @@ class Dispatcher:
         track = self.playbook.choose_track(context["traits"])
         templates = track.templates if track else self.playbook.loaded.model.templates
         template = templates.get(row["template"] or "")
-        variables = _variables(row, context)
+        variables = _variables(row, context, track.track.kickoff if track else True)
         subject = render(template.subject, variables) if template and template.subject else None
         body = render(template.body, variables) if template else ""
         address = _address(row, context)
         payload = {"key": row["key"], "account_id": row["account_id"], "rule": row["rule"],
-                   "kind": row["kind"], "due_at": row["due_at"], "subject": subject,
+                   "kind": row["kind"], "due_at": isoformat(row["due_at"]), "subject": subject,
                    "body": body, "reason": row["reason"]}
         internal = row["recipient"] in ("owner", "manager", "ae") or row["kind"] == "slack"
-        return Outgoing(row["key"], kind, address, subject, body, payload, internal)
+        source = ADDRESS_SOURCES.get("owner" if row["kind"] == "slack" else row["recipient"],
+                                     "the contact's `email` trait")
+        return Outgoing(row["key"], kind, address, subject, body, payload, internal, source)
 
     def _check_endpoint(self, kind: str) -> None:
         with self.database.engine.connect() as conn:
@@ -185,6 +193,12 @@ class Dispatcher:
 
     def _failed(self, row: dict[str, Any], kind: str, exc: DeliveryError, now: int,
                 result: DispatchResult) -> None:
+        if exc.unset:
+            # Not configured yet: wait for it, without using up the action's attempts.
+            self._update(row, status="pending", error=str(exc),
+                         next_attempt_at=now + int((exc.retry_after or 3600) * SECOND))
+            result.deferred += 1
+            return
         attempts = row["attempts"] + 1
         if exc.gone:
             if kind in ("slack", "webhook") and "disabled" not in str(exc):
@@ -256,6 +270,8 @@ def _address(row: dict[str, Any], context: dict[str, Any]) -> str | None:
         return owner if isinstance(owner, str) and "@" in owner else None
     if recipient == "manager":
         return traits.get("manager") or get_setting("team_lead")
+    if recipient in ("queue", "account"):
+        return None  # no one's inbox: such actions are tasks and flags, not emails
     if recipient == "ae":
         ae = traits.get("ae_email") or traits.get("ae")
         return ae if isinstance(ae, str) and "@" in ae else None
@@ -264,7 +280,8 @@ def _address(row: dict[str, Any], context: dict[str, Any]) -> str | None:
     return email if isinstance(email, str) else None
 
 
-def _variables(row: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+def _variables(row: dict[str, Any], context: dict[str, Any],
+               track_has_kickoff: bool) -> dict[str, Any]:
     traits = context["traits"]
     state = context["state"]
     contact_id = _recipient_id(row, context)
@@ -272,7 +289,7 @@ def _variables(row: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     owner = traits.get("owner")
     handoff = traits.get("handoff") if isinstance(traits.get("handoff"), dict) else {}
     run = {"number": row["run"], "day": state.get("day"), "ttv_days": state.get("ttv_days"),
-           "kickoff": state.get("kickoff_at") is not None or state.get("track") != "smb",
+           "kickoff": track_has_kickoff,
            "started_at": (state.get("run") or {}).get("started_at")}
     milestone = next((m for m in state.get("milestones", [])
                       if m.get("key") == state.get("current_milestone")), {})

@@ -60,7 +60,8 @@ def reconcile(conn: sa.Connection, account_id: str, planned: Sequence[PlannedAct
     resolutions = []
     for key, row in existing.items():
         action = wanted.get(key)
-        if row.status == "pending" and (action is None or action.status == "cancelled"):
+        if row.status in ("pending", "failed") and (action is None
+                                                     or action.status == "cancelled"):
             reason = action.reason if action else (
                 "cancelled: the rule no longer applies (its condition now holds, or the "
                 "account's track or the playbook changed)")
@@ -70,8 +71,8 @@ def reconcile(conn: sa.Connection, account_id: str, planned: Sequence[PlannedAct
             resolutions.append({"key": key, "now": now})
     if cancels:
         conn.execute(sa.text("UPDATE actions SET status = 'cancelled', reason = :reason, "
-                             "resolved_at = :now WHERE key = :key AND status = 'pending'"),
-                     cancels)
+                             "resolved_at = :now, next_attempt_at = NULL WHERE key = :key "
+                             "AND status IN ('pending', 'failed')"), cancels)
     if resolutions:
         conn.execute(sa.text("UPDATE actions SET resolved_at = :now WHERE key = :key"),
                      resolutions)
@@ -133,8 +134,8 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
         "attempts": row["attempts"], "playbook_version": row["playbook_version"],
         "facts": msgspec.json.decode(row["facts"]) if row["facts"] else {},
     }
-    if row["kind"] == "task":
-        data["done_at"] = isoformat(row["done_at"])
+    if row["kind"] in ("task", "in_app"):
+        data["done_at"] = isoformat(row["done_at"])  # task completed, in-app acknowledged
     return data
 
 

@@ -138,6 +138,12 @@ def create_app(database: Database, playbook: CompiledPlaybook,
     async def list_actions_endpoint(request: Request, account: str | None = None,
                                     status: str | None = None) -> Response:
         await _authenticate_api(request, context)
+        from firstvalue.actions.outbox import STATUSES
+
+        if status is not None and status not in STATUSES:
+            raise HTTPProblem(400, "invalid_status",
+                              f"status={status!r} is not a status; use one of "
+                              f"{', '.join(STATUSES)}")
         rows = await run_in_threadpool(_actions, context, account, status)
         return json_response({"actions": rows})
 
@@ -190,9 +196,9 @@ def create_app(database: Database, playbook: CompiledPlaybook,
 def _account_view(context: AppContext, account_id: str) -> dict[str, Any] | None:
     from firstvalue.runtime.timeline import account_view
 
-    states = evaluate_accounts(context.database, context.playbook, context.clock(),
-                               [account_id])
-    return account_view(context.database, states[0]) if states else None
+    now = context.clock()
+    states = evaluate_accounts(context.database, context.playbook, now, [account_id])
+    return account_view(context.database, states[0], now) if states else None
 
 
 def _actions(context: AppContext, account: str | None,

@@ -146,10 +146,11 @@ def account_command(obj: Context, account_id: str, as_json: bool, now_text: str 
     from firstvalue.runtime.evaluation import evaluate_accounts
     from firstvalue.runtime.timeline import account_view
 
-    states = evaluate_accounts(obj.database, obj.playbook, resolve_now(now_text), [account_id])
+    now = resolve_now(now_text)
+    states = evaluate_accounts(obj.database, obj.playbook, now, [account_id])
     if not states:
         raise UnknownAccount(account_id)
-    view = account_view(obj.database, states[0])
+    view = account_view(obj.database, states[0], now)
     if as_json:
         print_json(view)
     else:
@@ -301,6 +302,9 @@ def dispatch_command(obj: Context, interval: float | None, now_text: str | None)
 
     from firstvalue.actions.dispatch import Dispatcher
 
+    if interval is not None and now_text is not None:
+        raise click.UsageError("--loop runs on the real clock; leave out --now (or run "
+                               "`dispatch --now` once per moment)")
     dispatcher = Dispatcher(obj.database, obj.playbook)
     while True:
         result = dispatcher.run_once(resolve_now(now_text))

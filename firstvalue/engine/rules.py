@@ -176,14 +176,28 @@ def _triggers(rule: Rule, context: RuleContext) -> list[Trigger]:
         found = context.milestones.get(happening.milestone)
         if found is None:
             return []
-        return [Trigger(found.ts, found.received_at, "1", f"milestone {happening.milestone}",
-                        found.message_id, found.actor)]
+        return [_in_run(Trigger(found.ts, found.received_at, "1",
+                                f"milestone {happening.milestone}", found.message_id,
+                                found.actor), context)]
 
     events = _matching_events(happening, context)
     if rule.once == "run":
         events = events[:1]
-    return [Trigger(e.ts, e.received_at, "1" if rule.once == "run" else e.message_id,
-                    f"event {e.name!r}", e.message_id, e.actor) for e in events]
+    return [_in_run(Trigger(e.ts, e.received_at, "1" if rule.once == "run" else e.message_id,
+                            f"event {e.name!r}", e.message_id, e.actor), context)
+            for e in events]
+
+
+def _in_run(trigger: Trigger, context: RuleContext) -> Trigger:
+    """Something that happened before the contract (a trial's workspace) acts when the run
+    starts, and is known no earlier than the contract is."""
+    run = context.run
+    assert run is not None
+    if trigger.at >= run.started_at:
+        return trigger
+    known = max(trigger.known_at, _anchor_known_at("contract_signed", context))
+    return Trigger(run.started_at, known, trigger.occurrence,
+                   trigger.what + " (before the contract)", trigger.evidence, trigger.actor)
 
 
 def _matching_events(happening: Happening, context: RuleContext) -> list[EventFact]:
@@ -219,7 +233,14 @@ def _day_moment(trigger: DayTrigger, context: RuleContext) -> int | None:
         if context.day0 is None:
             return None
         base_day = context.day0
-        base_instant = context.kickoff.at if context.kickoff else context.run.started_at  # type: ignore[union-attr]
+        if context.kickoff is not None:
+            base_instant = context.kickoff.at
+        elif not context.has_kickoff:
+            base_instant = context.run.started_at  # type: ignore[union-attr]
+        elif trigger.hours is not None:
+            return None  # hours since a kickoff that has not happened yet: wait for it
+        else:
+            base_instant = 0
     else:
         base_instant = context.run.started_at  # type: ignore[union-attr]
         base_day = local_date(base_instant, context.tz)
@@ -263,7 +284,7 @@ def _holidays(country: str | None, year: int) -> frozenset[date]:
     import holidays
 
     try:
-        return frozenset(holidays.country_holidays(country, years=year))
+        return frozenset(holidays.country_holidays(country.upper(), years=year))
     except (NotImplementedError, KeyError):
         return frozenset()
 

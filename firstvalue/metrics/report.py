@@ -49,16 +49,16 @@ def _milestone_rows(states: Sequence[AccountState],
 
 def _action_rows(actions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per rule (escalations as `rule.escalation`): what was done, cancelled or suppressed."""
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for action in actions:
-        row = rows.setdefault(action["rule"], {
+        row = rows.setdefault((action["rule"], action["kind"]), {
             "rule": action["rule"], "escalation": "." in action["rule"], "kind": action["kind"],
             **{status: 0 for status in ("sent", "late", "pending", "failed", "dead",
                                         "cancelled", "suppressed", "resolved")}})
         row[action["status"]] += 1
         row["late"] += int(bool(action["late"]))
         row["resolved"] += int(action["resolved_at"] is not None and action["status"] == "sent")
-    return sorted(rows.values(), key=lambda row: row["rule"])
+    return sorted(rows.values(), key=lambda row: (row["rule"], row["kind"]))
 
 
 def _ttv_rows(states: Sequence[AccountState]) -> list[dict[str, Any]]:

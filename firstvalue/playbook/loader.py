@@ -202,9 +202,9 @@ def _explain(error: dict[str, Any]) -> tuple[str, str]:
         return (f"{_short(value)} is not a valid key",
                 "use lower-case letters, digits and underscores, starting with a letter")
     if kind == "string_type" and isinstance(value, int) and not isinstance(value, bool):
-        return (f"{value} is a number here, not text",
-                "put the value in quotes; YAML reads an unquoted 9:00 as the number 540, so "
-                'write "09:00"')
+        hint = ('; YAML reads an unquoted time such as 9:00 as the number 540, so write "09:00"'
+                if isinstance(value, int) and value >= 60 else "")
+        return (f"{value} is a number here, not text", f"put the value in quotes{hint}")
     if kind == "bool_type":
         return (f"{_short(value)} is not true or false", "write true or false")
     if kind in ("union_tag_invalid", "model_type", "union_tag_not_found") or "union" in kind:

@@ -20,14 +20,16 @@ from firstvalue.store.database import Database
 MAX_EVENTS = 500
 
 
-def account_view(database: Database, state: AccountState) -> dict[str, Any]:
-    """The account's state as JSON, with its stored actions and its timeline."""
+def account_view(database: Database, state: AccountState, now: int) -> dict[str, Any]:
+    """The account's state as JSON, with its stored actions and its timeline as they stood
+    at `now`: what the engine had done by then, and the events dated by then."""
     with database.engine.connect() as conn:
-        actions = [action_json(row) for row in list_actions(conn, [state.id])]
+        actions = [action_json(row) for row in list_actions(conn, [state.id])
+                   if row["created_at"] <= now]
         events = conn.execute(sa.text(
             "SELECT ts, name, user_id, message_id FROM events WHERE account_id = :a "
-            "AND type = 'track' ORDER BY ts DESC LIMIT :n"),
-            {"a": state.id, "n": MAX_EVENTS}).all()
+            "AND type = 'track' AND ts <= :now ORDER BY ts DESC LIMIT :n"),
+            {"a": state.id, "n": MAX_EVENTS, "now": now}).all()
     data = state.as_json()
     data["actions"] = actions
     data["timeline"] = _timeline(state, events, actions)
@@ -65,7 +67,7 @@ def _timeline(state: AccountState, events: list[Any],
         if action["late"]:
             what += " (late)"
         if action["resolved_at"] and action["status"] == "sent":
-            what += f", resolved {action['resolved_at']}"
+            what += f", resolved {_local(action['resolved_at'], tz)}"
         entries.append({"at": at, "type": kind, "what": what, "actor": action["recipient"],
                         "reason": action["error"] or action["reason"], "ref": action["key"]})
     entries.sort(key=lambda entry: (_sortable(entry["at"]), entry["type"]))

@@ -106,5 +106,15 @@ def alembic_config(connection: sa.Connection) -> Config:
 
 
 def upgrade(database: Database) -> None:
+    """Migrate to the latest schema. A store already there is only read, so opening the
+    database never waits for another process's write lock."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with database.engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_heads()
+        heads = ScriptDirectory.from_config(alembic_config(connection)).get_heads()
+    if set(current) == set(heads):
+        return
     with database.write() as connection:
         command.upgrade(alembic_config(connection), "head")
