@@ -17,8 +17,31 @@ def zone(name: str) -> zoneinfo.ZoneInfo | None:
         return None
 
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_BUCKET = 900  # seconds: zones change their offset on quarter hours, if at all
+_OFFSETS: dict[tuple[str, int], int] = {}
+
+
 def local_date(micros: int, tz: zoneinfo.ZoneInfo) -> date:
-    return datetime.fromtimestamp(micros // 1_000_000, tz).date()
+    """The local calendar date of an instant.
+
+    The engine asks this hundreds of times an evaluation, so the zone's offset is cached per
+    quarter hour, and only where it is the same at both ends of that quarter hour.
+    """
+    seconds = micros // 1_000_000
+    key = (tz.key, seconds // _BUCKET)
+    offset = _OFFSETS.get(key)
+    if offset is None:
+        start = key[1] * _BUCKET
+        first = datetime.fromtimestamp(start, tz).utcoffset()
+        last = datetime.fromtimestamp(start + _BUCKET - 1, tz).utcoffset()
+        if first != last or first is None:
+            return datetime.fromtimestamp(seconds, tz).date()
+        offset = int(first.total_seconds())
+        if len(_OFFSETS) > 500_000:
+            _OFFSETS.clear()
+        _OFFSETS[key] = offset
+    return date.fromordinal(_EPOCH_ORDINAL + (seconds + offset) // 86_400)
 
 
 def days_between(start: date, end: date) -> int:

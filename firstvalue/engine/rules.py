@@ -10,7 +10,7 @@ action is what makes "once" hold, whatever the timing.
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
@@ -37,11 +37,23 @@ class PlannedAction:
     due_at: int
     known_at: int  # when the fact that made it due reached the engine
     status: str  # "due", or "cancelled" for an escalation whose condition cleared in time
-    reason: str
-    facts: dict[str, Any]
+    # The reason and the facts are only written when the action is first recorded, so they may
+    # be given as functions that build them then: most evaluations plan actions already stored.
+    reason_source: str | Callable[[], str]
+    facts_source: dict[str, Any] | Callable[[], dict[str, Any]]
     cleared: bool = False  # the condition cleared after the action came due
     actor: str | None = None
     run: int = 1
+
+    @property
+    def reason(self) -> str:
+        source = self.reason_source
+        return source if isinstance(source, str) else source()
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        source = self.facts_source
+        return source if isinstance(source, dict) else source()
 
 
 @dataclass(frozen=True)
@@ -105,8 +117,10 @@ def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
         return  # the customer had already done it: nothing to say
     run = context.run.number  # type: ignore[union-attr]
     base = f"{context.account_id}/{run}"
-    facts = {"trigger": trigger.what, "trigger_at": local_isoformat(trigger.at, context.tz),
-             "evidence": trigger.evidence, "unless": _describe(rule.unless)}
+    def facts() -> dict[str, Any]:
+        return {"trigger": trigger.what, "trigger_at": local_isoformat(trigger.at, context.tz),
+                "evidence": trigger.evidence, "unless": _describe(rule.unless)}
+
     for index, spec in enumerate(rule.actions):
         suffix = f"/{index}" if index else ""
         due.append(PlannedAction(
@@ -135,13 +149,10 @@ def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
         cancelled = cleared_at is not None and cleared_at <= due_at
         for index, spec in enumerate(escalation.actions):
             suffix = f"/{index}" if index else ""
-            escalation_facts = {**facts, "escalation": escalation.key,
-                                "due_at": local_isoformat(due_at, context.tz)}
+            escalation_facts = _escalation_facts(facts, escalation.key, due_at, context.tz)
             if cancelled:
-                happened = "was booked" if unless and unless.anchor == "kickoff" else "happened"
-                reason = (f"cancelled: {_describe(unless)} {happened} at "
-                          f"{local_isoformat(cleared_at, context.tz)}, before the escalation "  # type: ignore[arg-type]
-                          f"came due at {local_isoformat(due_at, context.tz)}")
+                reason: str | Callable[[], str] = _cancel_reason(unless, cleared_at, due_at,
+                                                                 context.tz)
             else:
                 reason = f"escalation {label}: {trigger.what}" + _unless_text(unless)
             due.append(PlannedAction(
@@ -149,6 +160,19 @@ def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
                 spec.template, due_at, trigger.known_at, "cancelled" if cancelled else "due",
                 reason, escalation_facts,
                 cleared=not cancelled and cleared_at is not None, actor=trigger.actor, run=run))
+
+
+def _escalation_facts(facts: Callable[[], dict[str, Any]], key: str, due_at: int,
+                      tz: zoneinfo.ZoneInfo) -> Callable[[], dict[str, Any]]:
+    return lambda: {**facts(), "escalation": key, "due_at": local_isoformat(due_at, tz)}
+
+
+def _cancel_reason(unless: Happening | None, cleared_at: int | None, due_at: int,
+                   tz: zoneinfo.ZoneInfo) -> Callable[[], str]:
+    happened = "was booked" if unless and unless.anchor == "kickoff" else "happened"
+    return lambda: (f"cancelled: {_describe(unless)} {happened} at "
+                    f"{local_isoformat(cleared_at or 0, tz)}, before the escalation came due "
+                    f"at {local_isoformat(due_at, tz)}")
 
 
 def _triggers(rule: Rule, context: RuleContext) -> list[Trigger]:

@@ -10,7 +10,7 @@ stall was wrong (the recorded episode is then retracted).
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -134,8 +134,12 @@ def _inactivity(rule: StallRule, context: StallContext) -> Iterator[tuple[Any, .
     raised at the local midnight that ends the K-th day, only if that is day N - 1 or earlier."""
     tz, day0, k = context.tz, context.day0, rule.days or 1
     assert day0 is not None
-    logins = [e for e in _events(context, context.model.login) if local_date(e.ts, tz) >= day0]
-    login_days = sorted({local_date(e.ts, tz) for e in logins})
+    day0_start = start_of_local_day(day0, tz)
+    first_login: dict[date, EventFact] = {}
+    for login in _events(context, context.model.login):
+        if login.ts >= day0_start:
+            first_login.setdefault(local_date(login.ts, tz), login)
+    login_days = sorted(first_login)
     today = local_date(context.now, tz)
     gap_start = day0
     for next_login_day in [*login_days, None]:
@@ -145,8 +149,7 @@ def _inactivity(rule: StallRule, context: StallContext) -> Iterator[tuple[Any, .
             raised_on = (opened_day - day0).days  # the day whose end raises it
             if rule.within_days is None or raised_on <= rule.within_days - 1:
                 opened = start_of_local_day(opened_day + timedelta(days=1), tz)
-                closing = next((e for e in logins if local_date(e.ts, tz) == next_login_day),
-                               None) if next_login_day else None
+                closing = first_login.get(next_login_day) if next_login_day else None
                 yield (None, opened, closing.ts if closing else None,
                        {"days_without_login": k, "since": gap_start.isoformat(),
                         "closed_by": closing.message_id if closing else None})
@@ -322,17 +325,24 @@ def plan_interventions(episodes: Sequence[Episode], interventions: Sequence[Inte
                 if spec.to == "ae" and not context.traits.get("ae"):
                     continue  # the AE is looped in only where the account names one
                 label = f"stall.{intervention.key}"
-                facts = {"stall": {**episode.as_json(context.account_id, context.tz),
-                                   "evidence_summary": episode.evidence.get("evidence_summary"),
-                                   "features": episode.evidence.get("features", [])}}
                 planned.append(PlannedAction(
                     f"{context.account_id}/{context.run}/{label}/{episode.identity}/{index}",
                     label, spec.kind, spec.to, spec.template, episode.opened_at,
-                    context.known_at, "due",
-                    f"stall {episode.rule} ({episode.diagnosis}) opened at "
-                    f"{local_isoformat(episode.opened_at, context.tz)}", facts,
-                    run=context.run))
+                    context.known_at, "due", _stall_reason(episode, context.tz),
+                    _stall_facts(episode, context), run=context.run))
     return planned
+
+
+def _stall_reason(episode: Episode, tz: zoneinfo.ZoneInfo) -> Callable[[], str]:
+    return lambda: (f"stall {episode.rule} ({episode.diagnosis}) opened at "
+                    f"{local_isoformat(episode.opened_at, tz)}")
+
+
+def _stall_facts(episode: Episode, context: StallContext) -> Callable[[], dict[str, Any]]:
+    account_id, tz = context.account_id, context.tz
+    return lambda: {"stall": {**episode.as_json(account_id, tz),
+                              "evidence_summary": episode.evidence.get("evidence_summary"),
+                              "features": episode.evidence.get("features", [])}}
 
 
 def _first_of_each_spell(episodes: Sequence[Episode]) -> list[Episode]:
