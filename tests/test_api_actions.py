@@ -38,7 +38,7 @@ def test_the_product_fetches_and_acknowledges_its_in_app_messages(client, databa
     headers = bearer(database, "viewer")
     answer = client.get("/api/in-app/acme/acme-champion", headers=headers).json()
     [message] = answer["messages"]
-    assert message["key"] == "acme/1/setup_prompts/1"
+    assert message["key"] == "acme/acme-deal/setup_prompts/1"
     assert "invite a teammate" in message["body"]
 
     acked = client.post("/api/in-app/acme/acme-champion/ack", headers=headers,
@@ -52,7 +52,7 @@ def test_the_product_fetches_and_acknowledges_its_in_app_messages(client, databa
 
 
 def test_a_csm_completes_a_task_and_a_viewer_cannot(client, database):
-    key = "acme/1/template_recommendation.session/1"
+    key = "acme/acme-deal/template_recommendation.session/1"
     refused = client.post("/api/tasks/done", headers=bearer(database, "viewer"),
                           json={"key": key})
     assert refused.status_code == 403

@@ -133,7 +133,7 @@ def test_a_dispatcher_killed_mid_delivery_redelivers_with_the_same_webhook_id(
     # then every action is delivered, the webhook twice under one id, the task once.
     assert [r["status"] for r in rows(sqlite_database)] == ["sent", "sent", "sent"]
     ids = [r.headers["webhook-id"] for r in hook.received]
-    assert len(ids) == 2 and ids[0] == ids[1] == "acme/1/signed/1"
+    assert len(ids) == 2 and ids[0] == ids[1] == "acme/acme-t0/signed/1"
     assert len(rows(sqlite_database, "kind = 'task'")) == 1
     assert len(smtp.messages) == 1
 
@@ -221,7 +221,7 @@ def test_a_webhook_is_signed_per_standard_webhooks(database, delivery_playbook, 
     headers = {name.lower(): value for name, value in received.headers.items()}
     payload = Webhook("whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").verify(received.body,
                                                                             headers)
-    assert payload["key"] == "acme/1/signed/1"
+    assert payload["key"] == "acme/acme-t0/signed/1"
     assert payload["body"] == "A note for Acme."
     with pytest.raises(Exception, match="[Ss]ignature"):
         Webhook("whsec_" + "A" * 32).verify(received.body, headers)
@@ -252,7 +252,7 @@ def test_two_workers_evaluating_at_once_fire_a_once_per_run_rule_once(database,
     for thread in threads:
         thread.join(30)
     assert errors == []
-    assert [r["key"] for r in rows(database, "rule = 'shared'")] == ["acme/1/shared/1"]
+    assert [r["key"] for r in rows(database, "rule = 'shared'")] == ["acme/acme-t0/shared/1"]
 
 
 def test_a_template_that_misbehaves_fails_its_action_and_nothing_else(database, tmp_path, hook,

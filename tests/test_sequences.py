@@ -111,14 +111,14 @@ def test_an_account_that_never_connects_gets_the_day3_email_once_and_the_day5_al
     smtp, slack = channels
     simulate(database, playbook, onboarding("acme"), until=DAY5_OPENING + 6 * HOUR)
 
-    tutorial = action(database, "acme/1/integration_tutorial/1")
+    tutorial = action(database, "acme/acme-deal/integration_tutorial/1")
     assert tutorial["status"] == "sent"
     assert tutorial["sent_at"] == DAY3_OPENING  # 09:00 on local day 3, the window's opening
     mails = emails_with(smtp, "Connect", "acme-champion@example.com")
     assert len(mails) == 1
     assert "tutorial" in mails[0].get_content()
 
-    alert = action(database, "acme/1/integration_tutorial.csm_alert/1")
+    alert = action(database, "acme/acme-deal/integration_tutorial.csm_alert/1")
     assert (alert["status"], alert["sent_at"], alert["kind"]) == ("sent", DAY5_OPENING, "slack")
     alerts = [r for r in slack.received if "still not connected" in r.json()["text"]]
     assert len(alerts) == 1
@@ -132,8 +132,8 @@ def test_connecting_on_day_4_gets_the_email_no_alert_and_a_recorded_cancellation
     simulate(database, playbook, [*onboarding("beta"), data_connected("beta", day4)],
              until=DAY5_OPENING + 6 * HOUR)
 
-    assert action(database, "beta/1/integration_tutorial/1")["status"] == "sent"
-    alert = action(database, "beta/1/integration_tutorial.csm_alert/1")
+    assert action(database, "beta/beta-deal/integration_tutorial/1")["status"] == "sent"
+    alert = action(database, "beta/beta-deal/integration_tutorial.csm_alert/1")
     assert alert["status"] == "cancelled"
     assert "milestone data_connected happened" in alert["reason"]
     assert alert["sent_at"] is None
@@ -146,7 +146,7 @@ def test_connecting_seconds_before_the_alert_is_due_cancels_it(database, playboo
     just_before = DAY5_OPENING - 5 * SECOND
     simulate(database, playbook, [*onboarding("gamma"), data_connected("gamma", just_before)],
              until=DAY5_OPENING + 2 * HOUR)
-    assert action(database, "gamma/1/integration_tutorial.csm_alert/1")["status"] == "cancelled"
+    assert action(database, "gamma/gamma-deal/integration_tutorial.csm_alert/1")["status"] == "cancelled"
     assert not [r for r in slack.received if "Gamma" in r.json()["text"]]
 
 
@@ -156,7 +156,7 @@ def test_connecting_seconds_after_the_alert_gets_it_and_marks_it_resolved(databa
     just_after = DAY5_OPENING + 5 * SECOND
     simulate(database, playbook, [*onboarding("delta"), data_connected("delta", just_after)],
              until=DAY5_OPENING + 2 * HOUR)
-    alert = action(database, "delta/1/integration_tutorial.csm_alert/1")
+    alert = action(database, "delta/delta-deal/integration_tutorial.csm_alert/1")
     assert (alert["status"], alert["sent_at"]) == ("sent", DAY5_OPENING)
     assert alert["resolved_at"] == just_after
     assert len([r for r in slack.received if "Delta" in r.json()["text"]]) == 1

@@ -134,8 +134,8 @@ def test_a_rule_once_per_occurrence_fires_for_each_event_and_once_per_run_only_o
     with database.engine.connect() as conn:
         keys = conn.execute(sa.text("SELECT key FROM actions WHERE rule = 'setup_prompts' "
                                     "ORDER BY key")).scalars().all()
-    assert keys == ["acme/1/setup_prompts/ws3", "acme/1/setup_prompts/ws4"]
-    assert actions(database)["welcome"]["key"] == "acme/1/welcome/1"
+    assert keys == ["acme/acme-deal/setup_prompts/ws3", "acme/acme-deal/setup_prompts/ws4"]
+    assert actions(database)["welcome"]["key"] == "acme/acme-deal/welcome/1"
 
 
 def test_business_day_n_skips_weekends_and_the_countrys_holidays():
@@ -195,3 +195,22 @@ def test_without_an_smtp_server_emails_wait_without_using_their_attempts(databas
     welcome = actions(database)["welcome"]
     assert (welcome["status"], welcome["attempts"]) == ("pending", 0)
     assert "FIRSTVALUE_SMTP_HOST" in welcome["error"]
+
+
+def test_an_older_deal_arriving_late_does_not_repeat_the_welcome(database, playbook):
+    simulate(database, playbook, onboarding("acme"), until=micros("2026-03-01T12:00:00+01:00"),
+             deliver=SANDBOX)
+    late_pilot = (micros("2026-03-01T13:00:00+01:00"), {
+        "type": "track", "messageId": "pilot", "userId": "acme-champion",
+        "event": "Deal Closed Won", "timestamp": "2026-01-10T10:00:00+01:00",
+        "properties": {"deal_id": "pilot-0"}, "context": {"groupId": "acme"}})
+    simulate(database, playbook, [late_pilot], until=micros("2026-03-01T15:00:00+01:00"),
+             deliver=SANDBOX)
+    with database.engine.connect() as conn:
+        welcomes = conn.execute(sa.text(
+            "SELECT key, status FROM actions WHERE rule = 'welcome' ORDER BY key")).all()
+    # The pilot became run 1 and the real deal run 2, but the welcome keeps its key: once.
+    assert [tuple(w) for w in welcomes] == [("acme/acme-deal/welcome/1", "sent")]
+    with database.engine.connect() as conn:
+        state = conn.execute(sa.text("SELECT state FROM accounts WHERE id = 'acme'")).scalar()
+    assert '"number":2' in state and '"key":"acme-deal"' in state

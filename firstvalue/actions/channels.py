@@ -69,9 +69,13 @@ def send_email(outgoing: Outgoing) -> None:
         raise DeliveryError(f"FIRSTVALUE_SMTP_PORT={get_setting('smtp_port')!r} is not a port "
                             "number; set it to e.g. 25 or 587", retry_after=3600,
                             unset=True) from None
+    address = outgoing.address.strip()
+    if any(c in address for c in "\r\n\x00,;") or "@" not in address:
+        raise DeliveryError(f"the recipient address is not one email address "
+                            f"({outgoing.address_source})", gone=True)
     message = EmailMessage()
     message["From"] = get_setting("smtp_from") or "onboarding@firstvalue.invalid"
-    message["To"] = outgoing.address
+    message["To"] = address
     message["Subject"] = outgoing.subject or f"firstvalue: {outgoing.payload.get('rule')}"
     message["Message-ID"] = message_id_for(outgoing.key)
     message["X-Firstvalue-Action"] = outgoing.key
@@ -82,6 +86,10 @@ def send_email(outgoing: Outgoing) -> None:
             if user:
                 smtp.login(user, get_setting("smtp_password") or "")
             smtp.send_message(message)
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = sorted({code for code, _ in exc.recipients.values()})
+        raise DeliveryError(f"SMTP server refused the recipient ({codes})",
+                            gone=all(500 <= code < 600 for code in codes)) from None
     except smtplib.SMTPResponseException as exc:
         permanent = 500 <= exc.smtp_code < 600
         raise DeliveryError(f"SMTP server answered {exc.smtp_code}", gone=permanent) from None

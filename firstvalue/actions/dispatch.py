@@ -10,6 +10,7 @@ delivery, which the receiver can recognise and drop.
 from __future__ import annotations
 
 import logging
+import math
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +85,13 @@ class Dispatcher:
             if not claimed:
                 return result
             for row in claimed:
-                self._dispatch(row, now, result)
+                try:
+                    self._dispatch(row, now, result)
+                except Exception as exc:  # one action must never stop the others
+                    log.exception("Action %s failed unexpectedly; it is parked as dead.",
+                                  row["key"])
+                    self._park(row, f"unexpected error: {type(exc).__name__}: {exc}", now)
+                    result.dead += 1
 
     def _claim(self, now: int) -> list[dict[str, Any]]:
         with self.database.engine.connect() as conn:
@@ -100,10 +107,12 @@ class Dispatcher:
                 "SELECT * FROM actions WHERE status IN ('pending', 'failed') "
                 f"AND next_attempt_at <= :now ORDER BY next_attempt_at, id LIMIT {BATCH}{lock}"),
                 {"now": now})]
+            lease = now + LEASE_SECONDS * SECOND
             if rows:
                 conn.execute(sa.text("UPDATE actions SET next_attempt_at = :lease WHERE id = :id"),
-                             [{"id": r["id"], "lease": now + LEASE_SECONDS * SECOND}
-                              for r in rows])
+                             [{"id": r["id"], "lease": lease} for r in rows])
+        for row in rows:
+            row["lease"] = lease
         return rows
 
     def _dispatch(self, row: dict[str, Any], now: int, result: DispatchResult) -> None:
@@ -173,6 +182,10 @@ class Dispatcher:
         variables = _variables(row, context, track.track.kickoff if track else True)
         subject = render(template.subject, variables) if template and template.subject else None
         body = render(template.body, variables) if template else ""
+        # PostgreSQL text holds no NUL, and a header no line break: neither may come from data.
+        body = body.replace("\x00", "")
+        if subject is not None:
+            subject = " ".join(subject.replace("\x00", "").split())
         address = _address(row, context)
         payload = {"key": row["key"], "account_id": row["account_id"], "rule": row["rule"],
                    "kind": row["kind"], "due_at": isoformat(row["due_at"]), "subject": subject,
@@ -210,11 +223,14 @@ class Dispatcher:
             self._park(row, f"gave up after {attempts} attempts: {exc}", now, attempts)
             result.dead += 1
             return
-        backoff = 30 * SECOND * 2 ** (attempts - 1)
-        if exc.retry_after is not None:
-            backoff = max(backoff, int(exc.retry_after * SECOND))
+        longest = 6 * 3600 * SECOND
+        backoff = min(30 * SECOND * 2 ** (attempts - 1), longest)
+        if exc.retry_after is not None and math.isfinite(exc.retry_after):
+            backoff = max(backoff, int(min(exc.retry_after, longest / SECOND) * SECOND))
+        elif exc.retry_after is not None:
+            backoff = longest  # "Retry-After: inf": as long as firstvalue ever waits
         self._update(row, status="failed", attempts=attempts, error=str(exc),
-                     next_attempt_at=now + min(backoff, 6 * 3600 * SECOND))
+                     next_attempt_at=now + backoff)
         log.warning("Action %s could not be delivered (%s); attempt %d, will retry.",
                     row["key"], exc, attempts)
         result.failed += 1
@@ -233,10 +249,17 @@ class Dispatcher:
                 {"n": kind, "at": now, "r": reason})
 
     def _update(self, row: dict[str, Any], **changes: Any) -> None:
+        """Record an outcome, only while this dispatcher still holds the row's claim: a slow
+        delivery whose lease ran out must not overwrite what another dispatcher recorded."""
         assignments = ", ".join(f"{column} = :{column}" for column in changes)
         with self.database.write() as conn:
-            conn.execute(sa.text(f"UPDATE actions SET {assignments} WHERE id = :id"),
-                         {**changes, "id": row["id"]})
+            updated = conn.execute(sa.text(
+                f"UPDATE actions SET {assignments} WHERE id = :id AND next_attempt_at = :lease "
+                "AND status IN ('pending', 'failed')"),
+                {**changes, "id": row["id"], "lease": row["lease"]}).rowcount
+        if not updated:
+            log.warning("Action %s was taken over by another dispatcher while this one worked "
+                        "on it; its outcome here is not recorded.", row["key"])
 
 
 def _load_context(database: Database, account_id: str) -> dict[str, Any]:

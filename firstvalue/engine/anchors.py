@@ -28,6 +28,12 @@ class Run:
     def counts_from(self) -> int | None:
         return None if self.number == 1 else self.started_at
 
+    @property
+    def key(self) -> str:
+        """What names the run in action keys. Not its number: an older deal arriving late
+        renumbers the runs, and the actions already taken must keep their keys."""
+        return self.evidence or "contract"
+
 
 @dataclass(frozen=True)
 class Kickoff:
@@ -36,15 +42,26 @@ class Kickoff:
     evidence: str | None
 
 
+EARLIEST = date(1971, 1, 1)
+LATEST = date(9000, 1, 1)
+
+
 def parse_moment(value: Any, tz: zoneinfo.ZoneInfo) -> int | None:
-    """A trait or property time: ISO 8601 with an offset, or local if it has none, or a date."""
+    """A trait or property time: ISO 8601 with an offset, or local if it has none, or a date.
+
+    Placeholders such as 0001-01-01 or 9999-12-31 (what many CRMs write for "no date") and
+    anything unreadable count as no time at all.
+    """
     if not isinstance(value, str) or not value:
         return None
     try:
         if len(value) == 10:
-            return start_of_local_day(date.fromisoformat(value), tz)
+            day = date.fromisoformat(value)
+            return start_of_local_day(day, tz) if EARLIEST <= day <= LATEST else None
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):
+        return None
+    if not EARLIEST <= moment.date() <= LATEST:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)

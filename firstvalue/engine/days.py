@@ -13,7 +13,8 @@ from firstvalue.clock import from_micros, to_micros
 def zone(name: str) -> zoneinfo.ZoneInfo | None:
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+        # OSError: a name such as "America" is a folder of the zone database, not a zone.
         return None
 
 

@@ -185,6 +185,7 @@ def _stalls(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrac
         milestones=completions, targets=track.track.targets,
         milestone_order=[m.key for m in track.milestones], contacts=facts.contacts,
         model=model, run=run.number, known_at=arrivals.get("kickoff_known", now),
+        run_key=run.key,
         country=_text(traits.get("country")))
     episodes = detect_stalls(model.stalls, context)
     return episodes, plan_interventions(episodes, model.interventions, context, track.key)
@@ -350,7 +351,8 @@ def _run_json(run: Run | None, track: Any, day: int | None, current: str | None,
         status = "ended"
     else:
         status = "active"
-    return {"number": run.number, "started_at": local_isoformat(run.started_at, tz),
+    return {"number": run.number, "key": run.key,
+            "started_at": local_isoformat(run.started_at, tz),
             "source": run.source, "deal_id": run.deal_id, "status": status,
             "end_day": end_day}
 

@@ -25,7 +25,10 @@ class EventFact:
     @property
     def properties(self) -> dict[str, Any]:
         if self._properties is None:
-            decoded = _decode(self.raw_properties)
+            try:
+                decoded = _decode(self.raw_properties)
+            except (msgspec.DecodeError, RecursionError):
+                decoded = {}  # stored before validation read it whole: treat as empty
             self._properties = decoded if isinstance(decoded, dict) else {}
         return self._properties
 

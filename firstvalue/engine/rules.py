@@ -116,7 +116,8 @@ def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
     if done_before is not None and done_before <= trigger.at:
         return  # the customer had already done it: nothing to say
     run = context.run.number  # type: ignore[union-attr]
-    base = f"{context.account_id}/{run}"
+    base = f"{context.account_id}/{context.run.key}"  # type: ignore[union-attr]
+
     def facts() -> dict[str, Any]:
         return {"trigger": trigger.what, "trigger_at": local_isoformat(trigger.at, context.tz),
                 "evidence": trigger.evidence, "unless": _describe(rule.unless)}

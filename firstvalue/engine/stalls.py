@@ -62,6 +62,7 @@ class StallContext:
     run: int
     known_at: int
     country: str | None = None
+    run_key: str = "contract"
 
 
 def detect_stalls(rules: Sequence[StallRule], context: StallContext) -> list[Episode]:
@@ -326,7 +327,7 @@ def plan_interventions(episodes: Sequence[Episode], interventions: Sequence[Inte
                     continue  # the AE is looped in only where the account names one
                 label = f"stall.{intervention.key}"
                 planned.append(PlannedAction(
-                    f"{context.account_id}/{context.run}/{label}/{episode.identity}/{index}",
+                    f"{context.account_id}/{context.run_key}/{label}/{episode.identity}/{index}",
                     label, spec.kind, spec.to, spec.template, episode.opened_at,
                     context.known_at, "due", _stall_reason(episode, context.tz),
                     _stall_facts(episode, context), run=context.run))

@@ -97,6 +97,8 @@ def validate_message(raw: bytes, received_at: int, batch_sent_at: datetime | Non
         message = _decode_message(raw)
     except msgspec.DecodeError as exc:
         return Rejected(f"not a valid event: {_explain_decode_error(exc)}")
+    except RecursionError:
+        return Rejected("the event is nested too deeply; keep properties a few levels deep")
     return _validate(message, raw, received_at, batch_sent_at, implied_type, fallback_id,
                      from_file)
 
@@ -142,10 +144,11 @@ def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: dat
     if group_id is not None and len(group_id) > MAX_ID_LENGTH:
         return Rejected(f"groupId is longer than {MAX_ID_LENGTH} characters")
 
-    payload = _object_text(payload_raw)
+    payload = _object_text(payload_raw, read_whole=kind != "track")
     if payload is None:
         field = "properties" if kind == "track" else "traits"
-        return Rejected(f"`{field}` must be a JSON object")
+        return Rejected(f"`{field}` must be a JSON object in UTF-8, with numbers a float can "
+                        "hold, a few levels deep")
 
     message_id = message.messageId
     # JSON can only carry a NUL as the escape \u0000: without one in the bytes, skip the check.
@@ -211,13 +214,21 @@ def _as_id(value: str | int | None) -> str | None:
     return text or None
 
 
-def _object_text(raw: msgspec.Raw) -> str | None:
+def _object_text(raw: msgspec.Raw, read_whole: bool = False) -> str | None:
+    """The JSON object's text; None when it is not an object, or (for traits, which are read
+    at once) not an object firstvalue can read: bad UTF-8, numbers out of range, too deep."""
     data = bytes(raw)
-    if data[:1] == b"{":
-        return data.decode("utf-8")
     if data in (b"", b"null"):
         return "{}"
-    return None
+    if data[:1] != b"{":
+        return None
+    try:
+        text = data.decode("utf-8")
+        if read_whole:
+            msgspec.json.decode(data)
+    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
+        return None
+    return text
 
 
 def derive_message_id(raw: bytes) -> str:

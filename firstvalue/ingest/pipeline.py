@@ -193,11 +193,18 @@ def _is_conflict(stored: Accepted | event_store.StoredVersion, incoming: Accepte
     same = (stored.type == incoming.type and stored.name == incoming.name
             and stored.group_id == incoming.group_id and stored.actor == incoming.actor
             and (stored.payload == incoming.payload
-                 or _decode_object(stored.payload) == _decode_object(incoming.payload)))
+                 or _same_object(stored.payload, incoming.payload)))
     if not same:
         log.warning("Event %s was redelivered with different content; the stored one stands.",
                     incoming.message_id)
     return not same
+
+
+def _same_object(first: str, second: str) -> bool:
+    try:
+        return _decode_object(first) == _decode_object(second)
+    except (msgspec.DecodeError, RecursionError):
+        return False  # text that cannot be read as a whole differs if its text differs
 
 
 def _group_ids(groups: Iterable[Accepted], tracks: Iterable[tuple[int, Accepted]]) -> set[str]:

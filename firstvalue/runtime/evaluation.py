@@ -115,12 +115,24 @@ def _load_contacts(conn: sa.Connection, actors: set[str],
     return {user_id: plain_traits(_decode(traits)) for user_id, traits in rows}
 
 
+def evaluate_safely(facts: AccountFacts, playbook: CompiledPlaybook,
+                    now: int) -> AccountState | None:
+    """Evaluate one account; an account the engine cannot evaluate is logged and skipped, so
+    that it never stops the others."""
+    try:
+        return evaluate_account(facts, playbook, now)
+    except Exception:
+        log.exception("Account %s could not be evaluated; it is skipped.", facts.account_id)
+        return None
+
+
 def evaluate_accounts(database: Database, playbook: CompiledPlaybook, now: int,
                       account_ids: Iterable[str] | None = None) -> list[AccountState]:
     """Evaluate at `now` without writing: what the read commands and the API show."""
     with database.engine.connect() as conn:
-        return [evaluate_account(facts, playbook, now)
-                for facts in load_facts(conn, playbook, account_ids)]
+        states = [evaluate_safely(facts, playbook, now)
+                  for facts in load_facts(conn, playbook, account_ids)]
+    return [state for state in states if state is not None]
 
 
 def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult:
@@ -138,7 +150,14 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
         outbox = existing_actions(conn, seqs)
         history = recorded_stalls(conn, seqs)
         for facts in load_facts(conn, playbook, seqs):
-            state = evaluate_account(facts, playbook, now)
+            state = evaluate_safely(facts, playbook, now)
+            if state is None:
+                # Kept out of the way until its events change, retried hourly meanwhile.
+                updates.append({"id": facts.account_id, "state": _encode(
+                    {"id": facts.account_id, "error": "the engine could not evaluate this "
+                     "account; the log has the details"}).decode(), "wake": now + 3_600_000_000,
+                    "seq": seqs[facts.account_id], "at": now, "version": playbook.version})
+                continue
             # The actions go into the outbox in the transaction that stores the state which
             # caused them (shared/DESIGN.md "Outbox").
             reconcile(conn, facts.account_id, state.planned, playbook.version, late_limit, now,
