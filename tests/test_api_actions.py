@@ -35,7 +35,10 @@ def bearer(database, role: str) -> dict[str, str]:
 
 
 def test_the_product_fetches_and_acknowledges_its_in_app_messages(client, database):
-    headers = bearer(database, "viewer")
+    viewer = bearer(database, "viewer")
+    assert client.post("/api/in-app/acme/acme-champion/ack", headers=viewer,
+                       json={"key": "acme/acme-deal/setup_prompts/1"}).status_code == 403
+    headers = bearer(database, "csm")
     answer = client.get("/api/in-app/acme/acme-champion", headers=headers).json()
     [message] = answer["messages"]
     assert message["key"] == "acme/acme-deal/setup_prompts/1"

@@ -289,3 +289,22 @@ def test_a_template_that_misbehaves_fails_its_action_and_nothing_else(database, 
         assert why in by_template[name]["error"], by_template[name]["error"]
     assert len(smtp.messages) == 1
 
+
+
+def test_templates_that_allocate_in_c_are_stopped_before_they_do():
+    from firstvalue.actions.templates import TemplateRenderError, render
+
+    for source in ('{{ "x"|center(300000000) }}', "{{ (((9**64)**64)**64) }}",
+                   '{{ "%300000000s"|format(1) }}', '{{ "a"|indent(99999999) }}'):
+        with pytest.raises(TemplateRenderError):
+            render(source, {})
+    assert render('{{ "%s-%s"|format(1, 2) }}', {}) == "1-2"
+
+
+def test_playbook_check_reports_a_template_that_does_not_parse():
+    from firstvalue.errors import PlaybookError
+
+    broken = PLAYBOOK.replace('body: "A note for {{ account.name }}."',
+                              'body: "A note for {{ account.name "')
+    with pytest.raises(PlaybookError, match=r"templates\.note\.body"):
+        parse_playbook(broken, "broken.yaml")

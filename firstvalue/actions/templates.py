@@ -8,6 +8,7 @@ and `*` on strings and lists is capped before it allocates).
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -46,8 +47,10 @@ class _Environment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset(["*", "**"])
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > 64:
-            raise TemplateRenderError("the template raises to a power over 64")
+        if operator == "**" and isinstance(right, int | float) and (
+                abs(right) > 64 or (isinstance(left, int) and left.bit_length() * abs(right)
+                                    > 4096)):
+            raise TemplateRenderError("the template raises to a power too large to print")
         if operator == "*":
             sizes = [len(v) for v in (left, right) if isinstance(v, str | list | tuple)]
             counts = [v for v in (left, right) if isinstance(v, int)]
@@ -57,6 +60,48 @@ class _Environment(ImmutableSandboxedEnvironment):
 
 
 _environment = _Environment(autoescape=False, undefined=Undefined)
+
+
+def _bounded_filter(name: str) -> None:
+    """Filters that pad or repeat by a number the template gives allocate in C, before any
+    limit can look: refuse a width past the output limit up front."""
+    original = _environment.filters[name]
+
+    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        widths = [a for a in (*args, *kwargs.values()) if isinstance(a, int)]
+        if any(abs(width) > MAX_OUTPUT for width in widths):
+            raise TemplateRenderError(f"the template asks `{name}` for more than {MAX_OUTPUT} "
+                                      "characters")
+        return original(value, *args, **kwargs)
+
+    _environment.filters[name] = bounded
+
+
+for _name in ("center", "indent", "wordwrap", "truncate"):
+    _bounded_filter(_name)
+
+
+_WIDE_FIELD = re.compile(r"%[-+ #0]*(\d{6,}|\*)")
+
+
+def _bounded_format(value: Any, *args: Any, **kwargs: Any) -> str:
+    """Jinja2's `format` (`value % args`), refusing a field width of 100,000 or more."""
+    text = str(value)
+    if _WIDE_FIELD.search(text):
+        raise TemplateRenderError("the template's `format` asks for too wide a field")
+    return text % (kwargs or args)
+
+
+_environment.filters["format"] = _bounded_format
+
+
+def check_template(source: str) -> str | None:
+    """The syntax error of a template, or None: what `playbook check` reports."""
+    try:
+        _environment.parse(source)
+    except TemplateError as exc:
+        return str(exc)
+    return None
 
 
 @lru_cache(maxsize=256)

@@ -173,7 +173,10 @@ def create_app(database: Database, playbook: CompiledPlaybook,
 
     @app.post("/api/in-app/{account_id}/{user_id}/ack")
     async def acknowledge_in_app(account_id: str, user_id: str, request: Request) -> Response:
-        await _authenticate_api(request, context)
+        principal = await _authenticate_api(request, context)
+        if principal.role not in ("admin", "csm"):
+            raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
+                              "acknowledging takes a csm or admin token (give the product one)")
         key = _key_from(await request.body())
         done = await run_in_threadpool(_acknowledge, context, account_id, user_id, key)
         if not done:

@@ -96,6 +96,10 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     rows = _attributed_rows(tracks, known | created, memberships, statuses, changed)
     rows += [event_store.event_row(m, m.group_id) for m in groups]
     rows += [event_store.event_row(m, None) for m in identifies]
+    if conn.dialect.name != "sqlite":
+        # Two writers inserting overlapping ids take the unique index's locks in one order,
+        # so they wait for each other instead of deadlocking.
+        rows.sort(key=lambda row: row[0])
     late_duplicates = event_store.insert_events(conn, rows, strict=not check_store)
     conflicts += _mark_late_duplicates(conn, late_duplicates, messages, fresh_indexes, statuses)
 

@@ -255,6 +255,9 @@ def check_playbook(model: Playbook) -> list[PlaybookProblem]:
         problems += _track_problems(track, f"tracks[{index}]", milestone_keys, meanings)
     problems += _rules_problems(model.rules, "rules", model, model.templates)
     problems += _stall_problems(model)
+    problems += _template_problems(model.templates, "templates")
+    for index, track in enumerate(model.tracks):
+        problems += _template_problems(track.templates, f"tracks[{index}].templates")
     for index, track in enumerate(model.tracks):
         templates = {**model.templates, **track.templates}
         problems += _rules_problems(track.rules, f"tracks[{index}].rules", model, templates)
@@ -280,6 +283,21 @@ def _rules_problems(rules: list[Rule], place: str, model: Playbook,
             problems += _happening_problems(escalation.unless, f"{there}.unless", model)
             problems += _actions_problems(escalation.actions, f"{there}.actions", templates)
             problems += _where_problems(escalation.where, f"{there}.where", model)
+    return problems
+
+
+def _template_problems(templates: dict[str, Any], place: str) -> list[PlaybookProblem]:
+    from firstvalue.actions.templates import check_template
+
+    problems = []
+    for key, template in templates.items():
+        for part in ("subject", "body"):
+            source = getattr(template, part)
+            error = check_template(source) if source else None
+            if error:
+                problems.append(PlaybookProblem(
+                    f"{place}.{key}.{part}", f"the template does not parse: {error.rstrip('.')}",
+                    "fix the Jinja2 syntax ({{ value }}, {% if %}...{% endif %})"))
     return problems
 
 
