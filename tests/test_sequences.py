@@ -146,7 +146,8 @@ def test_connecting_seconds_before_the_alert_is_due_cancels_it(database, playboo
     just_before = DAY5_OPENING - 5 * SECOND
     simulate(database, playbook, [*onboarding("gamma"), data_connected("gamma", just_before)],
              until=DAY5_OPENING + 2 * HOUR)
-    assert action(database, "gamma/gamma-deal/integration_tutorial.csm_alert/1")["status"] == "cancelled"
+    alert = action(database, "gamma/gamma-deal/integration_tutorial.csm_alert/1")
+    assert alert["status"] == "cancelled"
     assert not [r for r in slack.received if "Gamma" in r.json()["text"]]
 
 
