@@ -27,7 +27,12 @@ def parse_instant(text: str, what: str = "--now") -> datetime:
             f"{what} {text!r} is not an ISO 8601 time; write e.g. 2026-03-01T09:00:00+01:00"
         ) from None
     if moment.tzinfo is None:
-        raise ConfigError(f"{what} {text!r} has no offset; add one, e.g. {text}+00:00 or {text}Z")
+        example = text if "T" in text or " " in text else f"{text}T00:00:00"
+        raise ConfigError(f"{what} {text!r} has no offset; add one, e.g. {example}+00:00 or "
+                          f"{example}Z")
+    if not 1971 <= moment.year <= 9000:
+        raise ConfigError(f"{what} {text!r} is outside the years 1971 to 9000 firstvalue "
+                          "counts days in")
     return moment
 
 

@@ -122,10 +122,10 @@ def create_app(database: Database, playbook: CompiledPlaybook,
     @app.get("/api/accounts")
     async def list_accounts(request: Request, limit: int = 100, offset: int = 0) -> Response:
         await _authenticate_api(request, context)
-        if not 1 <= limit <= 1000 or offset < 0:
+        if not 1 <= limit <= 1000 or not 0 <= offset <= 10**12:
             raise HTTPProblem(400, "invalid_page",
                               f"limit={limit}, offset={offset}: limit must be 1 to 1000 and "
-                              "offset 0 or more")
+                              "offset 0 to 10^12")
         states = await run_in_threadpool(_account_page, context, limit, offset)
         return json_response({"accounts": states, "limit": limit, "offset": offset})
 

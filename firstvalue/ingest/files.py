@@ -200,6 +200,8 @@ def _jsonl_lines(stream: IO[bytes]) -> Iterator[Line]:
     make = Line._make  # builds the tuple directly, a third of the cost of Line(...)
     for number, line in enumerate(stream, start=1):
         line = line.strip()
+        if number == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as CSV allows
         if line:
             # A message without an id gets one derived from the line's bytes (in validation):
             # the same file imported twice gives the same ids.

@@ -50,6 +50,9 @@ def load_playbook(path: str | Path | None = None) -> LoadedPlaybook:
         return parse_playbook(read_default_text(), source="(built-in default)")
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        problem = PlaybookProblem("", "the file is not UTF-8 text", "save it as UTF-8")
+        raise PlaybookError(str(path), [problem]) from None
     except OSError as exc:
         problem = PlaybookProblem("", f"cannot read the file: {exc.strerror}",
                                   "give the path of an existing playbook YAML file")

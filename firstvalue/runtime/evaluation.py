@@ -216,7 +216,7 @@ def held_events(database: Database, now: int) -> list[dict[str, Any]]:
     from firstvalue.clock import isoformat
     from firstvalue.settings import get_int_setting
 
-    cutoff = now - get_int_setting("hold_days") * 86_400 * 1_000_000
+    cutoff = now - min(get_int_setting("hold_days"), 36_500) * 86_400 * 1_000_000
     with database.engine.connect() as conn:
         rows = event_store.held_events_summary(conn, cutoff)
     return [{"waiting_for": row[0], "events": row[1], "since": isoformat(row[2])}

@@ -62,9 +62,10 @@ def open_database(url: str, migrate: bool = True) -> Database:
     if migrate:
         try:
             upgrade(database)
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DBAPIError as exc:
             engine.dispose()
-            raise StoreError(f"cannot open the database {url!r}: {exc.orig}") from None
+            raise StoreError(f"cannot open the database {url!r}: {exc.orig}; check that --db "
+                             "names a firstvalue database or a new file") from None
     return database
 
 
