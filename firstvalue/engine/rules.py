@@ -118,9 +118,12 @@ def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
     run = context.run.number  # type: ignore[union-attr]
     base = f"{context.account_id}/{context.run.key}"  # type: ignore[union-attr]
 
+    # The closure keeps only what it needs: not the context, which holds all the events.
+    tz, unless = context.tz, rule.unless
+
     def facts() -> dict[str, Any]:
-        return {"trigger": trigger.what, "trigger_at": local_isoformat(trigger.at, context.tz),
-                "evidence": trigger.evidence, "unless": _describe(rule.unless)}
+        return {"trigger": trigger.what, "trigger_at": local_isoformat(trigger.at, tz),
+                "evidence": trigger.evidence, "unless": _describe(unless)}
 
     for index, spec in enumerate(rule.actions):
         suffix = f"/{index}" if index else ""
