@@ -47,17 +47,17 @@ def load_facts(conn: sa.Connection, playbook: CompiledPlaybook,
         # whole event table in memory (past 1 GB at a million events).
         accounts = conn.execute(sa.text("SELECT id, traits FROM accounts ORDER BY id")).all()
         for start in range(0, len(accounts), BATCH):
-            yield from _facts_for(conn, accounts[start:start + BATCH], names, load_all=False)
+            yield from _facts_for(conn, accounts[start:start + BATCH], names)
         return
     ids = sorted(set(account_ids))
     for part in event_store.chunks(ids, BATCH):
         accounts = event_store.select_in(
             conn, "SELECT id, traits FROM accounts WHERE id IN :ids ORDER BY id", part)
-        yield from _facts_for(conn, accounts, names, load_all=False)
+        yield from _facts_for(conn, accounts, names)
 
 
-def _facts_for(conn: sa.Connection, accounts: list[Any], names: list[str],
-               load_all: bool) -> Iterator[AccountFacts]:
+def _facts_for(conn: sa.Connection, accounts: list[Any],
+               names: list[str]) -> Iterator[AccountFacts]:
     if not accounts:
         return
     ids = [row[0] for row in accounts]
@@ -65,11 +65,11 @@ def _facts_for(conn: sa.Connection, accounts: list[Any], names: list[str],
     sql = ("SELECT account_id, message_id, name, ts, user_id, properties, "
            "COALESCE(attached_at, received_at) FROM events WHERE type = 'track' AND name IN ("
            + ", ".join([mark] * len(names)) + ") AND account_id "
-           + ("IS NOT NULL" if load_all else "IN (" + ", ".join([mark] * len(ids)) + ")"))
+           + "IN (" + ", ".join([mark] * len(ids)) + ")")
     # The driver's own cursor: this loop reads every event of every account evaluated, and
     # SQLAlchemy's row objects cost more than the rows themselves here.
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(sql, names if load_all else [*names, *ids])
+    cursor.execute(sql, [*names, *ids])
     rows = cursor
 
     events: dict[str, list[EventFact]] = {account_id: [] for account_id in ids}
@@ -82,9 +82,8 @@ def _facts_for(conn: sa.Connection, accounts: list[Any], names: list[str],
                 actors.add(actor)
     cursor.close()
 
-    members = _members(conn, ids, load_all)
-    contacts = _load_contacts(conn, actors | {m for group in members.values() for m in group},
-                              load_all)
+    members = _members(conn, ids)
+    contacts = _load_contacts(conn, actors | {m for group in members.values() for m in group})
     for account_id, traits in accounts:
         account_events = events[account_id]
         people = {e.actor for e in account_events} | members.get(account_id, set())
@@ -92,26 +91,19 @@ def _facts_for(conn: sa.Connection, accounts: list[Any], names: list[str],
         yield AccountFacts(account_id, _decode(traits), tuple(account_events), account_contacts)
 
 
-def _members(conn: sa.Connection, ids: list[str], load_all: bool) -> dict[str, set[str]]:
+def _members(conn: sa.Connection, ids: list[str]) -> dict[str, set[str]]:
     """Each account's contacts by group membership, whether or not they acted yet."""
-    if load_all:
-        rows = conn.execute(sa.text("SELECT account_id, user_id FROM memberships")).all()
-    else:
-        rows = event_store.select_in(
-            conn, "SELECT account_id, user_id FROM memberships WHERE account_id IN :ids", ids)
+    rows = event_store.select_in(
+        conn, "SELECT account_id, user_id FROM memberships WHERE account_id IN :ids", ids)
     members: dict[str, set[str]] = {}
     for account_id, user_id in rows:
         members.setdefault(account_id, set()).add(user_id)
     return members
 
 
-def _load_contacts(conn: sa.Connection, actors: set[str],
-                   load_all: bool) -> dict[str, dict[str, Any]]:
-    if load_all:
-        rows = conn.execute(sa.text("SELECT user_id, traits FROM contacts")).all()
-    else:
-        rows = event_store.select_in(
-            conn, "SELECT user_id, traits FROM contacts WHERE user_id IN :ids", actors)
+def _load_contacts(conn: sa.Connection, actors: set[str]) -> dict[str, dict[str, Any]]:
+    rows = event_store.select_in(
+        conn, "SELECT user_id, traits FROM contacts WHERE user_id IN :ids", actors)
     return {user_id: plain_traits(_decode(traits)) for user_id, traits in rows}
 
 
