@@ -216,10 +216,8 @@ def test_missed_calls_count_one_reschedule_and_one_miss_and_raise_at_the_second(
     assert stall["opened_at"] == "2026-03-09T10:10:00+00:00"
     assert [i["what"] for i in stall["evidence"]["incidents"]] == ["rescheduled", "missed"]
     assert stall["status"] == "open"
-    completed = facts({**MID, "timezone": "UTC"}, *calls,
-                      event("Kickoff Completed", "2026-03-02T10:00:00Z"),
-                      event("Call Completed", "2026-03-12T10:30:00Z", call_id="c3"),
-                      contacts=CHAMPION)
+    completed = kicked_off("UTC", "2026-03-02T10:00:00Z", *calls,
+                       event("Call Completed", "2026-03-12T10:30:00Z", call_id="c3"))
     [closed] = stalls_of(evaluate_account(completed, playbook, us("2026-03-13T12:00:00Z")),
                          "missed_calls")
     assert closed["closed_at"] == "2026-03-12T10:30:00+00:00"  # the next call took place
