@@ -76,6 +76,8 @@ class Dispatcher:
         self.playbook = playbook
         self.deliver = deliver or default_channels()
         self.slack_is_set_up = slack_is_set_up
+        self._disabled: dict[str, str] = {}
+        self._contexts: dict[str, dict[str, Any]] = {}
 
     def run_once(self, now: int) -> DispatchResult:
         """Deliver every action due at `now`, in batches, until none is left."""
@@ -84,6 +86,10 @@ class Dispatcher:
             claimed = self._claim(now)
             if not claimed:
                 return result
+            # Read once a batch, not once an action: which endpoints are disabled, and the
+            # context of each account (several of its actions often fall due together).
+            self._disabled = self._disabled_endpoints()
+            self._contexts = {}
             for row in claimed:
                 try:
                     self._dispatch(row, now, result)
@@ -116,7 +122,10 @@ class Dispatcher:
         return rows
 
     def _dispatch(self, row: dict[str, Any], now: int, result: DispatchResult) -> None:
-        context = _load_context(self.database, row["account_id"])
+        context = self._contexts.get(row["account_id"])
+        if context is None:
+            context = self._contexts[row["account_id"]] = _load_context(self.database,
+                                                                        row["account_id"])
         tz = zone(context["timezone"]) or zoneinfo.ZoneInfo("UTC")
         kind = row["kind"]
         if kind == "slack" and not self.slack_is_set_up():
@@ -195,11 +204,13 @@ class Dispatcher:
                                      "the contact's `email` trait")
         return Outgoing(row["key"], kind, address, subject, body, payload, internal, source)
 
-    def _check_endpoint(self, kind: str) -> None:
+    def _disabled_endpoints(self) -> dict[str, str]:
         with self.database.engine.connect() as conn:
-            disabled = conn.execute(sa.text(
-                "SELECT reason FROM endpoints WHERE name = :n AND disabled_at IS NOT NULL"),
-                {"n": kind}).scalar()
+            return dict(conn.execute(sa.text(
+                "SELECT name, reason FROM endpoints WHERE disabled_at IS NOT NULL")).all())
+
+    def _check_endpoint(self, kind: str) -> None:
+        disabled = self._disabled.get(kind)
         if disabled:
             raise DeliveryError(f"the {kind} endpoint is disabled ({disabled}); re-enable it "
                                 f"with `firstvalue actions retry --endpoint {kind}`", gone=True)
@@ -242,6 +253,7 @@ class Dispatcher:
         log.warning("Action %s is parked as dead: %s", row["key"], reason)
 
     def _disable_endpoint(self, kind: str, reason: str, now: int) -> None:
+        self._disabled[kind] = reason
         with self.database.write() as conn:
             conn.execute(sa.text(
                 "INSERT INTO endpoints (name, disabled_at, reason) VALUES (:n, :at, :r) "

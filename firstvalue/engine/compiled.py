@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -54,14 +55,18 @@ class CompiledPlaybook:
     def choose_track(self, traits: dict[str, Any]) -> CompiledTrack | None:
         """The first track whose `match` fits the traits (shared/DESIGN.md: first match wins)."""
         for compiled in self.tracks:
-            if _matches(compiled.track.match, traits):
+            if traits_match(compiled.track.match, traits):
                 return compiled
         return self.default_track
 
 
-def _matches(match: dict[str, Any], traits: dict[str, Any]) -> bool:
+def traits_match(match: Mapping[str, Any], traits: Mapping[str, Any],
+                 track: str | None = None) -> bool:
+    """Whether an account fits a `match` or `where` filter: every key holds one of its values
+    (`track` names the account's track; any other key a trait). Numbers and text compare by
+    their text too, so `tier: 1` matches a tier sent as "1"."""
     for key, wanted in match.items():
-        value = traits.get(key)
+        value = track if key == "track" else traits.get(key)
         options = wanted if isinstance(wanted, list) else [wanted]
         if value not in options and str(value) not in [str(o) for o in options]:
             return False

@@ -18,6 +18,7 @@ from typing import Any
 
 from firstvalue.clock import to_micros
 from firstvalue.engine.anchors import Kickoff, Run
+from firstvalue.engine.compiled import traits_match
 from firstvalue.engine.days import local_date, local_isoformat
 from firstvalue.engine.facts import EventFact
 from firstvalue.playbook.model import WEEKDAYS, DayTrigger, Happening, Rule, SendWindow
@@ -90,7 +91,7 @@ def plan_rules(rules: Sequence[Rule], context: RuleContext) -> RulePlan:
     due: list[PlannedAction] = []
     upcoming: list[int] = []
     for rule in rules:
-        if not _where_holds(rule.where, context):
+        if not traits_match(rule.where, context.traits, context.track):
             continue
         for trigger in _triggers(rule, context):
             _plan_rule(rule, trigger, context, due, upcoming)
@@ -134,7 +135,7 @@ def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
             actor=trigger.actor, run=run))
 
     for escalation in rule.escalations:
-        if not _where_holds(escalation.where, context):
+        if not traits_match(escalation.where, context.traits, context.track):
             continue
         unless = escalation.unless or rule.unless
         label = f"{rule.key}.{escalation.key}"
@@ -331,15 +332,6 @@ def next_window_opening(moment: int, tz: zoneinfo.ZoneInfo, window: SendWindow) 
     while day.weekday() not in allowed:
         day += timedelta(days=1)
     return window_opening(day, tz, window)
-
-
-def _where_holds(where: Mapping[str, Any], context: RuleContext) -> bool:
-    for key, wanted in where.items():
-        value = context.track if key == "track" else context.traits.get(key)
-        options = wanted if isinstance(wanted, list) else [wanted]
-        if value not in options and str(value) not in [str(o) for o in options]:
-            return False
-    return True
 
 
 def _describe(happening: Happening | None) -> str | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from firstvalue.engine.compiled import traits_match
 from firstvalue.engine.days import local_date, local_isoformat, start_of_local_day
 from firstvalue.engine.facts import EventFact
 from firstvalue.engine.rules import PlannedAction, nth_business_day
@@ -306,7 +307,7 @@ def diagnose(kind: str, at: int, context: StallContext) -> tuple[str, dict[str, 
 
 
 def plan_interventions(episodes: Sequence[Episode], interventions: Sequence[Intervention],
-                       context: StallContext, version_track: str | None) -> list[PlannedAction]:
+                       context: StallContext, track: str | None) -> list[PlannedAction]:
     """The actions each opened episode starts, keyed by the episode so each fires once.
 
     An episode opening while another of the same diagnosis is still open starts nothing new:
@@ -320,7 +321,7 @@ def plan_interventions(episodes: Sequence[Episode], interventions: Sequence[Inte
                 continue
             if intervention.diagnosis and episode.diagnosis not in intervention.diagnosis:
                 continue
-            if not _where_holds(intervention.where, context.traits, version_track):
+            if not traits_match(intervention.where, context.traits, track):
                 continue
             for index, spec in enumerate(intervention.actions):
                 if spec.to == "ae" and not context.traits.get("ae"):
@@ -363,12 +364,3 @@ def _first_of_each_spell(episodes: Sequence[Episode]) -> list[Episode]:
         chosen.append(episode)
         open_until[diagnosis] = episode.closed_at
     return chosen
-
-
-def _where_holds(where: Mapping[str, Any], traits: Mapping[str, Any], track: str | None) -> bool:
-    for key, wanted in where.items():
-        value = track if key == "track" else traits.get(key)
-        options = wanted if isinstance(wanted, list) else [wanted]
-        if value not in options and str(value) not in [str(o) for o in options]:
-            return False
-    return True

@@ -116,14 +116,3 @@ def retracted_stalls(conn: sa.Connection) -> list[dict[str, Any]]:
              "evidence": msgspec.json.decode(r.evidence), "name": None, "tier": None,
              "owner": None, "arr": None, "days_stalled": 0,
              "next_step": "None: the events showed this stall was wrong."} for r in rows]
-
-
-def _number(value: Any) -> float | int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
