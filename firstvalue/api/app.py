@@ -214,15 +214,9 @@ def _actions(context: AppContext, account: str | None,
 
 
 def _stalls(context: AppContext, include_all: bool) -> list[dict[str, Any]]:
-    from firstvalue.runtime.stall_history import retracted_stalls, stall_queue
+    from firstvalue.runtime.stall_history import stall_queue_at
 
-    now = context.clock()
-    states = evaluate_accounts(context.database, context.playbook, now)
-    retracted = []
-    if include_all:
-        with context.database.engine.connect() as conn:
-            retracted = retracted_stalls(conn)
-    return stall_queue(states, retracted, now, include_closed=include_all)
+    return stall_queue_at(context.database, context.playbook, context.clock(), include_all)
 
 
 def _complete(context: AppContext, key: str) -> bool:

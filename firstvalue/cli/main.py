@@ -392,16 +392,9 @@ def stalls_command(obj: Context, include_all: bool, as_json: bool,
                    now_text: str | None) -> None:
     """The stall queue, riskiest first (tier, days stalled, ARR), with the next step."""
     from firstvalue.cli.views import show_stalls
-    from firstvalue.runtime.evaluation import evaluate_accounts
-    from firstvalue.runtime.stall_history import retracted_stalls, stall_queue
+    from firstvalue.runtime.stall_history import stall_queue_at
 
-    now = resolve_now(now_text)
-    states = evaluate_accounts(obj.database, obj.playbook, now)
-    retracted: list[dict[str, Any]] = []
-    if include_all:
-        with obj.database.engine.connect() as conn:
-            retracted = retracted_stalls(conn)
-    queue = stall_queue(states, retracted, now, include_closed=include_all)
+    queue = stall_queue_at(obj.database, obj.playbook, resolve_now(now_text), include_all)
     if as_json:
         print_json(queue)
     else:

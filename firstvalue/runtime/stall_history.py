@@ -116,3 +116,16 @@ def retracted_stalls(conn: sa.Connection) -> list[dict[str, Any]]:
              "evidence": msgspec.json.decode(r.evidence), "name": None, "tier": None,
              "owner": None, "arr": None, "days_stalled": 0,
              "next_step": "None: the events showed this stall was wrong."} for r in rows]
+
+
+def stall_queue_at(database: Any, playbook: Any, now: int,
+                   include_all: bool = False) -> list[dict[str, Any]]:
+    """The stall queue as `firstvalue stalls` and `GET /api/stalls` show it, at `now`."""
+    from firstvalue.runtime.evaluation import evaluate_accounts
+
+    states = evaluate_accounts(database, playbook, now)
+    retracted: list[dict[str, Any]] = []
+    if include_all:
+        with database.engine.connect() as conn:
+            retracted = retracted_stalls(conn)
+    return stall_queue(states, retracted, now, include_closed=include_all)
