@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
@@ -26,12 +27,18 @@ class SmtpSink:
 
     messages: list[email.message.Message] = field(default_factory=list)
     refuse: bool = False
+    hold_first: bool = False  # keep the first message's answer back until `release` is set
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         if self.refuse:
             return "451 try again later"
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         self.messages.append(parsed)
+        self.arrived.set()
+        while self.hold_first and len(self.messages) == 1 and not self.release.is_set():
+            await asyncio.sleep(0.05)
         return "250 OK"
 
 
@@ -46,6 +53,7 @@ class SmtpServer:
         return self
 
     def stop(self) -> None:
+        self.sink.release.set()
         self.controller.stop()
 
     @property

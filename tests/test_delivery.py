@@ -138,6 +138,33 @@ def test_a_dispatcher_killed_mid_delivery_redelivers_with_the_same_webhook_id(
     assert len(smtp.messages) == 1
 
 
+def test_an_email_in_flight_when_the_dispatcher_is_killed_comes_again_with_its_message_id(
+        sqlite_database, delivery_playbook, hook, smtp):
+    playbook, path = delivery_playbook
+    sign_up(sqlite_database, playbook)
+    smtp.sink.hold_first = True
+
+    # Given a dispatcher process killed while the SMTP server holds back its answer,
+    env = {**os.environ}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "firstvalue.cli.main", "--db", sqlite_database.url,
+         "--playbook", str(path), "dispatch", "--now", "2026-03-02T10:00:00Z"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert smtp.sink.arrived.wait(30), process.communicate()
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=10)
+    smtp.sink.release.set()
+
+    # when a new dispatcher runs after the lease,
+    Dispatcher(sqlite_database, playbook).run_once(T0 + (LEASE_SECONDS + 1) * SECOND)
+
+    # then the email comes again, under the Message-ID of the first attempt.
+    [email_row] = rows(sqlite_database, "kind = 'email'")
+    assert email_row["status"] == "sent"
+    ids = [m["Message-ID"] for m in smtp.messages]
+    assert ids == [message_id_for(email_row["key"])] * 2
+
+
 def test_an_email_sent_again_carries_the_same_message_id(sqlite_database, delivery_playbook,
                                                          hook, smtp):
     playbook, _ = delivery_playbook
