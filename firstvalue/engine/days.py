@@ -20,7 +20,8 @@ def zone(name: str) -> zoneinfo.ZoneInfo | None:
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _BUCKET = 900  # seconds: zones change their offset on quarter hours, if at all
-_OFFSETS: dict[tuple[str, int], int] = {}
+_OFFSETS: dict[str, dict[int, int]] = {}
+_MIDNIGHTS: dict[tuple[int, str], int] = {}
 
 
 def local_date(micros: int, tz: zoneinfo.ZoneInfo) -> date:
@@ -30,18 +31,21 @@ def local_date(micros: int, tz: zoneinfo.ZoneInfo) -> date:
     quarter hour, and only where it is the same at both ends of that quarter hour.
     """
     seconds = micros // 1_000_000
-    key = (tz.key, seconds // _BUCKET)
-    offset = _OFFSETS.get(key)
+    bucket = seconds // _BUCKET
+    offsets = _OFFSETS.get(tz.key)
+    if offsets is None:
+        offsets = _OFFSETS.setdefault(tz.key, {})
+    offset = offsets.get(bucket)
     if offset is None:
-        start = key[1] * _BUCKET
+        start = bucket * _BUCKET
         first = datetime.fromtimestamp(start, tz).utcoffset()
         last = datetime.fromtimestamp(start + _BUCKET - 1, tz).utcoffset()
         if first != last or first is None:
             return datetime.fromtimestamp(seconds, tz).date()
         offset = int(first.total_seconds())
-        if len(_OFFSETS) > 500_000:
-            _OFFSETS.clear()
-        _OFFSETS[key] = offset
+        if len(offsets) > 200_000:
+            offsets.clear()
+        offsets[bucket] = offset
     return date.fromordinal(_EPOCH_ORDINAL + (seconds + offset) // 86_400)
 
 
@@ -57,6 +61,18 @@ def next_local_midnight(micros: int, tz: zoneinfo.ZoneInfo) -> int:
 
 
 def start_of_local_day(day: date, tz: zoneinfo.ZoneInfo) -> int:
+    """The first instant of a local date (cached: the engine asks for the same few days of
+    the same few zones over and over)."""
+    key = (day.toordinal(), tz.key)
+    found = _MIDNIGHTS.get(key)
+    if found is None:
+        if len(_MIDNIGHTS) > 200_000:
+            _MIDNIGHTS.clear()
+        found = _MIDNIGHTS[key] = _first_instant(day, tz)
+    return found
+
+
+def _first_instant(day: date, tz: zoneinfo.ZoneInfo) -> int:
     # Midnight can fall in a daylight-saving gap (some zones switch at 00:00); fold=0 and a
     # round trip through UTC give the first instant that really exists on that date.
     moment = datetime.combine(day, time(0), tz)

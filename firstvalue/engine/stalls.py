@@ -22,6 +22,7 @@ from firstvalue.engine.rules import PlannedAction, nth_business_day
 from firstvalue.playbook.model import Intervention, Playbook, StallRule
 
 HOUR = 3_600_000_000
+DAY = 24 * HOUR
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class StallContext:
     known_at: int
     country: str | None = None
     run_key: str = "contract"
+    # The events of each set of meanings, merged and in time order: asked for again and again.
+    _by_meanings: dict[tuple[str, ...], list[EventFact]] = field(default_factory=dict,
+                                                                 repr=False)
 
 
 def detect_stalls(rules: Sequence[StallRule], context: StallContext) -> list[Episode]:
@@ -126,9 +130,23 @@ def _names(context: StallContext, meaning: str) -> list[str]:
 
 
 def _events(context: StallContext, *meanings: str) -> list[EventFact]:
-    found = [e for m in meanings for n in _names(context, m) for e in context.events.get(n, ())]
-    found.sort(key=lambda e: (e.ts, e.message_id))
+    """The events of these meanings in time order (shared: do not change the list)."""
+    found = context._by_meanings.get(meanings)
+    if found is not None:
+        return found
+    groups = [context.events[n] for m in meanings for n in _names(context, m)
+              if n in context.events]
+    if len(groups) == 1:
+        found = groups[0]  # each name's events come in time order already
+    else:
+        found = [e for group in groups for e in group]
+        found.sort(key=_order)
+    context._by_meanings[meanings] = found
     return found
+
+
+def _order(event: EventFact) -> tuple[int, str]:
+    return (event.ts, event.message_id)
 
 
 def _inactivity(rule: StallRule, context: StallContext) -> Iterator[tuple[Any, ...]]:
@@ -137,27 +155,36 @@ def _inactivity(rule: StallRule, context: StallContext) -> Iterator[tuple[Any, .
     tz, day0, k = context.tz, context.day0, rule.days or 1
     assert day0 is not None
     day0_start = start_of_local_day(day0, tz)
-    first_login: dict[date, EventFact] = {}
-    for login in _events(context, context.model.login):
-        if login.ts >= day0_start:
-            first_login.setdefault(local_date(login.ts, tz), login)
-    login_days = sorted(first_login)
+    logins = [e for e in _events(context, context.model.login) if e.ts >= day0_start]
+    close = _no_gap_within(k)
     today = local_date(context.now, tz)
-    gap_start = day0
-    for next_login_day in [*login_days, None]:
-        gap_end = (next_login_day - timedelta(days=1)) if next_login_day else today
+    gap_start, previous, previous_counted = day0, None, True
+    for login in [*logins, None]:
+        if login is not None and previous is not None and login.ts - previous < close:
+            previous, previous_counted = login.ts, False
+            continue
+        if not previous_counted and previous is not None:
+            gap_start = local_date(previous, tz) + timedelta(days=1)
+        login_day = local_date(login.ts, tz) if login is not None else None
+        gap_end = (login_day - timedelta(days=1)) if login_day else today
         opened_day = _kth_day(gap_start, gap_end, k, rule.business_days, context.country)
         if opened_day is not None:
             raised_on = (opened_day - day0).days  # the day whose end raises it
             if rule.within_days is None or raised_on <= rule.within_days - 1:
                 opened = start_of_local_day(opened_day + timedelta(days=1), tz)
-                closing = first_login.get(next_login_day) if next_login_day else None
-                yield (None, opened, closing.ts if closing else None,
+                yield (None, opened, login.ts if login else None,
                        {"days_without_login": k, "since": gap_start.isoformat(),
-                        "closed_by": closing.message_id if closing else None})
-        if next_login_day is None:
+                        "closed_by": login.message_id if login else None})
+        if login is None or login_day is None:
             break
-        gap_start = next_login_day + timedelta(days=1)
+        gap_start, previous, previous_counted = login_day + timedelta(days=1), login.ts, True
+
+
+def _no_gap_within(days: int) -> int:
+    """An elapsed time short enough that two instants that far apart cannot have `days` whole
+    local days between them, whatever the zone's offset did meanwhile (less than a day's
+    change, with room to spare): activity that close together needs no calendar work."""
+    return (days - 1) * DAY - 2 * HOUR
 
 
 def _kth_day(start: date, end: date, k: int, business: bool, country: str | None) -> date | None:
@@ -245,10 +272,16 @@ def _champion_silent(rule: StallRule, context: StallContext) -> Iterator[tuple[A
     activity = sorted(champion_activity(rule, context, champions),
                       key=lambda e: (e.ts, e.message_id))
     floor = start_of_local_day(day0, tz)
+    close = _no_gap_within(days + 1)
     reference, last_ref, position = day0, None, 0
     while True:
         opened = max(floor, start_of_local_day(reference + timedelta(days=days + 1), tz))
         if position < len(activity) and activity[position].ts < opened:
+            # Activity that follows the last too closely to leave a silence between them is
+            # taken in one step.
+            while (position + 1 < len(activity)
+                   and activity[position + 1].ts - activity[position].ts < close):
+                position += 1
             reference = local_date(activity[position].ts, tz)
             last_ref = activity[position].message_id
             position += 1
