@@ -8,6 +8,7 @@ same moment insert one row between them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -33,31 +34,52 @@ def existing_actions(conn: sa.Connection,
     return found
 
 
-def reconcile(conn: sa.Connection, account_id: str, planned: Sequence[PlannedAction],
+@dataclass
+class OutboxChanges:
+    """Outbox writes gathered over many accounts, applied in one statement each."""
+
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    cancels: list[dict[str, Any]] = field(default_factory=list)
+    resolutions: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, conn: sa.Connection) -> None:
+        if self.inserts:
+            conn.execute(_INSERT_ACTION, self.inserts)
+        if self.cancels:
+            conn.execute(sa.text(
+                "UPDATE actions SET status = 'cancelled', reason = :reason, resolved_at = :now, "
+                "next_attempt_at = NULL WHERE key = :key AND status IN ('pending', 'failed')"),
+                self.cancels)
+        if self.resolutions:
+            conn.execute(sa.text("UPDATE actions SET resolved_at = :now WHERE key = :key"),
+                         self.resolutions)
+        self.inserts, self.cancels, self.resolutions = [], [], []
+
+
+_INSERT_ACTION = sa.text(
+    "INSERT INTO actions (key, account_id, run, rule, kind, recipient, contact, template, "
+    "status, due_at, not_before, next_attempt_at, created_at, reason, facts, "
+    "playbook_version) VALUES (:key, :account_id, :run, :rule, :kind, :recipient, "
+    ":contact, :template, :status, :due_at, :not_before, :next_attempt_at, :now, :reason, "
+    ":facts, :version) ON CONFLICT (key) DO NOTHING")
+
+
+def reconcile(changes: OutboxChanges, account_id: str, planned: Sequence[PlannedAction],
               playbook_version: str, late_limit_hours: int, now: int,
-              existing: dict[str, Any] | None = None) -> int:
-    """Bring the account's outbox rows in line with what the playbook asks for at `now`.
+              existing: dict[str, Any]) -> int:
+    """Bring the account's outbox rows (`existing`) in line with what the playbook asks for
+    at `now`, adding the writes to `changes`.
 
     New due actions are inserted (pending, or suppressed as `backfill` when the fact that made
     them due arrived past the late limit); pending rows the plan no longer holds are cancelled
     with the reason; sent alerts whose condition has cleared are marked resolved. Returns the
-    number of rows inserted.
+    number of rows to insert.
     """
-    if existing is None:
-        existing = existing_actions(conn, [account_id]).get(account_id, {})
     wanted = {action.key: action for action in planned}
     inserts = [_new_row(action, account_id, playbook_version, late_limit_hours, now)
                for key, action in wanted.items() if key not in existing]
-    if inserts:
-        conn.execute(sa.text(
-            "INSERT INTO actions (key, account_id, run, rule, kind, recipient, contact, template, "
-            "status, due_at, not_before, next_attempt_at, created_at, reason, facts, "
-            "playbook_version) VALUES (:key, :account_id, :run, :rule, :kind, :recipient, "
-            ":contact, :template, :status, :due_at, :not_before, :next_attempt_at, :now, :reason, "
-            ":facts, :version) ON CONFLICT (key) DO NOTHING"), inserts)
+    changes.inserts += inserts
 
-    cancels = []
-    resolutions = []
     for key, row in existing.items():
         action = wanted.get(key)
         if row.status in ("pending", "failed") and (action is None
@@ -65,17 +87,10 @@ def reconcile(conn: sa.Connection, account_id: str, planned: Sequence[PlannedAct
             reason = action.reason if action else (
                 "cancelled: the rule no longer applies (its condition now holds, or the "
                 "account's track or the playbook changed)")
-            cancels.append({"key": key, "reason": reason, "now": now})
+            changes.cancels.append({"key": key, "reason": reason, "now": now})
         elif row.status == "sent" and action is not None and action.cleared \
                 and row.resolved_at is None:
-            resolutions.append({"key": key, "now": now})
-    if cancels:
-        conn.execute(sa.text("UPDATE actions SET status = 'cancelled', reason = :reason, "
-                             "resolved_at = :now, next_attempt_at = NULL WHERE key = :key "
-                             "AND status IN ('pending', 'failed')"), cancels)
-    if resolutions:
-        conn.execute(sa.text("UPDATE actions SET resolved_at = :now WHERE key = :key"),
-                     resolutions)
+            changes.resolutions.append({"key": key, "now": now})
     return len(inserts)
 
 

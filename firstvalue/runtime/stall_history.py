@@ -9,6 +9,7 @@ a late login dated before the stall shows the stall was wrong. History only grow
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -29,41 +30,56 @@ def recorded_stalls(conn: sa.Connection,
     return found
 
 
-def record_stalls(conn: sa.Connection, account_id: str, run: int | None,
+@dataclass
+class StallChanges:
+    """Stall history writes gathered over many accounts, applied in one statement each."""
+
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    closes: list[dict[str, Any]] = field(default_factory=list)
+    retractions: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, conn: sa.Connection) -> None:
+        if self.inserts:
+            conn.execute(sa.text(
+                "INSERT INTO stalls (account_id, run, identity, rule, kind, milestone, "
+                "diagnosis, opened_at, closed_at, status, evidence, recorded_at) VALUES (:a, "
+                ":run, :identity, :rule, :kind, :milestone, :diagnosis, :opened, :closed, "
+                ":status, :evidence, :now) ON CONFLICT (account_id, run, identity) DO NOTHING"),
+                self.inserts)
+        if self.closes:
+            conn.execute(sa.text(
+                "UPDATE stalls SET status = :status, closed_at = :closed WHERE account_id = :a "
+                "AND run = :run AND identity = :identity"), self.closes)
+        if self.retractions:
+            conn.execute(sa.text(
+                "UPDATE stalls SET status = 'retracted', retracted_at = :now WHERE "
+                "account_id = :a AND run = :run AND identity = :identity"), self.retractions)
+        self.inserts, self.closes, self.retractions = [], [], []
+
+
+def record_stalls(changes: StallChanges, account_id: str, run: int | None,
                   episodes: Sequence[Episode], recorded: dict[tuple[int, str], Any],
                   now: int) -> None:
+    """Compare the episodes with the recorded ones, adding the writes to `changes`."""
     current = {(run, e.identity): e for e in episodes} if run is not None else {}
-    inserts, closes, retractions = [], [], []
     for key, episode in current.items():
         row = recorded.get(key)
         status = "open" if episode.closed_at is None else "closed"
         if row is None:
-            inserts.append({"a": account_id, "run": key[0], "identity": episode.identity,
-                            "rule": episode.rule, "kind": episode.kind,
-                            "milestone": episode.milestone, "diagnosis": episode.diagnosis,
-                            "opened": episode.opened_at, "closed": episode.closed_at,
-                            "status": status, "evidence": _encode(episode.evidence).decode(),
-                            "now": now})
+            changes.inserts.append({
+                "a": account_id, "run": key[0], "identity": episode.identity,
+                "rule": episode.rule, "kind": episode.kind, "milestone": episode.milestone,
+                "diagnosis": episode.diagnosis, "opened": episode.opened_at,
+                "closed": episode.closed_at, "status": status,
+                "evidence": _encode(episode.evidence).decode(), "now": now})
         elif row.status != status or row.closed_at != episode.closed_at:
-            closes.append({"a": account_id, "run": key[0], "identity": episode.identity,
-                           "status": status, "closed": episode.closed_at})
+            changes.closes.append({"a": account_id, "run": key[0],
+                                   "identity": episode.identity, "status": status,
+                                   "closed": episode.closed_at})
     for key, row in recorded.items():
         if key not in current and row.status != "retracted":
-            retractions.append({"a": account_id, "run": key[0], "identity": key[1], "now": now})
-    if inserts:
-        conn.execute(sa.text(
-            "INSERT INTO stalls (account_id, run, identity, rule, kind, milestone, diagnosis, "
-            "opened_at, closed_at, status, evidence, recorded_at) VALUES (:a, :run, :identity, "
-            ":rule, :kind, :milestone, :diagnosis, :opened, :closed, :status, :evidence, :now) "
-            "ON CONFLICT (account_id, run, identity) DO NOTHING"), inserts)
-    if closes:
-        conn.execute(sa.text("UPDATE stalls SET status = :status, closed_at = :closed "
-                             "WHERE account_id = :a AND run = :run AND identity = :identity"),
-                     closes)
-    if retractions:
-        conn.execute(sa.text(
-            "UPDATE stalls SET status = 'retracted', retracted_at = :now WHERE account_id = :a "
-            "AND run = :run AND identity = :identity"), retractions)
+            changes.retractions.append({"a": account_id, "run": key[0], "identity": key[1],
+                                        "now": now})
 
 
 NEXT_STEPS = {
