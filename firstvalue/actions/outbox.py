@@ -15,6 +15,7 @@ import msgspec
 import sqlalchemy as sa
 
 from firstvalue.engine.rules import PlannedAction
+from firstvalue.store.database import execute_many
 
 _encode = msgspec.json.encode
 HOUR = 3_600_000_000
@@ -44,19 +45,19 @@ class OutboxChanges:
 
     def apply(self, conn: sa.Connection) -> None:
         if self.inserts:
-            conn.execute(_INSERT_ACTION, self.inserts)
+            execute_many(conn, _INSERT_ACTION, self.inserts)
         if self.cancels:
-            conn.execute(sa.text(
+            execute_many(conn, (
                 "UPDATE actions SET status = 'cancelled', reason = :reason, resolved_at = :now, "
                 "next_attempt_at = NULL WHERE key = :key AND status IN ('pending', 'failed')"),
                 self.cancels)
         if self.resolutions:
-            conn.execute(sa.text("UPDATE actions SET resolved_at = :now WHERE key = :key"),
+            execute_many(conn, "UPDATE actions SET resolved_at = :now WHERE key = :key",
                          self.resolutions)
         self.inserts, self.cancels, self.resolutions = [], [], []
 
 
-_INSERT_ACTION = sa.text(
+_INSERT_ACTION = (
     "INSERT INTO actions (key, account_id, run, rule, kind, recipient, contact, template, "
     "status, due_at, not_before, next_attempt_at, created_at, reason, facts, "
     "playbook_version) VALUES (:key, :account_id, :run, :rule, :kind, :recipient, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from functools import lru_cache
 
 from firstvalue.clock import from_micros, to_micros
@@ -30,7 +30,15 @@ def local_date(micros: int, tz: zoneinfo.ZoneInfo) -> date:
     The engine asks this hundreds of times an evaluation, so the zone's offset is cached per
     quarter hour, and only where it is the same at both ends of that quarter hour.
     """
-    seconds = micros // 1_000_000
+    offset = _offset(micros // 1_000_000, tz)
+    if offset is None:
+        return datetime.fromtimestamp(micros // 1_000_000, tz).date()
+    return date.fromordinal(_EPOCH_ORDINAL + (micros // 1_000_000 + offset) // 86_400)
+
+
+def _offset(seconds: int, tz: zoneinfo.ZoneInfo) -> int | None:
+    """The zone's UTC offset in seconds at an instant, or None in the quarter hour of a
+    change (where the caller asks the zone itself)."""
     bucket = seconds // _BUCKET
     offsets = _OFFSETS.get(tz.key)
     if offsets is None:
@@ -41,12 +49,12 @@ def local_date(micros: int, tz: zoneinfo.ZoneInfo) -> date:
         first = datetime.fromtimestamp(start, tz).utcoffset()
         last = datetime.fromtimestamp(start + _BUCKET - 1, tz).utcoffset()
         if first != last or first is None:
-            return datetime.fromtimestamp(seconds, tz).date()
+            return None
         offset = int(first.total_seconds())
         if len(offsets) > 200_000:
             offsets.clear()
         offsets[bucket] = offset
-    return date.fromordinal(_EPOCH_ORDINAL + (seconds + offset) // 86_400)
+    return offset
 
 
 def days_between(start: date, end: date) -> int:
@@ -83,4 +91,18 @@ def _first_instant(day: date, tz: zoneinfo.ZoneInfo) -> int:
 
 
 def local_isoformat(micros: int, tz: zoneinfo.ZoneInfo) -> str:
-    return from_micros(micros).astimezone(tz).isoformat()
+    """The instant as local ISO 8601 with its offset, as `datetime.isoformat` writes it."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    offset = _offset(seconds, tz)
+    if offset is None:
+        return from_micros(micros).astimezone(tz).isoformat()
+    wall = _EPOCH_NAIVE + timedelta(seconds=seconds + offset, microseconds=fraction)
+    suffix = _SUFFIXES.get(offset)
+    if suffix is None:
+        suffix = _SUFFIXES[offset] = datetime(
+            2000, 1, 1, tzinfo=timezone(timedelta(seconds=offset))).isoformat()[19:]
+    return wall.isoformat() + suffix
+
+
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+_SUFFIXES: dict[int, str] = {}

@@ -16,6 +16,7 @@ import msgspec
 import sqlalchemy as sa
 
 from firstvalue.engine.stalls import Episode
+from firstvalue.store.database import execute_many
 from firstvalue.store.events import select_in
 
 _encode = msgspec.json.encode
@@ -40,18 +41,18 @@ class StallChanges:
 
     def apply(self, conn: sa.Connection) -> None:
         if self.inserts:
-            conn.execute(sa.text(
+            execute_many(conn, (
                 "INSERT INTO stalls (account_id, run, identity, rule, kind, milestone, "
                 "diagnosis, opened_at, closed_at, status, evidence, recorded_at) VALUES (:a, "
                 ":run, :identity, :rule, :kind, :milestone, :diagnosis, :opened, :closed, "
                 ":status, :evidence, :now) ON CONFLICT (account_id, run, identity) DO NOTHING"),
                 self.inserts)
         if self.closes:
-            conn.execute(sa.text(
+            execute_many(conn, (
                 "UPDATE stalls SET status = :status, closed_at = :closed WHERE account_id = :a "
                 "AND run = :run AND identity = :identity"), self.closes)
         if self.retractions:
-            conn.execute(sa.text(
+            execute_many(conn, (
                 "UPDATE stalls SET status = 'retracted', retracted_at = :now WHERE "
                 "account_id = :a AND run = :run AND identity = :identity"), self.retractions)
         self.inserts, self.closes, self.retractions = [], [], []
