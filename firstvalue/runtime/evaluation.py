@@ -230,7 +230,8 @@ def sweep_held_events(conn: sa.Connection, now: int) -> int:
     """Attach held events whose account became known through another writer meanwhile."""
     waiting = conn.execute(sa.text(
         "SELECT DISTINCT e.group_id FROM events e JOIN accounts a ON a.id = e.group_id "
-        "WHERE e.account_id IS NULL AND e.type = 'track'")).scalars().all()
+        "WHERE e.account_id IS NULL AND e.group_id IS NOT NULL AND e.type = 'track'"
+    )).scalars().all()
     attached = event_store.attach_held_events(conn, waiting, now)
     event_store.mark_changed(conn, attached)
     return len(attached)
