@@ -91,7 +91,21 @@ def _first_instant(day: date, tz: zoneinfo.ZoneInfo) -> int:
 
 
 def local_isoformat(micros: int, tz: zoneinfo.ZoneInfo) -> str:
-    """The instant as local ISO 8601 with its offset, as `datetime.isoformat` writes it."""
+    """The instant as local ISO 8601 with its offset, as `datetime.isoformat` writes it.
+
+    Cached: an evaluation writes the same few instants (window openings, midnights, its
+    events' times) into facts, reasons and the stored state several times over.
+    """
+    key = (micros, tz.key)
+    text = _ISO_TEXTS.get(key)
+    if text is None:
+        if len(_ISO_TEXTS) > 100_000:
+            _ISO_TEXTS.clear()
+        text = _ISO_TEXTS[key] = _isoformat(micros, tz)
+    return text
+
+
+def _isoformat(micros: int, tz: zoneinfo.ZoneInfo) -> str:
     seconds, fraction = divmod(micros, 1_000_000)
     offset = _offset(seconds, tz)
     if offset is None:
@@ -106,3 +120,4 @@ def local_isoformat(micros: int, tz: zoneinfo.ZoneInfo) -> str:
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _SUFFIXES: dict[int, str] = {}
+_ISO_TEXTS: dict[tuple[int, str], str] = {}
