@@ -44,6 +44,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Signing secret of outbound webhooks (whsec_...; a secret)."),
     Setting("team_lead", "FIRSTVALUE_TEAM_LEAD", None,
             "Who gets tasks addressed to the manager when an account names none."),
+    Setting("team_queue", "FIRSTVALUE_TEAM_QUEUE", None,
+            "The shared inbox for self-serve accounts' escalations and for an away owner's "
+            "tasks and alerts when no cover is in."),
     Setting("max_attempts", "FIRSTVALUE_MAX_ATTEMPTS", "10",
             "Delivery attempts before an action is parked as dead."),
 )

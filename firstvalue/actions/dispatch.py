@@ -27,6 +27,7 @@ from firstvalue.clock import isoformat
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.days import start_of_local_day, zone
 from firstvalue.engine.rules import next_window_opening, window_opening
+from firstvalue.runtime.routing import load_team, stand_in
 from firstvalue.settings import get_int_setting, get_setting
 from firstvalue.store.database import Database
 from firstvalue.store.traits import plain_traits
@@ -39,8 +40,11 @@ SECOND = 1_000_000
 LEASE_SECONDS = 600
 LATE_AFTER = 15 * 60 * SECOND
 CUSTOMER_FACING = ("champion", "actor", None)
-ADDRESS_SOURCES = {"owner": "the account's `owner_email` or `owner` trait",
+ADDRESS_SOURCES = {"owner": "the account's `owner_email` or `owner` trait (set by routing "
+                            "from the roster), or FIRSTVALUE_TEAM_QUEUE while the owner is away "
+                            "or for a self-serve account",
                    "manager": "the account's `manager` trait or FIRSTVALUE_TEAM_LEAD",
+                   "team_lead": "FIRSTVALUE_TEAM_LEAD or the roster's team lead",
                    "ae": "the account's `ae_email` or `ae` trait"}
 BATCH = 20
 _decode = msgspec.json.decode
@@ -124,8 +128,8 @@ class Dispatcher:
     def _dispatch(self, row: dict[str, Any], now: int, result: DispatchResult) -> None:
         context = self._contexts.get(row["account_id"])
         if context is None:
-            context = self._contexts[row["account_id"]] = _load_context(self.database,
-                                                                        row["account_id"])
+            context = self._contexts[row["account_id"]] = _load_context(
+                self.database, row["account_id"], now)
         tz = zone(context["timezone"]) or zoneinfo.ZoneInfo("UTC")
         kind = row["kind"]
         if kind == "slack" and not self.slack_is_set_up():
@@ -155,7 +159,8 @@ class Dispatcher:
         contact = _recipient_id(row, context) if row["recipient"] in CUSTOMER_FACING \
             else row["contact"]
         self._update(row, status="sent", sent_at=now, late=int(late), error=None,
-                     contact=contact,
+                     contact=contact, assignee=None if row["recipient"] in CUSTOMER_FACING
+                     else outgoing.address,
                      next_attempt_at=None, subject=outgoing.subject, body=outgoing.body,
                      attempts=row["attempts"] + 1)
         log.info("Action %s was delivered (%s).", row["key"], kind)
@@ -190,7 +195,9 @@ class Dispatcher:
         template = templates.get(row["template"] or "")
         variables = _variables(row, context, track.track.kickoff if track else True)
         subject = render(template.subject, variables) if template and template.subject else None
-        body = render(template.body, variables) if template else ""
+        # An internal alert without a template of its own (routing's) says why it was sent.
+        body = render(template.body, variables) if template else (
+            row["reason"] if row["recipient"] == "team_lead" else "")
         # PostgreSQL text holds no NUL, and a header no line break: neither may come from data.
         body = body.replace("\x00", "")
         if subject is not None:
@@ -199,7 +206,8 @@ class Dispatcher:
         payload = {"key": row["key"], "account_id": row["account_id"], "rule": row["rule"],
                    "kind": row["kind"], "due_at": isoformat(row["due_at"]), "subject": subject,
                    "body": body, "reason": row["reason"]}
-        internal = row["recipient"] in ("owner", "manager", "ae") or row["kind"] == "slack"
+        internal = row["recipient"] in ("owner", "manager", "ae", "team_lead") \
+            or row["kind"] == "slack"
         source = ADDRESS_SOURCES.get("owner" if row["kind"] == "slack" else row["recipient"],
                                      "the contact's `email` trait")
         return Outgoing(row["key"], kind, address, subject, body, payload, internal, source)
@@ -274,7 +282,7 @@ class Dispatcher:
                         "on it; its outcome here is not recorded.", row["key"])
 
 
-def _load_context(database: Database, account_id: str) -> dict[str, Any]:
+def _load_context(database: Database, account_id: str, now: int) -> dict[str, Any]:
     with database.engine.connect() as conn:
         account = conn.execute(sa.text("SELECT traits, state FROM accounts WHERE id = :a"),
                                {"a": account_id}).one()
@@ -282,11 +290,34 @@ def _load_context(database: Database, account_id: str) -> dict[str, Any]:
             "SELECT DISTINCT c.user_id, c.traits FROM memberships m JOIN contacts c "
             "ON c.user_id = m.user_id WHERE m.account_id = :a ORDER BY c.user_id"),
             {"a": account_id}).all()
+        assignment = conn.execute(sa.text(
+            "SELECT status FROM assignments WHERE account_id = :a"), {"a": account_id}).scalar()
+        team = {m.handle: m for m in load_team(conn)}
     traits = plain_traits(_decode(account[0]))
     state = _decode(account[1]) if account[1] else {}
     return {"id": account_id, "traits": traits, "state": state,
             "timezone": state.get("timezone") or traits.get("timezone") or "UTC",
-            "contacts": {user: plain_traits(_decode(t)) for user, t in contacts}}
+            "contacts": {user: plain_traits(_decode(t)) for user, t in contacts},
+            "owner_address": _owner_address(traits, team, assignment, now),
+            "team_lead": get_setting("team_lead") or next(
+                (m.email for m in team.values() if m.role == "team_lead"), None)}
+
+
+def _owner_address(traits: dict[str, Any], team: dict[str, Any], assignment: str | None,
+                   now: int) -> str | None:
+    """Where the owner's tasks and alerts go now: the owner; their cover, or the team queue,
+    while they are away; the team queue for a self-serve account, which has no owner."""
+    owner = traits.get("owner_email") or traits.get("owner")
+    member = team.get(str(traits.get("owner"))) or next(
+        (m for m in team.values() if m.email == owner), None)
+    if member is not None and member.is_away(now):
+        cover = stand_in(team, member, now)
+        return cover.email if cover is not None else get_setting("team_queue")
+    if owner is None and assignment == "self_serve":
+        return get_setting("team_queue")
+    if member is not None:
+        return member.email
+    return owner if isinstance(owner, str) and "@" in owner else None
 
 
 def _recipient_id(row: dict[str, Any], context: dict[str, Any]) -> str | None:
@@ -301,10 +332,11 @@ def _address(row: dict[str, Any], context: dict[str, Any]) -> str | None:
     traits = context["traits"]
     recipient = row["recipient"]
     if recipient == "owner" or row["kind"] == "slack":
-        owner = traits.get("owner_email") or traits.get("owner")
-        return owner if isinstance(owner, str) and "@" in owner else None
+        return context["owner_address"]
     if recipient == "manager":
-        return traits.get("manager") or get_setting("team_lead")
+        return traits.get("manager") or context["team_lead"]
+    if recipient == "team_lead":
+        return context["team_lead"]
     if recipient in ("queue", "account"):
         return None  # no one's inbox: such actions are tasks and flags, not emails
     if recipient == "ae":

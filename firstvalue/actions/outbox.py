@@ -29,8 +29,10 @@ def existing_actions(conn: sa.Connection,
     from firstvalue.store.events import select_in
 
     found: dict[str, dict[str, Any]] = {}
+    # Routing's alerts are not the engine's to reconcile: its plan never holds them.
     for row in select_in(conn, "SELECT account_id, key, status, resolved_at FROM actions "
-                               "WHERE account_id IN :ids", account_ids):
+                               "WHERE account_id IN :ids AND rule NOT LIKE 'routing.%'",
+                         account_ids):
         found.setdefault(row.account_id, {})[row.key] = row
     return found
 

@@ -184,6 +184,26 @@ def create_app(database: Database, playbook: CompiledPlaybook,
                               f"no unacknowledged in-app message {key!r} for {user_id!r}")
         return json_response({"key": key, "acknowledged": True})
 
+    @app.get("/api/team")
+    async def team_endpoint(request: Request) -> Response:
+        await _authenticate_api(request, context)
+        return json_response({"team": await run_in_threadpool(_team, context)})
+
+    @app.put("/api/team/{handle}")
+    async def put_team_member(handle: str, request: Request) -> Response:
+        principal = await _authenticate_api(request, context)
+        if principal.role != "admin":
+            raise HTTPProblem(403, "forbidden", f"a {principal.role} token cannot change the "
+                              "roster; that takes an admin token")
+        member = _member_from(await request.body())
+        await run_in_threadpool(_save_member, context, handle, member)
+        return json_response({"team": await run_in_threadpool(_team, context)})
+
+    @app.get("/api/assignments")
+    async def assignments_endpoint(request: Request) -> Response:
+        await _authenticate_api(request, context)
+        return json_response({"assignments": await run_in_threadpool(_assignments, context)})
+
     # `path`: a groupId may hold a slash ("org/42"), which arrives decoded in the path.
     @app.get("/api/accounts/{account_id:path}")
     async def get_account(account_id: str, request: Request) -> Response:
@@ -194,6 +214,59 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         return json_response(view)
 
     return app
+
+
+class TeamMember(msgspec.Struct, forbid_unknown_fields=True):
+    email: str
+    role: str = "csm"
+    capacity: int = 0
+    timezone: str = "UTC"
+    name: str | None = None
+    away_from: str | None = None
+    away_until: str | None = None
+    cover: str | None = None
+
+
+def _member_from(body: bytes) -> TeamMember:
+    try:
+        return msgspec.json.decode(body, type=TeamMember)
+    except msgspec.DecodeError as exc:
+        raise HTTPProblem(400, "invalid_member",
+                          f"{exc}; send a JSON object with email, role (csm, "
+                          "implementation_manager or team_lead), capacity, timezone and "
+                          "optionally name, away_from, away_until (ISO times) and cover") from None
+
+
+def _save_member(context: AppContext, handle: str, member: TeamMember) -> None:
+    from firstvalue.clock import parse_instant
+    from firstvalue.errors import ConfigError
+    from firstvalue.runtime.routing import save_member, set_away
+
+    try:
+        start = to_micros(parse_instant(member.away_from, "away_from")) \
+            if member.away_from else None
+        end = to_micros(parse_instant(member.away_until, "away_until")) \
+            if member.away_until else None
+        with context.database.write() as conn:
+            save_member(conn, handle, member.email, member.role, member.capacity,
+                        member.timezone, member.name, context.clock())
+            set_away(conn, handle, start, end, member.cover)
+    except ConfigError as exc:
+        raise HTTPProblem(400, "invalid_member", str(exc)) from None
+
+
+def _team(context: AppContext) -> list[dict[str, Any]]:
+    from firstvalue.runtime.routing import team_json
+
+    with context.database.engine.connect() as conn:
+        return team_json(conn, context.clock())
+
+
+def _assignments(context: AppContext) -> list[dict[str, Any]]:
+    from firstvalue.runtime.routing import assignment_json
+
+    with context.database.engine.connect() as conn:
+        return assignment_json(conn)
 
 
 def _account_view(context: AppContext, account_id: str) -> dict[str, Any] | None:

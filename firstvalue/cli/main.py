@@ -419,6 +419,86 @@ def held_command(obj: Context, as_json: bool, now_text: str | None) -> None:
         click.echo(f"{row['waiting_for']}: {row['events']} event(s) held since {row['since']}")
 
 
+@cli.group("team")
+def team_group() -> None:
+    """The team roster that tier routing assigns accounts to."""
+
+
+@team_group.command("add")
+@click.argument("handle")
+@click.option("--email", required=True, help="Where their tasks and alerts go.")
+@click.option("--role", type=click.Choice(["csm", "implementation_manager", "team_lead"]),
+              default="csm", show_default=True)
+@click.option("--capacity", type=int, default=0, show_default=True,
+              help="Accounts they can onboard at once.")
+@click.option("--timezone", default="UTC", show_default=True, help="IANA zone they work in.")
+@click.option("--name", default=None)
+@click.pass_obj
+def team_add(obj: Context, handle: str, email: str, role: str, capacity: int, timezone: str,
+             name: str | None) -> None:
+    """Add a member to the roster, or change one."""
+    from firstvalue.runtime.routing import save_member
+
+    with obj.database.write() as conn:
+        save_member(conn, handle, email, role, capacity, timezone, name,
+                    to_micros(system_now()))
+    click.echo(f"{handle} is on the roster ({role}, capacity {capacity}, {timezone}).")
+
+
+@team_group.command("away")
+@click.argument("handle")
+@click.option("--from", "from_text", metavar="ISO", help="Away from (default: now).")
+@click.option("--until", "until_text", metavar="ISO", help="Back at (default: until `back`).")
+@click.option("--cover", default=None, help="Who takes their new tasks and alerts meanwhile.")
+@now_option
+@click.pass_obj
+def team_away(obj: Context, handle: str, from_text: str | None, until_text: str | None,
+              cover: str | None, now_text: str | None) -> None:
+    """Mark a member out of office: they take no new accounts, and their new tasks and alerts
+    go to the cover (or the team queue) until they are back."""
+    from firstvalue.runtime.routing import set_away
+
+    start = to_micros(parse_instant(from_text, "--from")) if from_text else resolve_now(now_text)
+    end = to_micros(parse_instant(until_text, "--until")) if until_text else None
+    with obj.database.write() as conn:
+        set_away(conn, handle, start, end, cover)
+    click.echo(f"{handle} is away" + (f", covered by {cover}" if cover else
+                                      ", their tasks go to the team queue") + ".")
+
+
+@team_group.command("back")
+@click.argument("handle")
+@click.pass_obj
+def team_back(obj: Context, handle: str) -> None:
+    """Mark a member back in office."""
+    from firstvalue.runtime.routing import set_away
+
+    with obj.database.write() as conn:
+        set_away(conn, handle, None, None, None)
+    click.echo(f"{handle} is back.")
+
+
+@team_group.command("list")
+@json_option
+@now_option
+@click.pass_obj
+def team_list(obj: Context, as_json: bool, now_text: str | None) -> None:
+    """The roster with each member's load, capacity and whether they are away."""
+    from firstvalue.runtime.routing import team_json
+
+    with obj.database.engine.connect() as conn:
+        members = team_json(conn, resolve_now(now_text))
+    if as_json:
+        print_json(members)
+        return
+    if not members:
+        click.echo("The roster is empty; add members with `firstvalue team add`.")
+    for m in members:
+        away = f", away (cover: {m['cover'] or 'team queue'})" if m["away"] else ""
+        click.echo(f"{m['handle']}: {m['role']}, {m['load']}/{m['capacity']} accounts, "
+                   f"{m['timezone']}{away}")
+
+
 def main() -> None:
     cli()
 

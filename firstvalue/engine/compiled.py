@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from firstvalue.engine.conditions import Detector, compile_condition
+from firstvalue.engine.conditions import Detector, compile_condition, traits_fit
 from firstvalue.playbook.loader import LoadedPlaybook
 from firstvalue.playbook.model import Rule, Template, Track
 
@@ -52,12 +52,27 @@ class CompiledPlaybook:
         return (self.contract_names | self.restart_names | self.kickoff_completed_names
                 | self.kickoff_scheduled_names)
 
+    def choose_tier(self, traits: Mapping[str, Any]) -> int | None:
+        """The tier from the playbook's tier rules (first match wins), else the `tier` trait
+        (shared/DESIGN.md "Accounts, runs and anchors")."""
+        for rule in self.loaded.model.tiers:
+            if traits_fit(rule.where, traits):
+                return rule.tier
+        return tier_trait(traits.get("tier"))
+
     def choose_track(self, traits: dict[str, Any]) -> CompiledTrack | None:
         """The first track whose `match` fits the traits (shared/DESIGN.md: first match wins)."""
         for compiled in self.tracks:
             if traits_match(compiled.track.match, traits):
                 return compiled
         return self.default_track
+
+
+def tier_trait(value: Any) -> int | None:
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def traits_match(match: Mapping[str, Any], traits: Mapping[str, Any],

@@ -160,6 +160,12 @@ def _all_hold(tests: list[tuple[list[str], Predicate]], document: Mapping[str, A
     return all(test(_lookup(document, path)) for path, test in tests)
 
 
+def traits_fit(where: Mapping[str, Any], traits: Mapping[str, Any]) -> bool:
+    """Whether the traits hold every test of `where` (a value, a list of values, or an
+    operator filter), as property filters are judged."""
+    return all(_predicate(test)(traits.get(key, _MISSING)) for key, test in where.items())
+
+
 def _lookup(document: Any, path: list[str]) -> Any:
     for part in path:
         if not isinstance(document, Mapping) or part not in document:

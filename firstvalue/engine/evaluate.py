@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import zoneinfo
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, timedelta
 from typing import Any
 
 from firstvalue.engine.anchors import Kickoff, Run, find_kickoff, find_runs
 from firstvalue.engine.compiled import CompiledPlaybook, CompiledTrack
-from firstvalue.engine.days import days_between, local_date, local_isoformat, next_local_midnight
+from firstvalue.engine.days import (
+    days_between,
+    local_date,
+    local_isoformat,
+    next_local_midnight,
+    start_of_local_day,
+)
 from firstvalue.engine.days import zone as find_zone
 from firstvalue.engine.facts import AccountFacts, EventFact
 from firstvalue.engine.rules import PlannedAction, RuleContext, RulePlan, plan_rules
@@ -133,10 +139,11 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     arrivals = _arrivals(playbook, run, events, stamped)
     plan = _plan(facts, playbook, compiled_track, traits, tz, run, kickoff, has_kickoff, day0,
                  events, completions, arrivals, now)
-    episodes, interventions = _stalls(facts, playbook, compiled_track, traits, tz, run, day0,
-                                      events, completions, arrivals, now)
     run_info = _run_json(run, track, day, current, tz)
     finished = run_info is not None and run_info["status"] != "active"
+    finished_at = _finished_at(track, day0, current, completions, tz) if finished else None
+    episodes, interventions = _stalls(facts, playbook, compiled_track, traits, tz, run, day0,
+                                      events, completions, arrivals, now, finished_at)
     wakes = [w for w in (_next_wake(now, kickoff, day, tz, finished), plan.next_due_at,
                          min(future_starts, default=None)) if w is not None]
     wake = min(wakes) if wakes else None
@@ -145,7 +152,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         id=facts.account_id,
         name=_text(traits.get("name")),
         segment=_text(traits.get("segment")),
-        tier=_tier(traits.get("tier")),
+        tier=playbook.choose_tier(traits),
         track=track.key if track else None,
         timezone=tz_name,
         timezone_is_default=tz_default,
@@ -176,10 +183,19 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
 def _stalls(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrack | None,
             traits: dict[str, Any], tz: zoneinfo.ZoneInfo, run: Run | None, day0: date | None,
             events: dict[str, list[EventFact]], completions: dict[str, EventFact],
-            arrivals: dict[str, int], now: int) -> tuple[list[Episode], list[PlannedAction]]:
+            arrivals: dict[str, int], now: int,
+            finished_at: int | None) -> tuple[list[Episode], list[PlannedAction]]:
+    """The run's stalls, and the interventions they start.
+
+    Stalls belong to onboarding: once the run has finished (every milestone done, or past its
+    end day), none opens, and those still open close at the finish. This also keeps a
+    finished run's stored state true without waking it every day.
+    """
     model = playbook.loaded.model
     if track is None or run is None or not model.stalls or day0 is None:
         return [], []
+    if finished_at is not None:
+        now = min(now, finished_at)
     context = StallContext(
         account_id=facts.account_id, traits=traits, tz=tz, day0=day0, now=now, events=events,
         milestones=completions, targets=track.track.targets,
@@ -188,7 +204,27 @@ def _stalls(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrac
         run_key=run.key,
         country=_text(traits.get("country")))
     episodes = detect_stalls(model.stalls, context)
+    if finished_at is not None:
+        episodes = [_closed_at_finish(e, finished_at) for e in episodes]
     return episodes, plan_interventions(episodes, model.interventions, context, track.key)
+
+
+def _finished_at(track: Any, day0: date | None, current: str | None,
+                 completions: dict[str, EventFact], tz: zoneinfo.ZoneInfo) -> int | None:
+    """When a finished run finished: its last milestone, else the end of its end day."""
+    if current is None and completions:
+        return max(found.ts for found in completions.values())
+    if day0 is None or track is None:
+        return None
+    return start_of_local_day(day0 + timedelta(days=track.end_day + 1), tz)
+
+
+def _closed_at_finish(episode: Episode, finished_at: int) -> Episode:
+    if episode.closed_at is not None and episode.closed_at <= finished_at:
+        return episode
+    return replace(episode, closed_at=finished_at,
+                   evidence={**episode.evidence, "closed_by": None,
+                             "closed_because": "the run finished"})
 
 
 def _plan(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrack | None,
@@ -387,9 +423,3 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
 
-
-def _tier(value: Any) -> int | None:
-    try:
-        return None if value is None or isinstance(value, bool) else int(value)
-    except (TypeError, ValueError):
-        return None

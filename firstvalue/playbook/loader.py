@@ -222,6 +222,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+RESERVED_RULE_KEYS = frozenset({"routing", "stall"})
+
+
 def check_playbook(model: Playbook) -> list[PlaybookProblem]:
     """The checks that need the whole file: references between keys, and the timezone."""
     problems: list[PlaybookProblem] = []
@@ -230,6 +233,11 @@ def check_playbook(model: Playbook) -> list[PlaybookProblem]:
 
     problems += _duplicates("milestones", milestone_keys)
     problems += _duplicates("tracks", [track.key for track in model.tracks])
+    for index, rule in enumerate(model.rules):
+        if rule.key in RESERVED_RULE_KEYS:
+            problems.append(PlaybookProblem(
+                f"rules[{index}].key", f"the rule key {rule.key!r} is reserved: firstvalue's "
+                "own actions (routing alerts) carry it", "give the rule another key"))
     if model.timezone is not None:
         problems += _timezone_problems("timezone", model.timezone)
     if model.first_value not in milestone_keys:

@@ -341,6 +341,36 @@ class Anchors(Strict):
     kickoff: KickoffAnchor = Field(default_factory=KickoffAnchor)
 
 
+class TierRule(Strict):
+    """One tier rule: the first whose `where` fits the account's traits gives its tier.
+
+    `where` maps a trait to a value, a list of values, or an operator filter such as
+    `{gte: 100000}` (numbers compare only with numbers)."""
+
+    tier: int = Field(ge=1, le=3)
+    where: dict[str, Scalar | list[Scalar] | Comparison] = Field(default_factory=dict)
+
+
+class Ownership(Strict):
+    """Who owns an account of one tier.
+
+    `dedicated`: a member of `role` (an implementation manager) of its own; `pooled`: the
+    member of `role` with the lowest load relative to capacity; `none`: self-serve, no owner,
+    and the human escalations go to the team queue."""
+
+    model: Literal["dedicated", "pooled", "none"]
+    role: Literal["csm", "implementation_manager"] | None = None
+
+    @model_validator(mode="after")
+    def _role_for_an_owner(self) -> Ownership:
+        if self.model != "none" and self.role is None:
+            raise ValueError(f"a {self.model} ownership model needs `role` (csm or "
+                             "implementation_manager)")
+        if self.model == "none" and self.role is not None:
+            raise ValueError("ownership model none has no owner, so no `role`; remove it")
+        return self
+
+
 class Playbook(Strict):
     """A whole playbook file."""
 
@@ -363,6 +393,16 @@ class Playbook(Strict):
     send_window: SendWindow = Field(default_factory=SendWindow)
     daily_cap: int = Field(default=3, ge=1, le=100)
     late_limit_hours: int = Field(default=24, ge=0, le=87_600)
+    tiers: list[TierRule] = Field(default_factory=list)
+    ownership: dict[int, Ownership] = Field(default_factory=dict)
+
+    @field_validator("ownership")
+    @classmethod
+    def _tiers_one_to_three(cls, ownership: dict[int, Ownership]) -> dict[int, Ownership]:
+        for tier in ownership:
+            if tier not in (1, 2, 3):
+                raise ValueError(f"ownership is given for tier {tier}; tiers are 1, 2 and 3")
+        return ownership
 
     @field_validator("meanings", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from firstvalue.actions.outbox import OutboxChanges, existing_actions, reconcile
 from firstvalue.engine import AccountFacts, EventFact, evaluate_account
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
+from firstvalue.runtime.routing import release_finished, route_accounts
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
 from firstvalue.store import events as event_store
 from firstvalue.store.database import Database, execute_many
@@ -165,6 +166,7 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
     with collector_paused(), database.write() as conn:
         attached = sweep_held_events(conn, now)
         record_playbook_version(conn, playbook, now)
+        route_accounts(conn, playbook, now)
         due = conn.execute(sa.text(
             "SELECT id, change_seq FROM accounts WHERE change_seq > evaluated_seq "
             "OR next_wake_at <= :now OR playbook_version IS NULL OR playbook_version <> :version"
@@ -173,7 +175,7 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
         late_limit = playbook.loaded.model.late_limit_hours
         outbox = existing_actions(conn, seqs)
         history = recorded_stalls(conn, seqs)
-        writes = _TickWrites()
+        writes = _TickWrites(now=now)
         for facts in load_facts(conn, playbook, seqs):
             state = evaluate_safely(facts, playbook, now)
             seq = seqs[facts.account_id]
@@ -191,6 +193,8 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
             run = state.run["number"] if state.run else None
             record_stalls(writes.stalls, facts.account_id, run, state.episodes,
                           history.get(facts.account_id, {}), now)
+            if state.run is not None and state.run["status"] != "active":
+                writes.finished.append(facts.account_id)
             writes.states.append({"id": facts.account_id,
                                   "state": _encode(state.as_json()).decode(),
                                   "wake": state.next_wake_at, "seq": seq, "at": now,
@@ -213,11 +217,16 @@ class _TickWrites:
     outbox: OutboxChanges = field(default_factory=OutboxChanges)
     stalls: StallChanges = field(default_factory=StallChanges)
     states: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)  # runs ended: owners' load goes down
     evaluated: int = 0
+    now: int = 0
 
     def apply(self, conn: sa.Connection) -> None:
         self.outbox.apply(conn)
         self.stalls.apply(conn)
+        if self.finished:
+            release_finished(conn, self.finished, self.now)
+            self.finished = []
         if self.states:
             execute_many(conn, (
                 "UPDATE accounts SET state = :state, next_wake_at = :wake, evaluated_seq = :seq, "

@@ -132,6 +132,7 @@ actions = Table(
     Column("playbook_version", Text, nullable=False),
     Column("subject", Text),
     Column("body", Text),
+    Column("assignee", Text),  # for internal actions: the address it went to
     Index("ix_actions_key", "key", unique=True),
     Index("ix_actions_account", "account_id"),
     Index("ix_actions_status_next", "status", "next_attempt_at"),
@@ -174,6 +175,37 @@ counters = Table(
     Column("value", BigInteger, nullable=False),
 )
 
+
+team_members = Table(
+    "team_members",
+    metadata,
+    Column("handle", Text, primary_key=True),
+    Column("name", Text),
+    Column("email", Text, nullable=False),
+    Column("role", Text, nullable=False),  # csm, implementation_manager or team_lead
+    Column("capacity", Integer, nullable=False, server_default=text("0")),
+    Column("timezone", Text, nullable=False, server_default=text("'UTC'")),
+    Column("away_from", BigInteger),
+    Column("away_until", BigInteger),
+    Column("cover", Text),  # the handle of who takes their new tasks and alerts meanwhile
+    Column("last_assigned_at", BigInteger),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+assignments = Table(
+    "assignments",
+    metadata,
+    Column("account_id", Text, primary_key=True),
+    Column("tier", Integer),
+    Column("model", Text, nullable=False),  # dedicated, pooled or none
+    Column("status", Text, nullable=False),  # assigned, waiting (no capacity) or self_serve
+    Column("owner", Text),  # a team member's handle
+    Column("assigned_at", BigInteger),
+    Column("waiting_since", BigInteger),
+    Column("released_at", BigInteger),  # the run ended: no longer counts towards the load
+    Column("reason", Text, nullable=False),
+    Index("ix_assignments_owner", "owner"),
+)
 
 # Indexes that exist on one dialect only, by the dialect they are on. The metadata above holds
 # what both share plus PostgreSQL's; `in_schema_of` tells a schema comparison which is which.
