@@ -42,3 +42,49 @@ def onboarding_account(account_id: str = "acme") -> list[dict[str, Any]]:
         track(account_id, "Integration Connected", "2026-03-03T11:00:00Z"),
         track(account_id, "User Invited", "2026-03-03T12:00:00Z"),
     ]
+
+
+class AppServer:
+    """The firstvalue app on a real uvicorn server on 127.0.0.1, in a thread, with a clock
+    the test moves (`now`, microseconds; the real clock until set)."""
+
+    def __init__(self, database, playbook) -> None:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        from firstvalue.api.app import create_app
+
+        self.now: int | None = None
+        app = create_app(database, playbook,
+                         clock=lambda: self.now if self.now is not None
+                         else int(time.time() * 1_000_000))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                                    log_level="error", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> AppServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]):
+        import httpx
+
+        with httpx.Client(trust_env=False, timeout=10) as http:
+            return http.post(self.url + path, content=body,
+                             headers={"content-type": "application/json", **headers})

@@ -51,7 +51,8 @@ def test_opening_twice_does_not_migrate_twice(database):
 
     again = open_database(database.url)
     with again.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002_crm"
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        assert version == "0002_crm"
     again.dispose()
 
 

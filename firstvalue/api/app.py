@@ -184,6 +184,10 @@ def create_app(database: Database, playbook: CompiledPlaybook,
                               f"no unacknowledged in-app message {key!r} for {user_id!r}")
         return json_response({"key": key, "acknowledged": True})
 
+    from firstvalue.crm.routes import router as integrations_router
+
+    app.include_router(integrations_router)
+
     # `path`: a groupId may hold a slash ("org/42"), which arrives decoded in the path.
     @app.get("/api/accounts/{account_id:path}")
     async def get_account(account_id: str, request: Request) -> Response:
