@@ -419,6 +419,11 @@ def held_command(obj: Context, as_json: bool, now_text: str | None) -> None:
         click.echo(f"{row['waiting_for']}: {row['events']} event(s) held since {row['since']}")
 
 
+from firstvalue.crm.commands import sync_group  # noqa: E402 (it builds on the group above)
+
+cli.add_command(sync_group)
+
+
 def main() -> None:
     cli()
 

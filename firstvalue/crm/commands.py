@@ -1,0 +1,69 @@
+"""`firstvalue sync ...`: the CRM sync from the command line (a thin view of crm.sync)."""
+
+from __future__ import annotations
+
+import click
+
+from firstvalue.cli.main import Context, json_option, now_option, print_json, resolve_now
+
+
+@click.group("sync", invoke_without_command=False)
+def sync_group() -> None:
+    """The CRM sync: milestone records and account fields pushed to HubSpot, Salesforce or a
+    signed webhook."""
+
+
+@sync_group.command("status")
+@click.option("--connector", default=None, help="Only this connector's rows.")
+@json_option
+@click.pass_obj
+def sync_status_command(obj: Context, connector: str | None, as_json: bool) -> None:
+    """Pending, delivered, failed and dead rows per connector, and the rows that need a look."""
+    from firstvalue.crm.sync import configured_connectors, list_rows, sync_status
+
+    names = [c.name for c in configured_connectors()]
+    status = [s for s in sync_status(obj.database, names)
+              if connector is None or s["connector"] == connector]
+    rows = list_rows(obj.database, connector=connector)
+    if as_json:
+        print_json({"connectors": status, "rows": rows})
+        return
+    if not status:
+        click.echo("No CRM connector is configured and no row was ever synced; see "
+                   "docs/integrations.md.")
+    for line in status:
+        click.echo(f"{line['connector']}: {line['pending']} pending, {line['delivered']} "
+                   f"delivered, {line['failed']} failed, {line['dead']} dead")
+    for row in rows:
+        click.echo(f"  {row['status']} {row['connector']} {row['record_type']} "
+                   f"{row['record_id']} (attempts {row['attempts']}): {row['error']}")
+
+
+@sync_group.command("retry")
+@click.argument("records", nargs=-1)
+@click.option("--connector", default=None, help="Only this connector's rows.")
+@now_option
+@click.pass_obj
+def sync_retry_command(obj: Context, records: tuple[str, ...], connector: str | None,
+                       now_text: str | None) -> None:
+    """Make failed and dead rows due again (all of them, or the RECORDS named)."""
+    from firstvalue.crm.sync import retry_rows
+
+    count = retry_rows(obj.database, resolve_now(now_text), connector, records)
+    click.echo(f"{count} row(s) will be pushed again; run `firstvalue sync run`.")
+
+
+@sync_group.command("run")
+@now_option
+@click.pass_obj
+def sync_run_command(obj: Context, now_text: str | None) -> None:
+    """Plan and push the CRM records that changed, once (`serve` does it after every tick)."""
+    from firstvalue.crm.sync import sync_crm
+
+    result = sync_crm(obj.database, resolve_now(now_text))
+    if not result.outcomes:
+        click.echo("No CRM connector is configured; see docs/integrations.md.")
+    for name, counts in result.outcomes.items():
+        click.echo(f"{name}: {result.planned.get(name, 0)} record(s) changed; "
+                   f"{counts.get('delivered', 0)} delivered, {counts.get('failed', 0)} "
+                   f"failed, {counts.get('dead', 0)} dead.")
