@@ -204,6 +204,9 @@ def demo_command(obj: Context, account_count: int, seed: int, today: str | None,
         print_json(result.report)
         return
     show_report(result.report)
+    from firstvalue.crm.commands import show_demo_sync
+
+    show_demo_sync(result.crm_sync)
     click.echo(f"\nSimulated {result.accounts} accounts, {result.events} events and "
                f"{result.ticks} ticks in {result.seconds:.1f} s.")
     click.echo(f"Explore it: firstvalue --db sqlite:///{demo_db} accounts --now {result.now}")

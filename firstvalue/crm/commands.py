@@ -67,3 +67,18 @@ def sync_run_command(obj: Context, now_text: str | None) -> None:
         click.echo(f"{name}: {result.planned.get(name, 0)} record(s) changed; "
                    f"{counts.get('delivered', 0)} delivered, {counts.get('failed', 0)} "
                    f"failed, {counts.get('dead', 0)} dead.")
+
+
+def show_demo_sync(summary: dict) -> None:
+    """The demo's CRM sync: what reached its local receiver, and the sync status after."""
+    if not summary:
+        return
+    click.echo(f"\nCRM sync, to {summary['receiver']}:")
+    click.echo(f"  {summary['milestone_records']} milestone records "
+               f"({summary['completed_milestones']} completed) and "
+               f"{summary['account_records']} account records, in "
+               f"{summary['deliveries']} signed deliveries")
+    for line in summary["status"]:
+        click.echo(f"  sync status {line['connector']}: {line['pending']} pending, "
+                   f"{line['delivered']} delivered, {line['failed']} failed, "
+                   f"{line['dead']} dead")

@@ -62,6 +62,7 @@ class DemoResult:
     ticks: int
     seconds: float
     now: str
+    crm_sync: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +97,7 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
     # The sandbox delivers to a list: a demo sends nothing out of the machine.
     outbox: list[Any] = []
     dispatcher = Dispatcher(database, playbook, sandbox_channels(outbox), lambda: True)
+    crm = DemoCrm().start()
     for step in _hourly_steps(first, now):
         batch = []
         while delivered < len(messages) and messages[delivered]["timestamp"] <= step.isoformat():
@@ -106,18 +108,63 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
             ingest_messages(database, batch, step_micros, playbook.anchor_names)
         tick(database, playbook, step_micros)
         dispatcher.run_once(step_micros)
+        crm.sync(database, step_micros)
         ticks += 1
 
     now_micros = to_micros(now)
+    crm_sync = crm.finish(database, now_micros)
     states = evaluate_accounts(database, playbook, now_micros)
     keys = [m.key for m in playbook.loaded.model.milestones]
     with database.engine.connect() as conn:
         actions = list_actions(conn)
     report = build_report(states, keys, isoformat(now_micros) or "", playbook.version,
                           held_events(database, now_micros), actions)
+    report["crm_sync"] = crm_sync
     database.dispose()
     return DemoResult(report, len(accounts), len(messages), ticks,
-                      time.perf_counter() - started, now.isoformat())
+                      time.perf_counter() - started, now.isoformat(), crm_sync)
+
+
+class DemoCrm:
+    """The demo's CRM: a signed-webhook receiver it starts on 127.0.0.1 itself, fed by the CRM
+    sync every SYNC_HOURS simulated hours, as `serve` would after its ticks."""
+
+    SYNC_HOURS = 6
+
+    def __init__(self) -> None:
+        import base64
+        import secrets
+
+        from firstvalue.crm.receiver import SyncReceiver
+        from firstvalue.crm.webhook import WebhookConnector
+
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        self.receiver = SyncReceiver(secret)
+        self.connectors = [WebhookConnector(self.receiver.url, secret)]
+        self.steps = 0
+
+    def start(self) -> DemoCrm:
+        self.receiver.start()
+        return self
+
+    def sync(self, database: Any, now: int) -> None:
+        from firstvalue.crm.sync import sync_crm
+
+        self.steps += 1
+        if self.steps % self.SYNC_HOURS == 0:
+            sync_crm(database, now, self.connectors)
+
+    def finish(self, database: Any, now: int) -> dict[str, Any]:
+        from firstvalue.crm.sync import sync_crm, sync_status
+
+        sync_crm(database, now, self.connectors)
+        self.receiver.stop()
+        return {"receiver": "a Standard Webhooks receiver on 127.0.0.1 started by the demo",
+                "deliveries": self.receiver.deliveries,
+                "milestone_records": self.receiver.count("milestone"),
+                "completed_milestones": self.receiver.completed_milestones(),
+                "account_records": self.receiver.count("account"),
+                "status": sync_status(database)}
 
 
 def _last_day(today: str | None) -> date:
