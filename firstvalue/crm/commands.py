@@ -1,10 +1,31 @@
-"""`firstvalue sync ...`: the CRM sync from the command line (a thin view of crm.sync)."""
+"""`firstvalue sync ...`: the CRM sync from the command line (a thin view of crm.sync).
+
+`firstvalue.cli.main` adds this group to its own; so that `python -m firstvalue.cli.main` works
+too, nothing here imports that module before a command runs.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from firstvalue.cli.main import Context, json_option, now_option, print_json, resolve_now
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print JSON instead of tables.")
+now_option = click.option("--now", "now_text", metavar="ISO",
+                          help="Run as if the clock read this time (ISO 8601 with an offset).")
+
+
+def resolve_now(now_text: str | None) -> int:
+    from firstvalue.cli.main import resolve_now as resolve
+
+    return resolve(now_text)
+
+
+def print_json(data: Any) -> None:
+    from firstvalue.cli.main import print_json as show
+
+    show(data)
 
 
 @click.group("sync", invoke_without_command=False)
@@ -17,7 +38,7 @@ def sync_group() -> None:
 @click.option("--connector", default=None, help="Only this connector's rows.")
 @json_option
 @click.pass_obj
-def sync_status_command(obj: Context, connector: str | None, as_json: bool) -> None:
+def sync_status_command(obj: Any, connector: str | None, as_json: bool) -> None:
     """Pending, delivered, failed and dead rows per connector, and the rows that need a look."""
     from firstvalue.crm.sync import configured_connectors, list_rows, sync_status
 
@@ -44,7 +65,7 @@ def sync_status_command(obj: Context, connector: str | None, as_json: bool) -> N
 @click.option("--connector", default=None, help="Only this connector's rows.")
 @now_option
 @click.pass_obj
-def sync_retry_command(obj: Context, records: tuple[str, ...], connector: str | None,
+def sync_retry_command(obj: Any, records: tuple[str, ...], connector: str | None,
                        now_text: str | None) -> None:
     """Make failed and dead rows due again (all of them, or the RECORDS named)."""
     from firstvalue.crm.sync import retry_rows
@@ -56,7 +77,7 @@ def sync_retry_command(obj: Context, records: tuple[str, ...], connector: str | 
 @sync_group.command("run")
 @now_option
 @click.pass_obj
-def sync_run_command(obj: Context, now_text: str | None) -> None:
+def sync_run_command(obj: Any, now_text: str | None) -> None:
     """Plan and push the CRM records that changed, once (`serve` does it after every tick)."""
     from firstvalue.crm.sync import sync_crm
 
