@@ -93,11 +93,14 @@ def sync_crm(database: Database, now: int,
 
 
 def plan_sync(database: Database, connector_names: Sequence[str], now: int) -> dict[str, int]:
-    """Mark the records whose fields changed as pending; the count per connector."""
+    """Mark the records whose fields changed as pending; the count per connector.
+
+    The states are read and compared on a read connection; the write lock is taken only to
+    write the rows that changed, so ingest does not wait while states are decoded."""
     changed: dict[str, int] = {}
     records_of: dict[str, list[CrmRecord]] = {}
-    with database.write() as conn:
-        for name in connector_names:
+    for name in connector_names:
+        with database.engine.connect() as conn:
             cursor = conn.execute(sa.text(
                 "SELECT evaluated_at FROM crm_cursors WHERE connector = :c"),
                 {"c": name}).scalar()
@@ -110,10 +113,13 @@ def plan_sync(database: Database, connector_names: Sequence[str], now: int) -> d
                 if account_id not in records_of:
                     records_of[account_id] = _records(state)
                 records += records_of[account_id]
-            changed[name] = _mark_changed(conn, name, records, now)
-            latest = max((row[2] for row in accounts), default=cursor)
+            inserts, updates = _changes(conn, name, records, now)
+        latest = max((row[2] for row in accounts), default=cursor)
+        with database.write() as conn:
+            _write_changes(conn, inserts, updates)
             if latest is not None:
                 _save_cursor(conn, name, latest)
+        changed[name] = len(inserts) + len(updates)
     return changed
 
 
@@ -124,10 +130,12 @@ def _records(state_text: str) -> list[CrmRecord]:
     return records_from_state(state)
 
 
-def _mark_changed(conn: sa.Connection, connector: str, records: list[CrmRecord],
-                  now: int) -> int:
+def _changes(conn: sa.Connection, connector: str, records: list[CrmRecord],
+             now: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows to insert (records never planned) and to update (records whose fields
+    changed since they were last planned)."""
     if not records:
-        return 0
+        return [], []
     kept = {(row[0], row[1]): row[2] for row in select_in(
         conn, "SELECT record_type, record_id, desired FROM crm_sync WHERE connector = :c "
         "AND account_id IN :ids", {r.account_id for r in records}, c=connector)}
@@ -141,17 +149,23 @@ def _mark_changed(conn: sa.Connection, connector: str, records: list[CrmRecord],
             inserts.append(values)
         elif previous != desired:
             updates.append(values)
+    return inserts, updates
+
+
+def _write_changes(conn: sa.Connection, inserts: list[dict[str, Any]],
+                   updates: list[dict[str, Any]]) -> None:
     if inserts:
+        # ON CONFLICT: another process may have planned the same new record meanwhile.
         conn.execute(sa.text(
             "INSERT INTO crm_sync (connector, record_type, record_id, account_id, desired, "
             "status, attempts, next_attempt_at, changed_at) VALUES (:c, :t, :r, :a, :d, "
-            "'pending', 0, :now, :now)"), inserts)
+            "'pending', 0, :now, :now) ON CONFLICT (connector, record_type, record_id) "
+            "DO NOTHING"), inserts)
     if updates:
         conn.execute(sa.text(
             "UPDATE crm_sync SET desired = :d, status = 'pending', attempts = 0, error = NULL, "
             "next_attempt_at = :now, changed_at = :now WHERE connector = :c "
-            "AND record_type = :t AND record_id = :r"), updates)
-    return len(inserts) + len(updates)
+            "AND record_type = :t AND record_id = :r AND desired <> :d"), updates)
 
 
 def _save_cursor(conn: sa.Connection, connector: str, evaluated_at: int) -> None:
