@@ -215,3 +215,38 @@ def test_an_unknown_invitee_is_held_under_a_pseudonymous_id_without_the_address(
     with database.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT user_id, properties FROM events")).all()
     assert all("elsewhere.example" not in f"{user}{properties}" for user, properties in rows)
+
+
+def test_a_cancellation_delivered_days_late_still_counts_by_its_own_time(
+        app, database, playbook):
+    ok(calendly(app, "invitee.created", "A", "2026-03-03T10:00:00Z"))
+    ok(calendly(app, "invitee.created", "B", "2026-03-05T15:00:00Z"))
+    # The cancellation of A, made at 09:00 on 5 March, reaches firstvalue on 9 March.
+    app.now = micros("2026-03-09T12:00:00Z")
+    ok(calendly(app, "invitee.canceled", "A", "2026-03-05T09:00:00Z",
+                stamp=micros("2026-03-09T12:00:00Z") / 1_000_000))
+    ok(calendly(app, "invitee.canceled", "B", "2026-03-09T10:00:00Z",
+                stamp=micros("2026-03-09T12:00:00Z") / 1_000_000))
+    ok(calendly(app, "invitee.created", "C", "2026-03-09T11:00:00Z",
+                stamp=micros("2026-03-09T12:00:00Z") / 1_000_000))
+    [stall] = missed_call_stalls(database, playbook, "2026-03-10T12:00:00Z")
+    assert [i["what"] for i in stall["evidence"]["incidents"]] == ["rescheduled", "rescheduled"]
+    assert stall["evidence"]["incidents"][0]["at"].startswith("2026-03-05T09:00")
+
+
+@pytest.mark.parametrize("endpoint", ["/webhooks/calendly", "/webhooks/calcom"])
+def test_an_oversized_calendar_webhook_is_refused_with_413(app, database, endpoint):
+    body = json.dumps({"event": "invitee.created", "padding": "x" * 300_000}).encode()
+    response = app.post(endpoint, body, {"X-Cal-Signature-256": "00",
+                                         "Calendly-Webhook-Signature": "t=1,v1=00"})
+    assert response.status_code == 413
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM inbound_webhooks")).scalar() == 0
+
+
+def test_a_signed_calcom_body_that_is_not_json_is_refused_with_400(app, database):
+    body = b"triggerEvent=BOOKING_CREATED"
+    signature = hmac.new(CALCOM_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    response = app.post("/webhooks/calcom", body, {"X-Cal-Signature-256": signature})
+    assert response.status_code == 400
+    assert "not JSON" in response.json()["error"]["message"]

@@ -220,3 +220,55 @@ def test_email_engagement_is_tied_to_the_contact_and_keeps_no_address(
     # Signed for the CRM endpoint is not signed for the email one.
     other = app.post("/webhooks/email", body, signed(body, "msg_reply_2", CRM_SECRET))
     assert other.status_code == 401
+
+
+def email_body(kind: str = "email.opened", **extra: object) -> bytes:
+    return json.dumps({"type": kind, "occurred_at": "2026-03-04T09:00:00Z",
+                       "recipient": "jane@acme.example", **extra}).encode()
+
+
+def test_an_email_delivery_sent_twice_is_stored_once(app, database):
+    body = email_body()
+    first = app.post("/webhooks/email", body, signed(body, "msg_open", EMAIL_SECRET))
+    again = app.post("/webhooks/email", body, signed(body, "msg_open", EMAIL_SECRET))
+    assert (first.json()["status"], again.json()["status"]) == ("accepted", "duplicate")
+    assert stored(database)["events"] == 1
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    (email_body("email.bounced"), "email.opened"),
+    (email_body(recipient=""), "`recipient`"),
+    (json.dumps({"type": "email.clicked", "recipient": "a@b.example"}).encode(),
+     "`occurred_at`"),
+])
+def test_a_malformed_email_webhook_names_the_value_and_stores_nothing(app, database, body,
+                                                                      named):
+    response = app.post("/webhooks/email", body, signed(body, "msg_bad_email", EMAIL_SECRET))
+    assert response.status_code == 400
+    assert named in response.json()["error"]["message"]
+    assert stored(database) == NOTHING
+
+
+def test_an_oversized_email_webhook_is_refused_with_413(app, database):
+    body = email_body(campaign="x" * 300_000)
+    response = app.post("/webhooks/email", body, signed(body, "msg_big_email", EMAIL_SECRET))
+    assert response.status_code == 413
+    assert stored(database) == NOTHING
+
+
+def test_an_email_open_arriving_before_its_contact_is_held_then_attached(
+        app, database, playbook):
+    from firstvalue.ingest.service import ingest_messages
+    from tests.conftest import encode
+
+    body = email_body("email.clicked", account_id="acme", url="https://docs.example/setup")
+    assert app.post("/webhooks/email", body,
+                    signed(body, "msg_click", EMAIL_SECRET)).json()["events"] == \
+        ["pending_account"]
+    ingest_messages(database, [encode({"type": "group", "messageId": "g-acme", "userId": "u1",
+                                       "groupId": "acme", "traits": {"name": "Acme"}})],
+                    micros("2026-03-05T00:00:00Z"), playbook.anchor_names)
+    with database.engine.connect() as conn:
+        account = conn.execute(sa.text(
+            "SELECT account_id FROM events WHERE name = 'Email Clicked'")).scalar()
+    assert account == "acme"
