@@ -153,6 +153,9 @@ class HubSpotServer(_Server):
                         MILESTONE_OBJECT: HubSpotObjects(milestone_properties(milestone_keys))}
         self.associations: set[tuple[str, str, str, str]] = set()
         self.rate_limited = 0  # answer this many next requests with 429
+        # Multi-status errors (HubSpot "Error handling"): write the valid inputs of a batch,
+        # answer 207 listing the invalid ones under `errors`, instead of refusing it whole.
+        self.multi_status = False
         self.retry_after = "7"
         self._ids = itertools.count(1001)
 
@@ -192,6 +195,16 @@ class HubSpotServer(_Server):
 
     def _upsert(self, kind, objects, body):
         inputs = body["inputs"]
+        errors = []
+        if self.multi_status:
+            valid = []
+            for item in inputs:
+                try:
+                    self._check_inputs(objects, [item], need_unique=True)
+                    valid.append(item)
+                except Refusal as refusal:
+                    errors.append({**refusal.body, "context": {"ids": [item["id"]]}})
+            inputs = valid
         self._check_inputs(objects, inputs, need_unique=True)
         results = []
         for item in inputs:
@@ -203,6 +216,9 @@ class HubSpotServer(_Server):
                                               item["idProperty"]: item["id"]}
             _apply(objects.records[record_id], item["properties"])
             results.append(_result(record_id, objects.records[record_id], new=new))
+        if errors:
+            return 207, {"status": "COMPLETE", "results": results, "numErrors": len(errors),
+                         "errors": errors}, {}
         return 200, {"status": "COMPLETE", "results": results}, {}
 
     def _update(self, kind, objects, body):

@@ -88,11 +88,14 @@ def test_the_engine_writes_only_its_own_fields_and_never_a_field_the_crm_owns(
     assert written and all(name.startswith("firstvalue_") for name in written)
 
 
+@pytest.mark.parametrize("multi_status", [False, True], ids=["refused_whole", "207"])
 def test_a_batch_with_one_refused_record_writes_the_others_and_dead_letters_it(
-        database, playbook):
+        database, playbook, multi_status):
     # The CRM admin's dropdown of milestone keys lacks second_user: HubSpot refuses the whole
-    # batch that holds it (a VALIDATION_ERROR), so the batch is split until it stands alone.
+    # batch that holds it (a VALIDATION_ERROR), so the batch is split until it stands alone;
+    # or, with multi-status errors, writes the others and lists it under `errors` (207).
     server = HubSpotServer(milestone_keys=KEYS[:-1]).start()
+    server.multi_status = multi_status
     try:
         server.add_company(name="Acme Inc", firstvalue_account_id="acme")
         send_and_tick(database, playbook, "2026-03-04T12:00:00Z", *onboarding_account())

@@ -82,8 +82,10 @@ class HubSpotConnector:
                               "that property on the account's company)") from None
         found = {str((r.get("properties") or {}).get(self.id_property)): str(r.get("id"))
                  for r in (body or {}).get("results", [])}
-        return {row.id: Outcome(row.id, DELIVERED, remote_id=found.get(row.account_id))
-                for row in rows}
+        landed = [row for row in rows if row.account_id in found or not _has_errors(body)]
+        outcomes = {row.id: Outcome(row.id, DELIVERED, remote_id=found.get(row.account_id))
+                    for row in landed}
+        return {**outcomes, **self._refused_in(rows, landed, body, self._update_companies)}
 
     def _upsert_milestones(self, rows: list[SyncRow]) -> dict[int, Outcome]:
         inputs = [{"id": row.record_id, "idProperty": MILESTONE_ID_PROPERTY,
@@ -93,10 +95,32 @@ class HubSpotConnector:
         _, body = self._post(path, {"inputs": inputs})
         created = {str((r.get("properties") or {}).get(MILESTONE_ID_PROPERTY)): str(r.get("id"))
                    for r in (body or {}).get("results", [])}
-        unassociated = [row for row in rows if row.remote_id is None]
+        landed = [row for row in rows if row.record_id in created or not _has_errors(body)]
+        unassociated = [row for row in landed if row.remote_id is None]
         return {**{row.id: Outcome(row.id, DELIVERED, remote_id=row.remote_id)
-                   for row in rows if row.remote_id is not None},
-                **self._associate(unassociated, created)}
+                   for row in landed if row.remote_id is not None},
+                **self._associate(unassociated, created),
+                **self._refused_in(rows, landed, body, self._upsert_milestones)}
+
+    def _refused_in(self, rows: list[SyncRow], landed: list[SyncRow], body: Any,
+                    write: Write) -> dict[int, Outcome]:
+        """The rows a 207 answer left out (HubSpot's multi-status errors): a lone one is
+        dead, with HubSpot's message; several are written again, halves at a time, to tell
+        the refused from the others."""
+        missing = [row for row in rows if row not in landed]
+        if not missing:
+            return {}
+        if len(missing) == 1:
+            errors = (body or {}).get("errors") or [{}]
+            message = "; ".join(str(e.get("message") or e.get("category")) for e in errors)
+            log.warning("HubSpot refused sync row %s; it is dead-lettered.", missing[0].id)
+            return {missing[0].id: Outcome(missing[0].id, DEAD,
+                                           f"{missing[0].record_id}: 207 {message[:500]}")}
+        outcomes: dict[int, Outcome] = {}
+        middle = len(missing) // 2
+        write_in_halves(missing[:middle], write, outcomes)
+        write_in_halves(missing[middle:], write, outcomes)
+        return outcomes
 
     def _associate(self, rows: list[SyncRow], created: dict[str, str]) -> dict[int, Outcome]:
         """Associate new milestone records with their companies; a row counts as delivered
@@ -134,6 +158,10 @@ class HubSpotConnector:
 
     def _post(self, path: str, body: Any) -> tuple[int, Any]:
         return send_json(self._client, "POST", self.base_url + path, body, self._headers)
+
+
+def _has_errors(body: Any) -> bool:
+    return isinstance(body, dict) and bool(body.get("errors"))
 
 
 def hubspot_properties(fields: dict[str, Any]) -> dict[str, str]:
