@@ -43,18 +43,22 @@ Write = Callable[[list[SyncRow]], dict[int, Outcome]]
 
 class HubSpotConnector:
     name = "hubspot"
+    _client: httpx.Client  # open while a batch is pushed
     batch_size = BATCH_LIMIT
 
     def __init__(self, base_url: str, token: str, milestone_object: str,
-                 id_property: str = "firstvalue_account_id",
-                 client: httpx.Client | None = None) -> None:
+                 id_property: str = "firstvalue_account_id") -> None:
         self.base_url = base_url.rstrip("/")
         self.milestone_object = milestone_object
         self.id_property = id_property
         self._headers = {"authorization": f"Bearer {token}"}
-        self._client = client or httpx.Client()
 
     def push(self, rows: list[SyncRow]) -> list[Outcome]:
+        # One client (its connections kept alive) for the batch, closed with it.
+        with httpx.Client() as self._client:
+            return self._push(rows)
+
+    def _push(self, rows: list[SyncRow]) -> list[Outcome]:
         outcomes: dict[int, Outcome] = {}
         companies = [row for row in rows if row.record_type == ACCOUNT]
         milestones = [row for row in rows if row.record_type == MILESTONE]

@@ -26,6 +26,8 @@ class SyncReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: one connection for the whole demo
+
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("content-length", 0) or 0))
                 status = receiver._receive(secret, dict(self.headers.items()), body)

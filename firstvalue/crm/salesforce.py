@@ -34,19 +34,23 @@ ACCOUNT_LOOKUP = "Account__r"
 
 class SalesforceConnector:
     name = "salesforce"
+    _client: httpx.Client  # open while a batch is pushed
     batch_size = 50
 
     def __init__(self, instance_url: str, token: str, api_version: str = "v60.0",
                  id_field: str = "Firstvalue_Account_Id__c",
-                 milestone_object: str = "Onboarding_Milestone__c",
-                 client: httpx.Client | None = None) -> None:
+                 milestone_object: str = "Onboarding_Milestone__c") -> None:
         self.base = f"{instance_url.rstrip('/')}/services/data/{api_version}/sobjects"
         self.id_field = id_field
         self.milestone_object = milestone_object
         self._headers = {"authorization": f"Bearer {token}"}
-        self._client = client or httpx.Client()
 
     def push(self, rows: list[SyncRow]) -> list[Outcome]:
+        # One client (its connections kept alive) for the batch, closed with it.
+        with httpx.Client() as self._client:
+            return self._push(rows)
+
+    def _push(self, rows: list[SyncRow]) -> list[Outcome]:
         outcomes = []
         for index, row in enumerate(rows):
             try:

@@ -219,38 +219,46 @@ def _claim(database: Database, connector: Connector, now: int) -> list[Any]:
     return rows
 
 
+_DELIVERED_SQL = (
+    "UPDATE crm_sync SET pushed = :sent, status = 'delivered', attempts = 0, error = NULL, "
+    "next_attempt_at = NULL, delivered_at = :now, remote_id = COALESCE(:remote, remote_id) "
+    "WHERE id = :id AND next_attempt_at = :lease")
+_DEAD_SQL = (
+    "UPDATE crm_sync SET status = 'dead', attempts = attempts + 1, error = :error, "
+    "next_attempt_at = NULL WHERE id = :id AND next_attempt_at = :lease")
+# A 429 is no fault of the row's: it waits without using up an attempt (:used is 0).
+_FAILED_SQL = (
+    "UPDATE crm_sync SET status = 'failed', attempts = attempts + :used, error = :error, "
+    "next_attempt_at = :next WHERE id = :id AND next_attempt_at = :lease")
+
+
 def _record(database: Database, claimed: list[Any], outcomes: list[Outcome], now: int) -> None:
+    """Record each row's outcome. `AND next_attempt_at = :lease` in each statement: a row
+    planned again meanwhile (new fields) stays pending with its new fields, and this outcome,
+    about the old ones, is dropped."""
     by_id = {row.id: row for row in claimed}
     limit = get_int_setting("sync_max_attempts")
+    batches: dict[str, list[dict[str, Any]]] = {_DELIVERED_SQL: [], _DEAD_SQL: [],
+                                                _FAILED_SQL: []}
+    for outcome in outcomes:
+        row = by_id.get(outcome.row_id)
+        if row is None:
+            continue
+        values = {"id": row.id, "lease": now + LEASE, "now": now, "sent": row.desired,
+                  "error": outcome.error, "remote": outcome.remote_id}
+        rate_limited = outcome.retry_after is not None
+        if outcome.status == DELIVERED:
+            batches[_DELIVERED_SQL].append(values)
+        elif outcome.status == DEAD or (row.attempts + 1 >= limit and not rate_limited):
+            batches[_DEAD_SQL].append(values)
+        else:
+            values["next"] = now + _wait(row.attempts + 1, outcome.retry_after)
+            values["used"] = 0 if rate_limited else 1
+            batches[_FAILED_SQL].append(values)
     with database.write() as conn:
-        for outcome in outcomes:
-            row = by_id.get(outcome.row_id)
-            if row is None:
-                continue
-            values = {"id": row.id, "lease": now + LEASE, "now": now, "sent": row.desired,
-                      "error": outcome.error, "remote": outcome.remote_id}
-            # `AND next_attempt_at = :lease`: a row planned again meanwhile (new fields) is
-            # pending with its new fields, and this outcome, about the old ones, is dropped.
-            if outcome.status == DELIVERED:
-                conn.execute(sa.text(
-                    "UPDATE crm_sync SET pushed = :sent, status = 'delivered', attempts = 0, "
-                    "error = NULL, next_attempt_at = NULL, delivered_at = :now, "
-                    "remote_id = COALESCE(:remote, remote_id) "
-                    "WHERE id = :id AND next_attempt_at = :lease"), values)
-            elif outcome.status == DEAD or row.attempts + 1 >= limit and \
-                    outcome.retry_after is None:
-                conn.execute(sa.text(
-                    "UPDATE crm_sync SET status = 'dead', attempts = attempts + 1, "
-                    "error = :error, next_attempt_at = NULL "
-                    "WHERE id = :id AND next_attempt_at = :lease"), values)
-            else:
-                values["next"] = now + _wait(row.attempts + 1, outcome.retry_after)
-                # A 429 is no fault of the row's: it waits without using up an attempt.
-                used = 0 if outcome.retry_after is not None else 1
-                conn.execute(sa.text(
-                    f"UPDATE crm_sync SET status = 'failed', attempts = attempts + {used}, "
-                    "error = :error, next_attempt_at = :next "
-                    "WHERE id = :id AND next_attempt_at = :lease"), values)
+        for sql, values in batches.items():
+            if values:
+                conn.execute(sa.text(sql), values)
 
 
 def _wait(attempt: int, retry_after: float | None) -> int:

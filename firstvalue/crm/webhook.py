@@ -30,16 +30,21 @@ EVENT_TYPE = "firstvalue.crm.sync"
 
 class WebhookConnector:
     name = "webhook"
+    _client: httpx.Client  # open while a batch is pushed
     batch_size = 100
 
-    def __init__(self, url: str, secret: str, client: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, secret: str) -> None:
         from standardwebhooks import Webhook
 
         self.url = url
         self._webhook = Webhook(secret)
-        self._client = client or httpx.Client()
 
     def push(self, rows: list[SyncRow]) -> list[Outcome]:
+        # One client (its connections kept alive) for the batch, closed with it.
+        with httpx.Client() as self._client:
+            return self._push(rows)
+
+    def _push(self, rows: list[SyncRow]) -> list[Outcome]:
         records = [{"type": row.record_type, "id": row.record_id, "account_id": row.account_id,
                     "fields": row.fields} for row in rows]
         body = msgspec.json.encode({"type": EVENT_TYPE, "records": records}, order="sorted")
