@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -67,6 +69,19 @@ class RemoteError(Exception):
         self.status = status
         self.permanent = status is not None and 400 <= status < 500 \
             and status not in (401, 403, 408, 429)
+
+
+def http_client() -> httpx.Client:
+    """A client for one batch. The TLS context is built once and shared: building it (reading
+    the CA bundle) costs more than a request to a CRM, and a batch goes out every few ticks."""
+    return httpx.Client(verify=_tls_context())
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    import certifi  # httpx's own CA bundle
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def send_json(client: httpx.Client, method: str, url: str, body: Any | None = None,

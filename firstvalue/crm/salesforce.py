@@ -24,6 +24,7 @@ from firstvalue.crm.connector import (
     RateLimited,
     RemoteError,
     SyncRow,
+    http_client,
     send_json,
 )
 from firstvalue.crm.records import ACCOUNT
@@ -47,7 +48,7 @@ class SalesforceConnector:
 
     def push(self, rows: list[SyncRow]) -> list[Outcome]:
         # One client (its connections kept alive) for the batch, closed with it.
-        with httpx.Client() as self._client:
+        with http_client() as self._client:
             return self._push(rows)
 
     def _push(self, rows: list[SyncRow]) -> list[Outcome]:

@@ -22,6 +22,7 @@ from firstvalue.crm.connector import (
     RateLimited,
     RemoteError,
     SyncRow,
+    http_client,
     send_json,
 )
 
@@ -41,7 +42,7 @@ class WebhookConnector:
 
     def push(self, rows: list[SyncRow]) -> list[Outcome]:
         # One client (its connections kept alive) for the batch, closed with it.
-        with httpx.Client() as self._client:
+        with http_client() as self._client:
             return self._push(rows)
 
     def _push(self, rows: list[SyncRow]) -> list[Outcome]:
