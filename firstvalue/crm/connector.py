@@ -79,9 +79,7 @@ def http_client() -> httpx.Client:
 
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
-    import certifi  # httpx's own CA bundle
-
-    return ssl.create_default_context(cafile=certifi.where())
+    return httpx.create_ssl_context()  # what httpx.Client() builds each time by default
 
 
 def send_json(client: httpx.Client, method: str, url: str, body: Any | None = None,

@@ -138,7 +138,12 @@ class HubSpotConnector:
         for row in rows:
             company = companies.get(row.account_id)
             record = created.get(row.record_id)
-            if company is None or record is None:
+            if record is None:
+                outcomes[row.id] = Outcome(row.id, FAILED, (
+                    f"HubSpot's answer did not include the record {row.record_id!r}; it is "
+                    "written again"))
+                continue
+            if company is None:
                 outcomes[row.id] = Outcome(row.id, FAILED, (
                     f"no HubSpot company has {self.id_property} = {row.account_id!r}; set that "
                     "property on the account's company, then the record is associated with it"))

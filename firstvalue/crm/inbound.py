@@ -7,6 +7,7 @@ transaction as its events, and a replay of that id stores nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ from firstvalue.store.database import Database
 
 log = logging.getLogger(__name__)
 
-CRM_ACTOR = "crm-webhook"  # the anonymousId of calls made from CRM deals
+def crm_actor(account_id: str) -> str:
+    """The anonymousId of the calls made from an account's CRM deals: one per account, so
+    that no single actor is a member of every account."""
+    return "crm-" + hashlib.blake2b(account_id.encode(), digest_size=8).hexdigest()
 
 
 class PayloadError(Exception):
@@ -158,11 +162,11 @@ def crm_messages(payload: dict[str, Any], delivery_id: str) -> list[dict[str, An
     messages = []
     if traits:
         messages.append({"type": "group", "messageId": f"crm:{delivery_id}:group",
-                         "anonymousId": CRM_ACTOR, "groupId": account_id,
+                         "anonymousId": crm_actor(account_id), "groupId": account_id,
                          "timestamp": occurred_at, "traits": traits})
     messages.append({"type": "track", "messageId": f"crm:{delivery_id}:track",
-                     "anonymousId": CRM_ACTOR, "event": DEAL_EVENTS[kind], "timestamp": when,
-                     "properties": properties, "context": {"groupId": account_id}})
+                     "anonymousId": crm_actor(account_id), "event": DEAL_EVENTS[kind],
+                     "timestamp": when, "properties": properties, "context": {"groupId": account_id}})
     return messages
 
 

@@ -24,6 +24,7 @@ from firstvalue.crm.signatures import (
 from firstvalue.settings import get_setting
 
 MAX_WEBHOOK_BYTES = 256 * 1024
+MAX_DELIVERY_ID = 150  # it goes into messageIds, which hold 200 characters
 
 router = APIRouter()
 
@@ -69,10 +70,14 @@ def _standard(request: Request, body: bytes, context: AppContext, setting: str, 
               endpoint: str) -> str:
     secret = _secret(setting, env, endpoint)
     try:
-        return verify_standard_webhook(secret, request.headers, body,
-                                       context.clock() / 1_000_000)
+        delivery = verify_standard_webhook(secret, request.headers, body,
+                                           context.clock() / 1_000_000)
     except SignatureError as exc:
         raise _refuse(exc) from None
+    if len(delivery) > MAX_DELIVERY_ID:
+        raise HTTPProblem(400, "invalid_payload", f"the webhook-id is {len(delivery)} "
+                          f"characters, over {MAX_DELIVERY_ID}; nothing was stored")
+    return delivery
 
 
 @router.post("/webhooks/crm")
