@@ -166,7 +166,8 @@ def crm_messages(payload: dict[str, Any], delivery_id: str) -> list[dict[str, An
                          "timestamp": occurred_at, "traits": traits})
     messages.append({"type": "track", "messageId": f"crm:{delivery_id}:track",
                      "anonymousId": crm_actor(account_id), "event": DEAL_EVENTS[kind],
-                     "timestamp": when, "properties": properties, "context": {"groupId": account_id}})
+                     "timestamp": when, "properties": properties,
+                     "context": {"groupId": account_id}})
     return messages
 
 
