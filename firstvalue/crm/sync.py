@@ -115,11 +115,13 @@ def plan_sync(database: Database, connector_names: Sequence[str], now: int) -> d
                 records += records_of[account_id]
             inserts, updates = _changes(conn, name, records, now)
         latest = max((row[2] for row in accounts), default=cursor)
+        changed[name] = len(inserts) + len(updates)
+        if not changed[name] and latest == cursor:
+            continue  # nothing new: not even the write lock is taken
         with database.write() as conn:
             _write_changes(conn, inserts, updates)
             if latest is not None:
                 _save_cursor(conn, name, latest)
-        changed[name] = len(inserts) + len(updates)
     return changed
 
 
