@@ -168,3 +168,13 @@ def test_an_account_without_a_company_is_dead_lettered_with_the_fix(database, pl
         assert not server.objects["companies"].records  # the engine created no company
     finally:
         server.stop()
+
+
+def test_without_a_connector_the_sync_touches_nothing(database, playbook, monkeypatch):
+    for name in ("FIRSTVALUE_HUBSPOT_TOKEN", "FIRSTVALUE_SALESFORCE_URL",
+                 "FIRSTVALUE_CRM_WEBHOOK_URL"):
+        monkeypatch.delenv(name, raising=False)
+    send_and_tick(database, playbook, "2026-03-04T12:00:00Z", *onboarding_account())
+    result = sync_crm(database, micros("2026-03-04T12:00:00Z"))
+    assert (result.planned, result.outcomes) == ({}, {})
+    assert sync_status(database) == []
