@@ -1,5 +1,6 @@
 """A local receiver of CRM sync webhooks, on 127.0.0.1: what `firstvalue demo` sends its
-milestone records to, so the demo shows them flowing without reaching out of the machine.
+milestone records to (through `DemoCrm`), so the demo shows them flowing without reaching out
+of the machine.
 
 It verifies each request's Standard Webhooks signature, drops a redelivered `webhook-id`, and
 keeps the latest fields of each record, as a receiving CRM would.
@@ -72,3 +73,44 @@ class SyncReceiver:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class DemoCrm:
+    """The demo's CRM: a signed-webhook receiver it starts on 127.0.0.1 itself, fed by the CRM
+    sync every SYNC_HOURS simulated hours, as `serve` would after its ticks."""
+
+    SYNC_HOURS = 6
+
+    def __init__(self) -> None:
+        import base64
+        import secrets
+
+        from firstvalue.crm.webhook import WebhookConnector
+
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        self.receiver = SyncReceiver(secret)
+        self.connectors = [WebhookConnector(self.receiver.url, secret)]
+        self.steps = 0
+
+    def start(self) -> DemoCrm:
+        self.receiver.start()
+        return self
+
+    def sync(self, database: Any, now: int) -> None:
+        from firstvalue.crm.sync import sync_crm
+
+        self.steps += 1
+        if self.steps % self.SYNC_HOURS == 0:
+            sync_crm(database, now, self.connectors)
+
+    def finish(self, database: Any, now: int) -> dict[str, Any]:
+        from firstvalue.crm.sync import sync_crm, sync_status
+
+        sync_crm(database, now, self.connectors)
+        self.receiver.stop()
+        return {"receiver": "a Standard Webhooks receiver on 127.0.0.1 started by the demo",
+                "deliveries": self.receiver.deliveries,
+                "milestone_records": self.receiver.count("milestone"),
+                "completed_milestones": self.receiver.completed_milestones(),
+                "account_records": self.receiver.count("account"),
+                "status": sync_status(database)}

@@ -5,7 +5,8 @@ champion going quiet, scope creep freeze) in one of the three segments. Its even
 up front with their own timestamps; the simulation then walks the 120 days that end on `today`
 one hour at a time, delivering each hour's events as they would have arrived, ticking the
 engine and dispatching what fell due, as `serve` would on the real clock. Deliveries go to a
-sandbox (a list in memory), so the demo sends nothing anywhere.
+sandbox (a list in memory), and the CRM sync to a receiver the demo starts on 127.0.0.1, so
+nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 from firstvalue.actions.dispatch import Dispatcher, sandbox_channels
 from firstvalue.actions.outbox import list_actions
 from firstvalue.clock import isoformat, to_micros
+from firstvalue.crm.receiver import DemoCrm
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.errors import ConfigError
 from firstvalue.ingest.service import ingest_messages
@@ -97,7 +99,7 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
     # The sandbox delivers to a list: a demo sends nothing out of the machine.
     outbox: list[Any] = []
     dispatcher = Dispatcher(database, playbook, sandbox_channels(outbox), lambda: True)
-    crm = DemoCrm().start()
+    crm = DemoCrm().start()  # its CRM: a receiver on 127.0.0.1 (firstvalue/crm/receiver.py)
     for step in _hourly_steps(first, now):
         batch = []
         while delivered < len(messages) and messages[delivered]["timestamp"] <= step.isoformat():
@@ -123,48 +125,6 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
     database.dispose()
     return DemoResult(report, len(accounts), len(messages), ticks,
                       time.perf_counter() - started, now.isoformat(), crm_sync)
-
-
-class DemoCrm:
-    """The demo's CRM: a signed-webhook receiver it starts on 127.0.0.1 itself, fed by the CRM
-    sync every SYNC_HOURS simulated hours, as `serve` would after its ticks."""
-
-    SYNC_HOURS = 6
-
-    def __init__(self) -> None:
-        import base64
-        import secrets
-
-        from firstvalue.crm.receiver import SyncReceiver
-        from firstvalue.crm.webhook import WebhookConnector
-
-        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-        self.receiver = SyncReceiver(secret)
-        self.connectors = [WebhookConnector(self.receiver.url, secret)]
-        self.steps = 0
-
-    def start(self) -> DemoCrm:
-        self.receiver.start()
-        return self
-
-    def sync(self, database: Any, now: int) -> None:
-        from firstvalue.crm.sync import sync_crm
-
-        self.steps += 1
-        if self.steps % self.SYNC_HOURS == 0:
-            sync_crm(database, now, self.connectors)
-
-    def finish(self, database: Any, now: int) -> dict[str, Any]:
-        from firstvalue.crm.sync import sync_crm, sync_status
-
-        sync_crm(database, now, self.connectors)
-        self.receiver.stop()
-        return {"receiver": "a Standard Webhooks receiver on 127.0.0.1 started by the demo",
-                "deliveries": self.receiver.deliveries,
-                "milestone_records": self.receiver.count("milestone"),
-                "completed_milestones": self.receiver.completed_milestones(),
-                "account_records": self.receiver.count("account"),
-                "status": sync_status(database)}
 
 
 def _last_day(today: str | None) -> date:
