@@ -16,6 +16,46 @@ class Setting:
     help: str
 
 
+# The settings of the CRM, calendar and email integrations (docs/integrations.md).
+CRM_SETTINGS: tuple[Setting, ...] = (
+    Setting("hubspot_token", "FIRSTVALUE_HUBSPOT_TOKEN", None,
+            "HubSpot private app token (a secret); setting it turns the HubSpot sync on."),
+    Setting("hubspot_url", "FIRSTVALUE_HUBSPOT_URL", "https://api.hubapi.com",
+            "Base URL of HubSpot's API."),
+    Setting("hubspot_milestone_object", "FIRSTVALUE_HUBSPOT_MILESTONE_OBJECT", None,
+            "The HubSpot custom object milestone records are written to (its objectTypeId, "
+            "e.g. 2-1234567, or its fully qualified name)."),
+    Setting("hubspot_id_property", "FIRSTVALUE_HUBSPOT_ID_PROPERTY", "firstvalue_account_id",
+            "The unique company property holding the firstvalue account id."),
+    Setting("salesforce_url", "FIRSTVALUE_SALESFORCE_URL", None,
+            "Salesforce instance URL (https://MyDomain.my.salesforce.com); with the token, "
+            "turns the Salesforce sync on."),
+    Setting("salesforce_token", "FIRSTVALUE_SALESFORCE_TOKEN", None,
+            "Salesforce OAuth access token (a secret)."),
+    Setting("salesforce_api_version", "FIRSTVALUE_SALESFORCE_API_VERSION", "v60.0",
+            "Salesforce REST API version."),
+    Setting("salesforce_id_field", "FIRSTVALUE_SALESFORCE_ID_FIELD", "Firstvalue_Account_Id__c",
+            "The external id field of Account holding the firstvalue account id."),
+    Setting("salesforce_milestone_object", "FIRSTVALUE_SALESFORCE_MILESTONE_OBJECT",
+            "Onboarding_Milestone__c", "The Salesforce custom object of milestone records."),
+    Setting("crm_webhook_url", "FIRSTVALUE_CRM_WEBHOOK_URL", None,
+            "Receiver of CRM sync records as signed webhooks (Standard Webhooks)."),
+    Setting("crm_webhook_secret", "FIRSTVALUE_CRM_WEBHOOK_SECRET", None,
+            "Signing secret of the CRM sync webhooks (whsec_...; a secret)."),
+    Setting("sync_max_attempts", "FIRSTVALUE_SYNC_MAX_ATTEMPTS", "8",
+            "Attempts before a CRM sync row is dead-lettered."),
+    Setting("crm_inbound_secret", "FIRSTVALUE_CRM_INBOUND_SECRET", None,
+            "Secret (whsec_...) that signs deal webhooks to /webhooks/crm (Standard Webhooks)."),
+    Setting("email_inbound_secret", "FIRSTVALUE_EMAIL_INBOUND_SECRET", None,
+            "Secret (whsec_...) that signs email engagement webhooks to /webhooks/email."),
+    Setting("calendly_signing_key", "FIRSTVALUE_CALENDLY_SIGNING_KEY", None,
+            "The signing key of the Calendly webhook subscription (a secret)."),
+    Setting("calcom_secret", "FIRSTVALUE_CALCOM_SECRET", None,
+            "The secret of the Cal.com webhook (a secret)."),
+    Setting("kickoff_match", "FIRSTVALUE_KICKOFF_MATCH", "kickoff",
+            "A booked meeting whose event type name contains this word is a kickoff."),
+)
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("db", "FIRSTVALUE_DB", "sqlite:///firstvalue.db",
             "Database URL: sqlite:///FILE or postgresql://USER@HOST:PORT/DB."),
@@ -49,6 +89,7 @@ SETTINGS: tuple[Setting, ...] = (
             "tasks and alerts when no cover is in."),
     Setting("max_attempts", "FIRSTVALUE_MAX_ATTEMPTS", "10",
             "Delivery attempts before an action is parked as dead."),
+    *CRM_SETTINGS,
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

@@ -120,6 +120,29 @@ def test_the_demo_prints_the_same_report_for_the_same_seed_and_date(tmp_path, mo
     assert {row["segment"] for row in first["ttv_by_segment"]} == {"smb", "mid_market",
                                                                    "enterprise"}
     assert (tmp_path / "firstvalue-demo.db").exists()
+    # The CRM sync's records reached the demo's own receiver, every one delivered.
+    sync = first["crm_sync"]
+    with_runs = sync["account_records"]
+    assert with_runs > 0 and sync["milestone_records"] == 5 * with_runs
+    assert sync["completed_milestones"] > 0
+    assert sync["status"] == [{"connector": "webhook", "pending": 0,
+                               "delivered": 6 * with_runs, "failed": 0, "dead": 0}]
+
+
+def test_the_demo_prints_milestone_records_reaching_its_own_receiver_and_the_sync_status(
+        tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    code, output = run("demo", "--accounts", "12", "--today", "2026-12-04")
+    assert code == 0, output
+    assert "CRM sync, to a Standard Webhooks receiver on 127.0.0.1 started by the demo" in output
+    match = re.search(r"(\d+) milestone records \((\d+) completed\) and (\d+) account "
+                      r"records, in (\d+) signed deliveries", output)
+    assert match, output
+    milestones, _, accounts, deliveries = map(int, match.groups())
+    assert accounts > 0 and milestones == 5 * accounts and deliveries > 0
+    assert f"sync status webhook: 0 pending, {6 * accounts} delivered, 0 failed, 0 dead" in output
 
 
 def test_the_demo_reports_actions_and_escalations_raised_and_cancelled_by_rule(tmp_path,

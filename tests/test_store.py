@@ -13,7 +13,7 @@ from firstvalue.runtime.evaluation import stored_states, tick
 from firstvalue.store.schema import in_schema_of, metadata
 from tests.conftest import encode, micros
 
-HEAD = "0003"
+HEAD = "0004"
 
 T0 = micros("2026-03-01T00:00:00Z")
 

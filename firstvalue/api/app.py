@@ -204,6 +204,10 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         await _authenticate_api(request, context)
         return json_response({"assignments": await run_in_threadpool(_assignments, context)})
 
+    from firstvalue.crm.routes import router as integrations_router
+
+    app.include_router(integrations_router)
+
     # `path`: a groupId may hold a slash ("org/42"), which arrives decoded in the path.
     @app.get("/api/accounts/{account_id:path}")
     async def get_account(account_id: str, request: Request) -> Response:

@@ -43,11 +43,15 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        from firstvalue.crm.sync import configured_connectors, sync_crm
+
         dispatcher = Dispatcher(self.database, self.playbook)
+        connectors = configured_connectors()
         while not self._stop.is_set():
             try:
                 tick(self.database, self.playbook, to_micros(system_now()))
                 dispatcher.run_once(to_micros(system_now()))
+                sync_crm(self.database, to_micros(system_now()), connectors)
             except Exception:
                 log.exception("The scheduled tick failed; the next one will run as usual.")
             self._stop.wait(self.interval)
@@ -72,7 +76,9 @@ def build_server_app(database: Database, playbook: CompiledPlaybook,
 def serve(database: Database, playbook: CompiledPlaybook, host: str, port: int,
           tick_seconds: float) -> None:
     from firstvalue.access import environment_write_keys, stored_write_key_count
+    from firstvalue.crm.sync import configured_connectors
 
+    configured_connectors()  # a half-configured CRM connector stops `serve` here, loudly
     app = build_server_app(database, playbook, tick_seconds)
     if not environment_write_keys() and not stored_write_key_count(database):
         print("Warning: no write key is set, so ingest will refuse every event; set "

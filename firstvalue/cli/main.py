@@ -204,6 +204,9 @@ def demo_command(obj: Context, account_count: int, seed: int, today: str | None,
         print_json(result.report)
         return
     show_report(result.report)
+    from firstvalue.crm.commands import show_demo_sync
+
+    show_demo_sync(result.crm_sync)
     click.echo(f"\nSimulated {result.accounts} accounts, {result.events} events and "
                f"{result.ticks} ticks in {result.seconds:.1f} s.")
     click.echo(f"Explore it: firstvalue --db sqlite:///{demo_db} accounts --now {result.now}")
@@ -497,6 +500,10 @@ def team_list(obj: Context, as_json: bool, now_text: str | None) -> None:
         away = f", away (cover: {m['cover'] or 'team queue'})" if m["away"] else ""
         click.echo(f"{m['handle']}: {m['role']}, {m['load']}/{m['capacity']} accounts, "
                    f"{m['timezone']}{away}")
+
+from firstvalue.crm.commands import sync_group  # noqa: E402 (it builds on the group above)
+
+cli.add_command(sync_group)
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ champion going quiet, scope creep freeze) in one of the three segments. Its even
 up front with their own timestamps; the simulation then walks the 120 days that end on `today`
 one hour at a time, delivering each hour's events as they would have arrived, ticking the
 engine and dispatching what fell due, as `serve` would on the real clock. Deliveries go to a
-sandbox (a list in memory), so the demo sends nothing anywhere.
+sandbox (a list in memory), and the CRM sync to a receiver the demo starts on 127.0.0.1, so
+nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 from firstvalue.actions.dispatch import Dispatcher, sandbox_channels
 from firstvalue.actions.outbox import list_actions
 from firstvalue.clock import isoformat, to_micros
+from firstvalue.crm.receiver import DemoCrm
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.errors import ConfigError
 from firstvalue.ingest.service import ingest_messages
@@ -62,6 +64,7 @@ class DemoResult:
     ticks: int
     seconds: float
     now: str
+    crm_sync: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +99,7 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
     # The sandbox delivers to a list: a demo sends nothing out of the machine.
     outbox: list[Any] = []
     dispatcher = Dispatcher(database, playbook, sandbox_channels(outbox), lambda: True)
+    crm = DemoCrm().start()  # its CRM: a receiver on 127.0.0.1 (firstvalue/crm/receiver.py)
     for step in _hourly_steps(first, now):
         batch = []
         while delivered < len(messages) and messages[delivered]["timestamp"] <= step.isoformat():
@@ -106,18 +110,21 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
             ingest_messages(database, batch, step_micros, playbook.anchor_names)
         tick(database, playbook, step_micros)
         dispatcher.run_once(step_micros)
+        crm.sync(database, step_micros)
         ticks += 1
 
     now_micros = to_micros(now)
+    crm_sync = crm.finish(database, now_micros)
     states = evaluate_accounts(database, playbook, now_micros)
     keys = [m.key for m in playbook.loaded.model.milestones]
     with database.engine.connect() as conn:
         actions = list_actions(conn)
     report = build_report(states, keys, isoformat(now_micros) or "", playbook.version,
                           held_events(database, now_micros), actions)
+    report["crm_sync"] = crm_sync
     database.dispose()
     return DemoResult(report, len(accounts), len(messages), ticks,
-                      time.perf_counter() - started, now.isoformat())
+                      time.perf_counter() - started, now.isoformat(), crm_sync)
 
 
 def _last_day(today: str | None) -> date:

@@ -175,6 +175,64 @@ counters = Table(
     Column("value", BigInteger, nullable=False),
 )
 
+# CRM sync (firstvalue/crm): one row per connector and CRM record the engine writes, holding
+# the fields it wants there (`desired`) and the fields last delivered (`pushed`), so that a
+# sync with nothing changed sends nothing.
+crm_sync = Table(
+    "crm_sync",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("connector", Text, nullable=False),
+    Column("record_type", Text, nullable=False),
+    Column("record_id", Text, nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("desired", Text, nullable=False),
+    Column("pushed", Text),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", BigInteger),
+    Column("error", Text),
+    Column("remote_id", Text),
+    Column("changed_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger),
+    Index("ix_crm_sync_record", "connector", "record_type", "record_id", unique=True),
+    Index("ix_crm_sync_due", "connector", "status", "next_attempt_at"),
+)
+
+crm_cursors = Table(
+    "crm_cursors",
+    metadata,
+    Column("connector", Text, primary_key=True),
+    Column("evaluated_at", BigInteger, nullable=False),
+)
+
+# Inbound webhook deliveries, by the id their scheme gives them: a replay is recognised and
+# stored nothing a second time.
+inbound_webhooks = Table(
+    "inbound_webhooks",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("delivery_id", Text, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    Column("events", Integer, nullable=False),
+    Index("ix_inbound_webhooks_delivery", "source", "delivery_id", unique=True),
+)
+
+# Calendar bookings seen, so that a later no-show or cancellation naming only the booking
+# finds the contact and the kind of meeting it was.
+calendar_bookings = Table(
+    "calendar_bookings",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("booking_id", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("meeting", Text, nullable=False),
+    Column("start_time", Text),
+    Column("seen_at", BigInteger, nullable=False),
+    Index("ix_calendar_bookings_booking", "source", "booking_id", unique=True),
+)
+
 
 team_members = Table(
     "team_members",
