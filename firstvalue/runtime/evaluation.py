@@ -19,6 +19,7 @@ from firstvalue.actions.outbox import existing_actions, reconcile
 from firstvalue.engine import AccountFacts, EventFact, evaluate_account
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
+from firstvalue.runtime.experiments import Assignments
 from firstvalue.runtime.stall_history import record_stalls, recorded_stalls
 from firstvalue.store import events as event_store
 from firstvalue.store.database import Database
@@ -122,8 +123,12 @@ def evaluate_accounts(database: Database, playbook: CompiledPlaybook, now: int,
                       account_ids: Iterable[str] | None = None) -> list[AccountState]:
     """Evaluate at `now` without writing: what the read commands and the API show."""
     with database.engine.connect() as conn:
-        states = [evaluate_safely(facts, playbook, now)
-                  for facts in load_facts(conn, playbook, account_ids)]
+        # Accounts in an experiment are shown as evaluated with their recorded variant.
+        ids = None if account_ids is None else list(account_ids)
+        variants = Assignments(conn, playbook, ids, now, write=False)
+        states = [variants.evaluate(facts, evaluate_safely(facts, playbook, now),
+                                    evaluate_safely)
+                  for facts in load_facts(conn, playbook, ids)]
     return [state for state in states if state is not None]
 
 
@@ -141,8 +146,11 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
         late_limit = playbook.loaded.model.late_limit_hours
         outbox = existing_actions(conn, seqs)
         history = recorded_stalls(conn, seqs)
+        variants = Assignments(conn, playbook, seqs, now, write=True)
         for facts in load_facts(conn, playbook, seqs):
-            state = evaluate_safely(facts, playbook, now)
+            # Accounts in an experiment: assigned once, then evaluated with their variant.
+            state = variants.evaluate(facts, evaluate_safely(facts, playbook, now),
+                                      evaluate_safely)
             if state is None:
                 # Kept out of the way until its events change, retried hourly meanwhile.
                 updates.append({"id": facts.account_id, "state": _encode(

@@ -25,12 +25,12 @@ import sqlalchemy as sa
 
 from firstvalue.actions.dispatch import Dispatcher, sandbox_channels
 from firstvalue.actions.outbox import list_actions
-from firstvalue.clock import isoformat, to_micros
+from firstvalue.clock import to_micros
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.errors import ConfigError
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.metrics.report import build_report
-from firstvalue.runtime.evaluation import evaluate_accounts, held_events, tick
+from firstvalue.runtime.evaluation import held_events, tick
 from firstvalue.store.database import open_database
 
 SIMULATED_DAYS = 120
@@ -109,12 +109,10 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
         ticks += 1
 
     now_micros = to_micros(now)
-    states = evaluate_accounts(database, playbook, now_micros)
-    keys = [m.key for m in playbook.loaded.model.milestones]
     with database.engine.connect() as conn:
         actions = list_actions(conn)
-    report = build_report(states, keys, isoformat(now_micros) or "", playbook.version,
-                          held_events(database, now_micros), actions)
+    report = build_report(database, playbook, now_micros, held=held_events(database, now_micros),
+                          actions=actions)
     database.dispose()
     return DemoResult(report, len(accounts), len(messages), ticks,
                       time.perf_counter() - started, now.isoformat())

@@ -1,0 +1,202 @@
+"""Runs as the analytics see them: what each account's current run had reached by `now`.
+
+The report reads the states the last tick stored, so that it costs a read of the store, not an
+evaluation of every account. A stored state is used only when it is current: evaluated with the
+playbook in use and after the account's last change. Any other account (never evaluated, changed
+since, or evaluated with another playbook version) is evaluated at `now`. A state evaluated after
+`now` is cut back to it: milestones, the kickoff and the run itself count only if they happened
+at or before `now`, so that nothing later than `--now` is used.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from firstvalue.clock import from_micros, to_micros
+from firstvalue.engine.compiled import CompiledPlaybook
+from firstvalue.engine.days import zone
+from firstvalue.store.database import Database
+from firstvalue.store.traits import plain_traits
+
+_decode = msgspec.json.decode
+UTC_ZONE = zoneinfo.ZoneInfo("UTC")
+MICROS_A_DAY = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One account's current run as of `now`: the facts every analytic is computed from."""
+
+    account_id: str
+    segment: str | None
+    tier: int | None
+    track: str | None
+    use_case: str | None
+    tz: zoneinfo.ZoneInfo
+    run: int
+    started_at: int
+    day0: date | None
+    has_kickoff: bool
+    end_day: int
+    today: date
+    now: int
+    milestones: dict[str, int]  # done milestones: key -> completion instant (microseconds)
+    targets: dict[str, int]
+    ttv_target: int | None
+    churned_at: int | None = None
+    expansion_amount: float = 0.0
+    expansions: int = 0
+    renewals: int = 0
+    variants: dict[str, str] = field(default_factory=dict)
+
+    def local(self, micros: int) -> date:
+        return from_micros(micros).astimezone(self.tz).date()
+
+    @property
+    def signed_on(self) -> date:
+        return self.local(self.started_at)
+
+    def done_on(self, milestone: str) -> date | None:
+        at = self.milestones.get(milestone)
+        return None if at is None else self.local(at)
+
+    def local_day(self, on: date) -> int | None:
+        """The local day number of a date (day 0 is the kickoff's date)."""
+        return None if self.day0 is None else (on - self.day0).days
+
+    def day_start(self, day: int) -> int | None:
+        """The first instant of local day `day`."""
+        if self.day0 is None:
+            return None
+        moment = datetime.combine(self.day0 + timedelta(days=day), datetime.min.time(), self.tz)
+        return to_micros(moment)
+
+    @property
+    def cohort(self) -> str | None:
+        """The onboarding cohort: the local month of day 0 (the kickoff's, or the contract's on
+        a track without a kickoff)."""
+        return None if self.day0 is None else self.day0.strftime("%Y-%m")
+
+
+def load_runs(database: Database, playbook: CompiledPlaybook, now: int) -> list[RunRecord]:
+    """Every account's current run at `now`, outcomes included, in account id order."""
+    from firstvalue.metrics.outcomes import attach_outcomes
+
+    with database.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT id, traits, state, change_seq, evaluated_seq, playbook_version "
+            "FROM accounts ORDER BY id")).all()
+    states: dict[str, dict[str, Any]] = {}
+    stale = []
+    for account_id, _, state, change_seq, evaluated_seq, version in rows:
+        if state is None or version != playbook.version or evaluated_seq < change_seq:
+            stale.append(account_id)
+            continue
+        decoded = _decode(state)
+        if "error" in decoded:
+            stale.append(account_id)
+        else:
+            states[account_id] = decoded
+    if stale:
+        from firstvalue.runtime.evaluation import evaluate_accounts
+
+        for fresh in evaluate_accounts(database, playbook, now, stale):
+            states[fresh.id] = fresh.as_json()
+
+    variants = _assignments(database)
+    records = []
+    for account_id, traits, *_ in rows:
+        state = states.get(account_id)
+        if state is None:
+            continue
+        record = run_from_state(state, plain_traits(_decode(traits)), playbook, now)
+        if record is not None:
+            records.append(replace(record, variants=variants.get(account_id, {})))
+    return attach_outcomes(database, playbook, records)
+
+
+def _assignments(database: Database) -> dict[str, dict[str, str]]:
+    from firstvalue.runtime.experiments import recorded_variants
+
+    with database.engine.connect() as conn:
+        return recorded_variants(conn)
+
+
+def run_from_state(state: dict[str, Any], traits: dict[str, Any], playbook: CompiledPlaybook,
+                   now: int) -> RunRecord | None:
+    """The run of a state (as `AccountState.as_json` gives it), cut back to `now`; None for an
+    account with no run started by then."""
+    run = state.get("run")
+    if not run:
+        return None
+    started_at = _instant(run["started_at"])
+    if started_at > now:
+        return None
+    tz = zone(state.get("timezone") or "UTC") or UTC_ZONE
+    track = _track(playbook, state.get("track"))
+    has_kickoff = track.kickoff if track is not None else True
+    kickoff = _instant(state["kickoff_at"]) if state.get("kickoff_at") else None
+    if has_kickoff:
+        day0 = None if kickoff is None or kickoff > now else _local(kickoff, tz)
+    else:
+        day0 = _local(started_at, tz)
+    milestones = {}
+    for milestone in state.get("milestones") or ():
+        if milestone["status"] == "done" and milestone["completed_at"]:
+            at = _instant(milestone["completed_at"])
+            if at <= now:
+                milestones[milestone["key"]] = at
+    return RunRecord(
+        account_id=state["id"], segment=state.get("segment"), tier=state.get("tier"),
+        track=state.get("track"), use_case=_text(traits.get("use_case")), tz=tz,
+        run=run["number"], started_at=started_at, day0=day0, has_kickoff=has_kickoff,
+        end_day=run.get("end_day") or (track.end_day if track else 90),
+        today=_local(now, tz), now=now, milestones=milestones,
+        targets=dict(track.targets) if track else {},
+        ttv_target=track.ttv_target if track else state.get("ttv_target_days"))
+
+
+def _track(playbook: CompiledPlaybook, key: str | None) -> Any:
+    for track in playbook.loaded.model.tracks:
+        if track.key == key:
+            return track
+    return None
+
+
+def _instant(text: str) -> int:
+    return to_micros(datetime.fromisoformat(text))
+
+
+def _local(micros: int, tz: zoneinfo.ZoneInfo) -> date:
+    return from_micros(micros).astimezone(tz).date()
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def group_key(record: RunRecord, by: str) -> str:
+    """The group a run falls in for `--by`."""
+    if by == "cohort":
+        return record.cohort or "no day 0 yet"
+    value = getattr(record, by)
+    return "unknown" if value is None else str(value)
+
+
+GROUPINGS = ("segment", "tier", "track", "use_case", "cohort")
+SEGMENT_ORDER = ("smb", "mid_market", "enterprise")
+
+
+def group_order(keys: Sequence[str], by: str) -> list[str]:
+    """Groups in the order a reader expects: segments by size, the rest sorted."""
+    if by == "segment":
+        return sorted(keys, key=lambda k: (SEGMENT_ORDER.index(k) if k in SEGMENT_ORDER
+                                           else len(SEGMENT_ORDER), k))
+    return sorted(keys, key=lambda k: (k in ("unknown", "no day 0 yet"), k))

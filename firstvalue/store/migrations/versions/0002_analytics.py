@@ -1,0 +1,34 @@
+"""Experiment assignments: which variant of which experiment each account was given, once.
+
+Revision ID: 0002_analytics
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002_analytics"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "experiment_assignments",
+        sa.Column("experiment", sa.Text, nullable=False),
+        sa.Column("account_id", sa.Text, nullable=False),
+        sa.Column("variant", sa.Text, nullable=False),
+        sa.Column("stratum", sa.Text, nullable=False),
+        sa.Column("position", sa.Integer, nullable=False),
+        sa.Column("run", sa.Integer, nullable=False),
+        sa.Column("assigned_at", sa.BigInteger, nullable=False),
+        sa.Column("playbook_version", sa.Text, nullable=False),
+        sa.PrimaryKeyConstraint("experiment", "account_id"),
+    )
+    op.create_index("ix_experiment_assignments_slot", "experiment_assignments",
+                    ["experiment", "stratum", "position"], unique=True)
+
+
+def downgrade() -> None:
+    op.drop_table("experiment_assignments")
