@@ -215,20 +215,26 @@ def write_report_files(obj: Context, report: dict[str, Any], now: int, csv_dir: 
 @click.option("--db", "demo_db", default="firstvalue-demo.db", show_default=True,
               help="The demo database: a file path (replaced on each run, and only if it is a "
                    "demo database).")
+@click.option("--charts", "charts_dir", type=click.Path(path_type=Path),
+              default=Path("firstvalue-demo-charts"), show_default=True, metavar="DIR",
+              help="Where the report's charts (PNG and SVG) go.")
 @json_option
 @click.pass_obj
 def demo_command(obj: Context, account_count: int, seed: int, today: str | None, demo_db: str,
-                 as_json: bool) -> None:
+                 charts_dir: Path, as_json: bool) -> None:
     """Simulate sample accounts over 120 days on a virtual clock and print the report."""
     from firstvalue.cli.views import show_report
+    from firstvalue.metrics.charts import write_charts
     from firstvalue.sim.demo import run_demo
 
     result = run_demo(Path(demo_db), obj.playbook, account_count, seed, today,
                       quiet=as_json)
+    charts = write_charts(result.report, charts_dir)
     if as_json:
         print_json(result.report)
         return
     show_report(result.report)
+    click.echo(f"\nCharts: {', '.join(str(path) for path in charts)}")
     click.echo(f"\nSimulated {result.accounts} accounts, {result.events} events and "
                f"{result.ticks} ticks in {result.seconds:.1f} s.")
     click.echo(f"Explore it: firstvalue --db sqlite:///{demo_db} accounts --now {result.now}")

@@ -49,7 +49,8 @@ def cohort_chart(report: dict[str, Any]) -> Any:
         x=alt.X("measure:N", sort=None, title=None), y=alt.Y("cohort:O", title="cohort"))
     cells = base.mark_rect().encode(
         color=alt.Color("share:Q", scale=alt.Scale(domain=[0, 1], scheme="blues")))
-    labels = base.mark_text().encode(text=alt.Text("share:Q", format=".0%"))
+    labels = base.mark_text().encode(text=alt.Text("share:Q", format=".0%")).transform_filter(
+        "datum.share != null")
     return (cells + labels).properties(title="Onboarding cohorts", width=520, height=260)
 
 

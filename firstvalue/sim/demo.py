@@ -344,12 +344,18 @@ class _AccountScript:
                             props={"attendees": [self.champion]})
 
     def _outcomes(self, day0: datetime, reached: dict[str, datetime]) -> None:
+        """Accounts that reached value expand more and churn less; a signed pilot of 90 days
+        renews into a yearly contract."""
         rng = self.rng
         if "first_value" in reached and rng.random() < 0.35:
             self._track("Expansion Closed", reached["first_value"] + timedelta(days=40),
                         props={"amount": rng.randint(5, 40) * 1000})
-        if "first_value" not in reached and rng.random() < 0.3:
-            self._track("Account Churned", day0 + timedelta(days=rng.randint(70, 110)))
+        churn = 0.05 if "first_value" in reached else 0.3
+        if rng.random() < churn:
+            self._track("Account Churned", day0 + timedelta(days=rng.randint(45, 110)))
+        elif "first_value" in reached and rng.random() < 0.6:
+            self._track("Renewal Closed", self.signed + timedelta(days=90),
+                        props={"term": "annual"})
 
     def _local(self, moment: datetime, hour: int) -> datetime:
         local = moment.astimezone(self.tz)
