@@ -173,16 +173,13 @@ def account_command(obj: Context, account_id: str, as_json: bool, now_text: str 
 def report_command(obj: Context, as_json: bool, by: str, mode: str, csv_dir: Path | None,
                    charts_dir: Path | None, now_text: str | None) -> None:
     """Time-to-value against target, phases, funnel, stalls, retention, expansion, experiments."""
-    from firstvalue.actions.outbox import list_actions
     from firstvalue.cli.views import show_report
     from firstvalue.metrics.report import build_report
     from firstvalue.runtime.evaluation import held_events
 
     now = resolve_now(now_text)
-    with obj.database.engine.connect() as conn:
-        actions = list_actions(conn)
     report = build_report(obj.database, obj.playbook, now, by, mode,
-                          held_events(obj.database, now), actions)
+                          held_events(obj.database, now))
     written = write_report_files(obj, report, now, csv_dir, charts_dir)
     if as_json:
         print_json(report)

@@ -9,14 +9,12 @@ after the run's start and at or before `now` count.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
 
 from firstvalue.engine.compiled import CompiledPlaybook
-from firstvalue.metrics.runs import RunRecord
 from firstvalue.store.database import Database
 
 OUTCOME_MEANINGS = {"account_churned": "Account Churned", "expansion_closed": "Expansion Closed",
@@ -33,45 +31,42 @@ def meaning_names(playbook: CompiledPlaybook, meaning: str) -> list[str]:
     return [default] if default else []
 
 
-def attach_outcomes(database: Database, playbook: CompiledPlaybook,
-                    records: list[RunRecord]) -> list[RunRecord]:
-    """The records with their churn time, expansion amount and count, and renewals."""
-    if not records:
-        return records
+def outcome_events(database: Database, playbook: CompiledPlaybook,
+                   now: int) -> dict[str, list[tuple[str, int, float]]]:
+    """Each account's outcome events up to `now`: (meaning, time, amount)."""
     kinds = {name: meaning for meaning in OUTCOME_MEANINGS
              for name in meaning_names(playbook, meaning)}
-    now = max(record.now for record in records)
     statement = sa.text(
         "SELECT account_id, name, ts, properties FROM events WHERE type = 'track' "
         "AND name IN :names AND ts <= :now AND account_id IS NOT NULL"
     ).bindparams(sa.bindparam("names", expanding=True))
     with database.engine.connect() as conn:
         rows = conn.execute(statement, {"names": sorted(kinds), "now": now}).all()
-    by_account: dict[str, list[Any]] = {}
-    for row in rows:
-        by_account.setdefault(row[0], []).append(row)
-    return [_with_outcomes(record, by_account.get(record.account_id, ()), kinds)
-            for record in records]
+    found: dict[str, list[tuple[str, int, float]]] = {}
+    for account_id, name, ts, properties in rows:
+        found.setdefault(account_id, []).append((kinds[name], ts, _amount(properties)))
+    return found
 
 
-def _with_outcomes(record: RunRecord, rows: Iterable[Any],
-                   kinds: dict[str, str]) -> RunRecord:
+def summarize_outcomes(events: Iterable[tuple[str, int, float]], started_at: int,
+                       now: int) -> dict[str, Any]:
+    """A run's first churn, its expansions (count and amount) and renewals, from the events
+    dated from its start to `now`."""
     churned_at = None
     amount = 0.0
     expansions = renewals = 0
-    for _, name, ts, properties in rows:
-        if ts < record.started_at or ts > record.now:
+    for kind, ts, value in events:
+        if ts < started_at or ts > now:
             continue
-        kind = kinds[name]
         if kind == "account_churned":
             churned_at = ts if churned_at is None else min(churned_at, ts)
         elif kind == "expansion_closed":
             expansions += 1
-            amount += _amount(properties)
+            amount += value
         else:
             renewals += 1
-    return replace(record, churned_at=churned_at, expansion_amount=amount,
-                   expansions=expansions, renewals=renewals)
+    return {"churned_at": churned_at, "expansion_amount": amount, "expansions": expansions,
+            "renewals": renewals}
 
 
 def _amount(properties: str) -> float:

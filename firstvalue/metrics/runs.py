@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import zoneinfo
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import msgspec
@@ -23,11 +24,46 @@ from firstvalue.clock import from_micros, to_micros
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.days import zone
 from firstvalue.store.database import Database
-from firstvalue.store.traits import plain_traits
 
 _decode = msgspec.json.decode
 UTC_ZONE = zoneinfo.ZoneInfo("UTC")
 MICROS_A_DAY = 86_400_000_000
+
+
+class _StoredMilestone(msgspec.Struct):
+    key: str
+    status: str
+    completed_at: str | None = None
+
+
+class _StoredRun(msgspec.Struct):
+    number: int
+    started_at: str
+    end_day: int | None = None
+
+
+class _StoredState(msgspec.Struct):
+    """The part of a stored state the analytics read; decoding only it skips the rest (the
+    stalls' evidence, above all) at C speed."""
+
+    id: str
+    timezone: str | None = None
+    segment: str | None = None
+    tier: int | None = None
+    track: str | None = None
+    kickoff_at: str | None = None
+    ttv_target_days: int | None = None
+    run: _StoredRun | None = None
+    milestones: list[_StoredMilestone] = []
+    error: str | None = None
+
+
+class _UseCase(msgspec.Struct):
+    use_case: list[list[Any]] = []
+
+
+_decode_state = msgspec.json.Decoder(_StoredState).decode
+_decode_use_case = msgspec.json.Decoder(_UseCase).decode
 
 
 @dataclass(frozen=True)
@@ -57,15 +93,27 @@ class RunRecord:
     variants: dict[str, str] = field(default_factory=dict)
 
     def local(self, micros: int) -> date:
-        return from_micros(micros).astimezone(self.tz).date()
+        """The local date of an instant; remembered, as a report asks for the same ones often."""
+        found = self._local_dates.get(micros)
+        if found is None:
+            found = self._local_dates[micros] = from_micros(micros).astimezone(self.tz).date()
+        return found
 
-    @property
+    @cached_property
+    def _local_dates(self) -> dict[int, date]:
+        return {}
+
+    @cached_property
     def signed_on(self) -> date:
         return self.local(self.started_at)
 
+    @cached_property
+    def done_dates(self) -> dict[str, date]:
+        """The local date of each done milestone (asked for many times a report)."""
+        return {key: self.local(at) for key, at in self.milestones.items()}
+
     def done_on(self, milestone: str) -> date | None:
-        at = self.milestones.get(milestone)
-        return None if at is None else self.local(at)
+        return self.done_dates.get(milestone)
 
     def local_day(self, on: date) -> int | None:
         """The local day number of a date (day 0 is the kickoff's date)."""
@@ -75,32 +123,51 @@ class RunRecord:
         """The first instant of local day `day`."""
         if self.day0 is None:
             return None
-        moment = datetime.combine(self.day0 + timedelta(days=day), datetime.min.time(), self.tz)
-        return to_micros(moment)
+        found = self._day_starts.get(day)
+        if found is None:
+            moment = datetime.combine(self.day0 + timedelta(days=day), datetime.min.time(),
+                                      self.tz)
+            found = self._day_starts[day] = to_micros(moment)
+        return found
 
-    @property
+    @cached_property
+    def _day_starts(self) -> dict[int, int]:
+        return {}
+
+    @cached_property
     def cohort(self) -> str | None:
         """The onboarding cohort: the local month of day 0 (the kickoff's, or the contract's on
         a track without a kickoff)."""
-        return None if self.day0 is None else self.day0.strftime("%Y-%m")
+        return None if self.day0 is None else f"{self.day0.year:04d}-{self.day0.month:02d}"
+
+    @cached_property
+    def censoring(self) -> tuple[date, str]:
+        """The date this run stops being watched, and why: the earliest of today, its end day
+        and its churn (on a tie, the first of those)."""
+        candidates = [(self.today, "now")]
+        if self.day0 is not None:
+            candidates.append((self.day0 + timedelta(days=self.end_day), "end_day"))
+        if self.churned_at is not None:
+            candidates.append((self.local(self.churned_at), "churn"))
+        return min(candidates, key=lambda c: c[0])
 
 
 def load_runs(database: Database, playbook: CompiledPlaybook, now: int) -> list[RunRecord]:
     """Every account's current run at `now`, outcomes included, in account id order."""
-    from firstvalue.metrics.outcomes import attach_outcomes
+    from firstvalue.metrics.outcomes import outcome_events
 
     with database.engine.connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT id, traits, state, change_seq, evaluated_seq, playbook_version "
             "FROM accounts ORDER BY id")).all()
-    states: dict[str, dict[str, Any]] = {}
+    states: dict[str, _StoredState] = {}
     stale = []
     for account_id, _, state, change_seq, evaluated_seq, version in rows:
         if state is None or version != playbook.version or evaluated_seq < change_seq:
             stale.append(account_id)
             continue
-        decoded = _decode(state)
-        if "error" in decoded:
+        decoded = _decode_state(state)
+        if decoded.error is not None:
             stale.append(account_id)
         else:
             states[account_id] = decoded
@@ -108,18 +175,20 @@ def load_runs(database: Database, playbook: CompiledPlaybook, now: int) -> list[
         from firstvalue.runtime.evaluation import evaluate_accounts
 
         for fresh in evaluate_accounts(database, playbook, now, stale):
-            states[fresh.id] = fresh.as_json()
+            states[fresh.id] = msgspec.convert(fresh.as_json(), _StoredState)
 
     variants = _assignments(database)
+    outcomes = outcome_events(database, playbook, now)
     records = []
     for account_id, traits, *_ in rows:
         state = states.get(account_id)
         if state is None:
             continue
-        record = run_from_state(state, plain_traits(_decode(traits)), playbook, now)
+        record = run_from_state(state, _use_case(traits), playbook, now,
+                                variants.get(account_id, {}), outcomes.get(account_id, ()))
         if record is not None:
-            records.append(replace(record, variants=variants.get(account_id, {})))
-    return attach_outcomes(database, playbook, records)
+            records.append(record)
+    return records
 
 
 def _assignments(database: Database) -> dict[str, dict[str, str]]:
@@ -129,38 +198,48 @@ def _assignments(database: Database) -> dict[str, dict[str, str]]:
         return recorded_variants(conn)
 
 
-def run_from_state(state: dict[str, Any], traits: dict[str, Any], playbook: CompiledPlaybook,
-                   now: int) -> RunRecord | None:
-    """The run of a state (as `AccountState.as_json` gives it), cut back to `now`; None for an
-    account with no run started by then."""
-    run = state.get("run")
-    if not run:
+def _use_case(traits: str) -> str | None:
+    """The latest `use_case` trait, from the stamped traits (see store/traits.py)."""
+    history = _decode_use_case(traits).use_case
+    return _text(history[-1][2]) if history and len(history[-1]) > 2 else None
+
+
+def run_from_state(state: _StoredState, use_case: str | None, playbook: CompiledPlaybook,
+                   now: int, variants: dict[str, str] | None = None,
+                   outcomes: Sequence[tuple[str, int, float]] = ()) -> RunRecord | None:
+    """The run of a stored state, cut back to `now`, with its variants and its outcomes
+    ((kind, time, amount) of churn, expansion and renewal events); None for an account with no
+    run started by then."""
+    from firstvalue.metrics.outcomes import summarize_outcomes
+
+    run = state.run
+    if run is None:
         return None
-    started_at = _instant(run["started_at"])
+    started_at = _instant(run.started_at)
     if started_at > now:
         return None
-    tz = zone(state.get("timezone") or "UTC") or UTC_ZONE
-    track = _track(playbook, state.get("track"))
+    tz = zone(state.timezone or "UTC") or UTC_ZONE
+    track = _track(playbook, state.track)
     has_kickoff = track.kickoff if track is not None else True
-    kickoff = _instant(state["kickoff_at"]) if state.get("kickoff_at") else None
+    kickoff = _instant(state.kickoff_at) if state.kickoff_at else None
     if has_kickoff:
         day0 = None if kickoff is None or kickoff > now else _local(kickoff, tz)
     else:
         day0 = _local(started_at, tz)
     milestones = {}
-    for milestone in state.get("milestones") or ():
-        if milestone["status"] == "done" and milestone["completed_at"]:
-            at = _instant(milestone["completed_at"])
+    for milestone in state.milestones:
+        if milestone.status == "done" and milestone.completed_at:
+            at = _instant(milestone.completed_at)
             if at <= now:
-                milestones[milestone["key"]] = at
+                milestones[milestone.key] = at
     return RunRecord(
-        account_id=state["id"], segment=state.get("segment"), tier=state.get("tier"),
-        track=state.get("track"), use_case=_text(traits.get("use_case")), tz=tz,
-        run=run["number"], started_at=started_at, day0=day0, has_kickoff=has_kickoff,
-        end_day=run.get("end_day") or (track.end_day if track else 90),
+        account_id=state.id, segment=state.segment, tier=state.tier, track=state.track,
+        use_case=use_case, tz=tz, run=run.number, started_at=started_at, day0=day0,
+        has_kickoff=has_kickoff, end_day=run.end_day or (track.end_day if track else 90),
         today=_local(now, tz), now=now, milestones=milestones,
         targets=dict(track.targets) if track else {},
-        ttv_target=track.ttv_target if track else state.get("ttv_target_days"))
+        ttv_target=track.ttv_target if track else state.ttv_target_days,
+        variants=variants or {}, **summarize_outcomes(outcomes, started_at, now))
 
 
 def _track(playbook: CompiledPlaybook, key: str | None) -> Any:

@@ -41,12 +41,7 @@ class Observation:
 def censoring_point(record: RunRecord) -> tuple[date, str]:
     """The date a run stops being watched, and why: the earliest of today, its end day and its
     churn (ties go to the first of those)."""
-    candidates = [(record.today, "now")]
-    if record.day0 is not None:
-        candidates.append((record.day0 + timedelta(days=record.end_day), "end_day"))
-    if record.churned_at is not None:
-        candidates.append((record.local(record.churned_at), "churn"))
-    return min(candidates, key=lambda c: c[0])
+    return record.censoring
 
 
 def span_observation(record: RunRecord, start: date, end_at: int | None) -> Observation:

@@ -24,7 +24,6 @@ import msgspec
 import sqlalchemy as sa
 
 from firstvalue.actions.dispatch import Dispatcher, sandbox_channels
-from firstvalue.actions.outbox import list_actions
 from firstvalue.clock import to_micros
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.errors import ConfigError
@@ -109,10 +108,7 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
         ticks += 1
 
     now_micros = to_micros(now)
-    with database.engine.connect() as conn:
-        actions = list_actions(conn)
-    report = build_report(database, playbook, now_micros, held=held_events(database, now_micros),
-                          actions=actions)
+    report = build_report(database, playbook, now_micros, held=held_events(database, now_micros))
     database.dispose()
     return DemoResult(report, len(accounts), len(messages), ticks,
                       time.perf_counter() - started, now.isoformat())
