@@ -41,6 +41,13 @@ def retained(record: RunRecord, active: Collection[str]) -> bool:
 
 def activation(record: RunRecord, keys: Sequence[str]) -> str | None:
     """`activated`, `not_activated`, or None while it can still go either way."""
+    memo = ("activation", tuple(keys))
+    if memo not in record.memo:
+        record.memo[memo] = _activation(record, keys)
+    return record.memo[memo]  # type: ignore[no-any-return]
+
+
+def _activation(record: RunRecord, keys: Sequence[str]) -> str | None:
     days = [record.local_day(d) for d in (record.done_on(k) for k in keys) if d is not None]
     if len(days) == len(keys) and all(d is not None and d <= ACTIVATION_DAY for d in days):
         return "activated"

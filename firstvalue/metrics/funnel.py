@@ -52,8 +52,16 @@ def target_passed(record: RunRecord, key: str) -> bool:
 
 
 def funnel_status(record: RunRecord, keys: Sequence[str], index: int,
-                  mode: str) -> set[str]:
+                  mode: str) -> frozenset[str]:
     """The statuses a run has for the milestone at `index`: a subset of STATUSES."""
+    memo = ("funnel", tuple(keys), index, mode)
+    found = record.memo.get(memo)
+    if found is None:
+        found = record.memo[memo] = frozenset(_statuses(record, keys, index, mode))
+    return found  # type: ignore[no-any-return]
+
+
+def _statuses(record: RunRecord, keys: Sequence[str], index: int, mode: str) -> set[str]:
     statuses: set[str] = set()
     if reached(record, keys, index, mode):
         statuses |= {"eligible", "reached"}
@@ -67,7 +75,7 @@ def funnel_status(record: RunRecord, keys: Sequence[str], index: int,
 def funnel(records: Sequence[RunRecord], keys: Sequence[str],
            mode: str = "any") -> list[dict[str, Any]]:
     rows = []
-    previous: list[set[str]] | None = None
+    previous: list[frozenset[str]] | None = None
     for index, key in enumerate(keys):
         statuses = [funnel_status(r, keys, index, mode) for r in records]
         counts = {status: sum(1 for s in statuses if status in s) for status in STATUSES}

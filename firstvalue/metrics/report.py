@@ -34,7 +34,8 @@ def build_report(database: Database, playbook: CompiledPlaybook, now: int,
         "playbook_version": playbook.version,
         "accounts": accounts,
         "milestones": _milestone_rows(records, milestone_keys(playbook)),
-        "ttv_by_segment": _ttv_rows(records, playbook.loaded.model.first_value),
+        "ttv_by_segment": _ttv_rows(records, playbook.loaded.model.first_value,
+                                    analytics["ttv"] if by == "segment" else None),
         **analytics,
         "actions_by_rule": actions,
         "held_events": list(held),
@@ -73,11 +74,13 @@ def action_counts(conn: sa.Connection) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda row: (row["rule"], row["kind"]))
 
 
-def _ttv_rows(records: Sequence[RunRecord], first_value: str) -> list[dict[str, Any]]:
+def _ttv_rows(records: Sequence[RunRecord], first_value: str,
+              by_segment: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """TTV per segment in the report's first shape; the median is the Kaplan-Meier one."""
     rows = []
-    estimates = {row["group"]: row for row in ttv_by(records, "segment", first_value,
-                                                      curve=False)}
+    if by_segment is None:
+        by_segment = ttv_by(records, "segment", first_value, curve=False)
+    estimates = {row["group"]: row for row in by_segment}
     for segment in group_order(list(estimates), "segment"):
         row = estimates[segment]
         rows.append({"segment": segment, "accounts": row["accounts"],

@@ -104,6 +104,12 @@ class RunRecord:
         return {}
 
     @cached_property
+    def memo(self) -> dict[Any, Any]:
+        """Figures of this run that several analytics ask for (its TTV observation, funnel
+        statuses, activation), worked out once. A record never changes, so neither do they."""
+        return {}
+
+    @cached_property
     def signed_on(self) -> date:
         return self.local(self.started_at)
 

@@ -59,7 +59,12 @@ def span_observation(record: RunRecord, start: date, end_at: int | None) -> Obse
 
 def ttv_observation(record: RunRecord, first_value: str) -> Observation:
     """Contract signed to first value, in local days (as the engine counts `ttv_days`)."""
-    return span_observation(record, record.signed_on, record.milestones.get(first_value))
+    key = ("ttv", first_value)
+    found = record.memo.get(key)
+    if found is None:
+        found = record.memo[key] = span_observation(record, record.signed_on,
+                                                    record.milestones.get(first_value))
+    return found
 
 
 def kaplan_meier(observations: Sequence[Observation], curve: bool = True) -> dict[str, Any]:
