@@ -42,3 +42,17 @@ def test_csv_drill_down_matches_the_funnel_counts_and_charts_are_drawn(loaded,  
     for name in ("ttv_kaplan_meier", "funnel", "cohorts"):
         assert (tmp_path / "charts" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert "<svg" in (tmp_path / "charts" / f"{name}.svg").read_text()
+
+
+def test_the_demo_prints_every_analytics_section_and_writes_the_charts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, output = run("demo", "--accounts", "30", "--today", "2026-12-04")
+    assert code == 0, output
+    for title in ("Time-to-value by segment (Kaplan-Meier", "Time-to-value against target",
+                  "bottleneck", "with stall rates", "Most accounts stall at:",
+                  "90-day retention by onboarding cohort", "Experiment early_crm_tutorial",
+                  "log-rank p"):
+        assert title in output, title
+    for name in ("ttv_kaplan_meier", "funnel", "cohorts"):
+        for suffix in ("png", "svg"):
+            assert (tmp_path / "firstvalue-demo-charts" / f"{name}.{suffix}").stat().st_size

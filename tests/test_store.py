@@ -47,11 +47,9 @@ def test_the_migrations_build_exactly_the_schema_the_code_uses(database):
 
 
 def test_opening_twice_does_not_migrate_twice(database):
-    from firstvalue.store.database import open_database
-
     from alembic.script import ScriptDirectory
 
-    from firstvalue.store.database import alembic_config
+    from firstvalue.store.database import alembic_config, open_database
 
     again = open_database(database.url)
     with again.engine.connect() as conn:

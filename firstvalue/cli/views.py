@@ -112,6 +112,10 @@ def _text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
 def _days(value: Any) -> str:
     return "not reached" if value is None else str(value)
 
@@ -145,7 +149,7 @@ def show_analytics(report: dict[str, Any]) -> None:
            ("track", "product type", "median days", "playbook target", "on target",
             "reference target", "industry average"),
            [(r["track"], _text(r["product_type"]), _days(r["median_days"]),
-             _text(r["ttv_target_days"]), _text(r["on_target"]),
+             _text(r["ttv_target_days"]), _yes_no(r["on_target"]),
              _text(r["reference_target_days"]), _text(r["reference_industry_average_days"]))
             for r in report["ttv_targets"]])
     _table(f"Phases of time-to-value by {by} (median days, share of the whole)",
