@@ -226,3 +226,42 @@ def test_spearman_correlation_and_its_interval_match_the_hand_working():
                                           math.tanh(math.atanh(rho) + half)], abs=1e-4)
     assert result["ci"] == pytest.approx([0.6876, 0.9895], abs=1e-3)
     assert (result["observed"], result["censored_left_out"]) == (10, 1)
+
+
+def test_retention_and_expansion_are_read_from_the_store(database, playbook):
+    from firstvalue.ingest.service import ingest_messages
+    from firstvalue.metrics.analytics import build_analytics
+    from firstvalue.runtime.evaluation import tick
+    from tests.conftest import micros
+    from tests.test_metrics_survival import account_messages, track
+
+    # Given three mid-market accounts signed 2026-03-01, kicked off 03-03 (day 0) in UTC, so
+    # that days 60 to 89 are 2026-05-02 to 2026-05-31, read on 2026-06-15:
+    messages = []
+    for account in ("active", "quiet", "churned"):
+        messages += account_messages(account)
+    messages += [
+        # active: a login on day 75, and two expansions (one after --now: not counted);
+        track("a-login", "Signed In", "2026-05-17T10:00:00Z", "active"),
+        track("a-exp1", "Expansion Closed", "2026-04-01T10:00:00Z", "active", amount=12000),
+        track("a-exp2", "Expansion Closed", "2026-06-20T10:00:00Z", "active", amount=5000),
+        # quiet: its last login on day 59, the day before the window;
+        track("q-login", "Signed In", "2026-05-01T10:00:00Z", "quiet"),
+        # churned: active on day 61, churned on day 80.
+        track("c-login", "Signed In", "2026-05-03T10:00:00Z", "churned"),
+        track("c-churn", "Account Churned", "2026-05-22T10:00:00Z", "churned"),
+    ]
+    ingest_messages(database, messages, micros("2026-06-30T00:00:00Z"), playbook.anchor_names)
+    tick(database, playbook, micros("2026-06-30T00:00:00Z"))
+
+    report = build_analytics(database, playbook, micros("2026-06-15T12:00:00Z"))
+
+    # then only `active` is retained: 1 of 3 in the complete March cohort,
+    (march,) = report["retention"]["by_cohort"]
+    assert (march["cohort"], march["measured"], march["retained"], march["retention_rate"]) == (
+        "2026-03", 3, 1, round(1 / 3, 4))
+    # and one account of three expanded, by 12,000 (the June 20 expansion is after --now).
+    rows = {r["activation"]: r for r in report["expansion"]["by_activation"]}
+    assert rows["not_activated"]["accounts"] == 3
+    assert (rows["not_activated"]["expanded"], rows["not_activated"]["expansion_amount"]) == (
+        1, 12000)

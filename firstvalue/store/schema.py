@@ -186,4 +186,5 @@ experiment_assignments = Table(
     Column("assigned_at", BigInteger, nullable=False),
     Column("playbook_version", Text, nullable=False),
     Index("ix_experiment_assignments_slot", "experiment", "stratum", "position", unique=True),
+    Index("ix_experiment_assignments_account", "account_id"),
 )

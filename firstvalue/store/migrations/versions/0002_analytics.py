@@ -28,6 +28,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_experiment_assignments_slot", "experiment_assignments",
                     ["experiment", "stratum", "position"], unique=True)
+    # Ticks and reads look an account's variants up by account.
+    op.create_index("ix_experiment_assignments_account", "experiment_assignments",
+                    ["account_id"])
 
 
 def downgrade() -> None:
