@@ -92,6 +92,15 @@ def test_a_tick_assigns_each_account_once_records_it_and_applies_its_variant(dat
     with database.engine.connect() as conn:
         count = conn.execute(sa.text("SELECT COUNT(*) FROM experiment_assignments")).scalar()
     assert count == 8
+    # The report as of 03-07 reads eight runs in the experiment; as of 03-02, before the tick
+    # that assigned them, none: nothing later than --now is used.
+    from firstvalue.metrics.runs import load_runs
+
+    later = load_runs(database, playbook, micros("2026-03-07T10:00:00Z"))
+    earlier = load_runs(database, playbook, micros("2026-03-02T10:00:00Z"))
+    assert Counter(r.variants.get("early_crm_tutorial") for r in later) == {
+        "control": 4, "day_1": 4}
+    assert [r.variants for r in earlier] == [{}] * 8
 
 
 def bad(text: str) -> list[dict]:

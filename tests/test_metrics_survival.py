@@ -181,3 +181,22 @@ def test_the_store_path_feeds_the_estimator_the_censoring_of_each_kind_of_accoun
     assert {k: (o.days, o.observed, o.censored_by) for k, o in fed.items()} == {
         "onboarding": (19, False, "now"), "churned": (9, False, "churn"),
         "late_value": (19, False, "now"), "reached": (14, True, None)}
+
+
+def test_a_contract_dated_ahead_of_the_last_tick_counts_once_its_time_has_come(
+        sqlite_database, playbook):
+    # Given an SMB account whose `contract_signed_at` trait is 03-05, ticked on 03-01 (no run
+    # yet in the stored state), when the report is read on 03-10:
+    group = encode({"type": "group", "messageId": "g", "userId": "u1", "groupId": "ahead",
+                    "timestamp": "2026-03-01T08:00:00Z",
+                    "traits": {"segment": "smb", "tier": 3, "timezone": "UTC",
+                               "contract_signed_at": "2026-03-05T09:00:00Z"}})
+    ingest_messages(sqlite_database, [group], micros("2026-03-01T09:00:00Z"),
+                    playbook.anchor_names)
+    tick(sqlite_database, playbook, micros("2026-03-01T09:00:00Z"))
+
+    (record,) = load_runs(sqlite_database, playbook, micros("2026-03-10T12:00:00Z"))
+    # then its run is there: 03-05 to 03-10, 5 days without value, censored by now.
+    observation = ttv_observation(record, "first_value")
+    assert (observation.days, observation.observed, observation.censored_by) == (5, False, "now")
+    assert load_runs(sqlite_database, playbook, micros("2026-03-02T12:00:00Z")) == []

@@ -164,16 +164,19 @@ def load_runs(database: Database, playbook: CompiledPlaybook, now: int) -> list[
 
     with database.engine.connect() as conn:
         rows = conn.execute(sa.text(
-            "SELECT id, traits, state, change_seq, evaluated_seq, playbook_version "
-            "FROM accounts ORDER BY id")).all()
+            "SELECT id, traits, state, change_seq, evaluated_seq, playbook_version, "
+            "next_wake_at FROM accounts ORDER BY id")).all()
     states: dict[str, _StoredState] = {}
     stale = []
-    for account_id, _, state, change_seq, evaluated_seq, version in rows:
+    for account_id, _, state, change_seq, evaluated_seq, version, wake in rows:
         if state is None or version != playbook.version or evaluated_seq < change_seq:
             stale.append(account_id)
             continue
         decoded = _decode_state(state)
-        if decoded.error is not None:
+        # A state without a run that was due to wake by `now` may have a run by then: a
+        # contract dated ahead starts its run when its time comes.
+        waking = decoded.run is None and wake is not None and wake <= now
+        if decoded.error is not None or waking:
             stale.append(account_id)
         else:
             states[account_id] = decoded
@@ -183,7 +186,7 @@ def load_runs(database: Database, playbook: CompiledPlaybook, now: int) -> list[
         for fresh in evaluate_accounts(database, playbook, now, stale):
             states[fresh.id] = msgspec.convert(fresh.as_json(), _StoredState)
 
-    variants = _assignments(database)
+    variants = _assignments(database, now)
     outcomes = outcome_events(database, playbook, now)
     records = []
     for account_id, traits, *_ in rows:
@@ -197,11 +200,12 @@ def load_runs(database: Database, playbook: CompiledPlaybook, now: int) -> list[
     return records
 
 
-def _assignments(database: Database) -> dict[str, dict[str, str]]:
+def _assignments(database: Database, now: int) -> dict[str, dict[str, str]]:
+    """The variants recorded by `now`: an account assigned later was in no variant then."""
     from firstvalue.runtime.experiments import recorded_variants
 
     with database.engine.connect() as conn:
-        return recorded_variants(conn)
+        return recorded_variants(conn, assigned_by=now)
 
 
 def _use_case(traits: str) -> str | None:

@@ -51,14 +51,17 @@ def stratum_of(state: AccountState) -> str:
     return "none" if state.tier is None else str(state.tier)
 
 
-def recorded_variants(conn: sa.Connection,
-                      account_ids: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
-    """Each account's recorded variants: {account id: {experiment: variant}}."""
-    sql = "SELECT account_id, experiment, variant FROM experiment_assignments"
+def recorded_variants(conn: sa.Connection, account_ids: Iterable[str] | None = None,
+                      assigned_by: int | None = None) -> dict[str, dict[str, str]]:
+    """Each account's recorded variants: {account id: {experiment: variant}}; with
+    `assigned_by`, only those assigned by then."""
+    sql = "SELECT account_id, experiment, variant FROM experiment_assignments WHERE "
+    sql += "assigned_at <= :by" if assigned_by is not None else "1 = 1"
+    by = {"by": assigned_by} if assigned_by is not None else {}
     if account_ids is None:
-        rows = conn.execute(sa.text(sql)).all()
+        rows = conn.execute(sa.text(sql), by).all()
     else:
-        rows = select_in(conn, sql + " WHERE account_id IN :ids", account_ids)
+        rows = select_in(conn, sql + " AND account_id IN :ids", account_ids, **by)
     found: dict[str, dict[str, str]] = {}
     for account_id, experiment, variant in rows:
         found.setdefault(account_id, {})[experiment] = variant
