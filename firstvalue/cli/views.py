@@ -135,6 +135,16 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
 
 def show_analytics(report: dict[str, Any]) -> None:
     """The analytics sections of the report, in the order a CS leader reads them."""
+    show_ttv(report)
+    show_phases(report)
+    show_funnel(report)
+    show_retention(report)
+    show_expansion(report["expansion"])
+    for experiment in report["experiments"]:
+        show_experiment(experiment)
+
+
+def show_ttv(report: dict[str, Any]) -> None:
     by = report["by"]
     _table(f"Time-to-value by {by} (Kaplan-Meier; runs not at value yet are censored)",
            (by, "runs", "reached", "censored", "median days (95% CI)", "quartiles", "target",
@@ -152,12 +162,19 @@ def show_analytics(report: dict[str, Any]) -> None:
              _text(r["ttv_target_days"]), _yes_no(r["on_target"]),
              _text(r["reference_target_days"]), _text(r["reference_industry_average_days"]))
             for r in report["ttv_targets"]])
+
+
+def show_phases(report: dict[str, Any]) -> None:
+    by = report["by"]
     _table(f"Phases of time-to-value by {by} (median days, share of the whole)",
            (by, "phase", "runs", "median days", "share", ""),
            [(g["group"], f"{p['from']} -> {p['to']}", p["accounts"], _days(p["median_days"]),
              _share(p["share"]),
              "bottleneck" if g["bottleneck"] == {"from": p["from"], "to": p["to"]} else "")
             for g in report["phases"] for p in g["phases"]])
+
+
+def show_funnel(report: dict[str, Any]) -> None:
     stalls = {row["key"]: row for row in report["stalls"]["milestones"]}
     _table(f"Funnel ({report['funnel']['mode']} order; eligible: reached, or target day "
            "past) with stall rates",
@@ -167,6 +184,9 @@ def show_analytics(report: dict[str, Any]) -> None:
              _share(f["conversion"]), stalls[f["key"]]["stalled"],
              _share(stalls[f["key"]]["stall_rate"])) for f in report["funnel"]["milestones"]])
     console.print(f"Most accounts stall at: {report['stalls']['most_stalled'] or 'none'}")
+
+
+def show_retention(report: dict[str, Any]) -> None:
     _table("90-day retention by onboarding cohort (local month of day 0)",
            ("cohort", "runs", "measured", "pending", "retained", "retention"),
            [(r["cohort"], r["accounts"], r["measured"], r["pending"], r["retained"],
@@ -176,26 +196,28 @@ def show_analytics(report: dict[str, Any]) -> None:
            ("activation", "runs", "measured", "retained", "retention"),
            [(r["activation"], r["accounts"], r["measured"], r["retained"],
              _share(r["retention_rate"])) for r in report["retention"]["by_activation"]])
-    expansion = report["expansion"]
+
+
+def show_expansion(expansion: dict[str, Any]) -> None:
+    def quartile(row: dict[str, Any]) -> str:
+        days = row["ttv_days"]
+        return f"TTV {row['quartile']}" + (f" ({days[0]}-{days[1]} d)" if days else "")
+
+    rows = [(r["activation"], r) for r in expansion["by_activation"]]
+    rows += [(quartile(r), r) for r in expansion["by_ttv_quartile"]]
     _table("Expansion by activation and by TTV quartile",
            ("group", "runs", "expanded", "rate", "amount"),
-           [(r["activation"], r["accounts"], r["expanded"], _share(r["expansion_rate"]),
-             f"{r['expansion_amount']:,.0f}") for r in expansion["by_activation"]]
-           + [(f"TTV {r['quartile']}" + (f" ({r['ttv_days'][0]}-{r['ttv_days'][1]} d)"
-                                         if r["ttv_days"] else ""),
-               r["accounts"], r["expanded"], _share(r["expansion_rate"]),
-               f"{r['expansion_amount']:,.0f}") for r in expansion["by_ttv_quartile"]])
+           [(name, r["accounts"], r["expanded"], _share(r["expansion_rate"]),
+             f"{r['expansion_amount']:,.0f}") for name, r in rows])
     corr = expansion["ttv_correlation"]
-    if corr["enough_data"]:
-        console.print(f"Spearman correlation of TTV and expansion: {corr['rho']} (95% CI "
-                      f"{corr['ci'][0]} to {corr['ci'][1]}, p {corr['p_value']}) over "
-                      f"{corr['observed']} runs with TTV observed; "
-                      f"{corr['censored_left_out']} censored runs left out.")
-    else:
+    if not corr["enough_data"]:
         console.print(f"Correlation of TTV and expansion: not enough data ({corr['observed']} "
                       f"runs with TTV observed, {corr['minimum']} needed).")
-    for experiment in report["experiments"]:
-        show_experiment(experiment)
+        return
+    console.print(f"Spearman correlation of TTV and expansion: {corr['rho']} (95% CI "
+                  f"{corr['ci'][0]} to {corr['ci'][1]}, p {corr['p_value']}) over "
+                  f"{corr['observed']} runs with TTV observed; "
+                  f"{corr['censored_left_out']} censored runs left out.")
 
 
 def show_experiment(experiment: dict[str, Any]) -> None:
