@@ -172,3 +172,29 @@ def test_the_readout_gives_fisher_p_and_the_minimum_detectable_effect_by_hand():
     # Every treatment run reached value on day 9, the control's one too and three censored at
     # day 30: the log-rank test sees a difference.
     assert result["ttv_logrank_p"] is not None and result["ttv_logrank_p"] < 0.05
+
+
+def test_the_dispatcher_renders_a_variant_template_for_the_accounts_in_that_variant(
+        sqlite_database, playbook):
+    from firstvalue.actions.dispatch import Dispatcher, sandbox_channels
+
+    # Given the same eight accounts, none connecting data, ticked up to day 5:
+    batch = [m for n in range(8) for m in messages(f"acct-{n}")]
+    ingest_messages(sqlite_database, batch, micros("2026-03-03T10:00:00Z"),
+                    playbook.anchor_names)
+    sent: list = []
+    dispatcher = Dispatcher(sqlite_database, playbook, sandbox_channels(sent), lambda: True)
+    for moment in ("2026-03-03T10:00:00Z", "2026-03-06T10:00:00Z", "2026-03-08T10:00:00Z"):
+        tick(sqlite_database, playbook, micros(moment))
+        dispatcher.run_once(micros(moment))
+    with sqlite_database.engine.connect() as conn:
+        variants = dict(conn.execute(sa.text(
+            "SELECT account_id, variant FROM experiment_assignments")).all())
+
+    # then the CSM alert of a day_1 account says day 1 (the variant's template), the
+    # control's says day 3 (the playbook's).
+    alerts = {o.key.split("/")[0]: o.body for o in sent if "csm_alert" in o.key}
+    assert set(alerts) == set(variants)
+    for account, body in alerts.items():
+        expected = "went out on day 1" if variants[account] == "day_1" else "went out on day 3"
+        assert expected in body, (account, variants[account], body)
