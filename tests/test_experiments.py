@@ -101,6 +101,7 @@ def test_a_tick_assigns_each_account_once_records_it_and_applies_its_variant(dat
     assert Counter(r.variants.get("early_crm_tutorial") for r in later) == {
         "control": 4, "day_1": 4}
     assert [r.variants for r in earlier] == [{}] * 8
+    assert {r.use_case for r in later} == {"pipeline_visibility"}  # what --by use_case reads
 
 
 def bad(text: str) -> list[dict]:

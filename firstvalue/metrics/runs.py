@@ -193,7 +193,7 @@ def load_runs(database: Database, playbook: CompiledPlaybook, now: int) -> list[
         state = states.get(account_id)
         if state is None:
             continue
-        record = run_from_state(state, _use_case(traits), playbook, now,
+        record = run_from_state(state, _use_case(traits, now), playbook, now,
                                 variants.get(account_id, {}), outcomes.get(account_id, ()))
         if record is not None:
             records.append(record)
@@ -208,10 +208,13 @@ def _assignments(database: Database, now: int) -> dict[str, dict[str, str]]:
         return recorded_variants(conn, assigned_by=now)
 
 
-def _use_case(traits: str) -> str | None:
-    """The latest `use_case` trait, from the stamped traits (see store/traits.py)."""
-    history = _decode_use_case(traits).use_case
-    return _text(history[-1][2]) if history and len(history[-1]) > 2 else None
+def _use_case(traits: str, now: int) -> str | None:
+    """The `use_case` trait as of `now`, from the stamped traits: each call that set it is
+    `[ts, message id, value, received at]`, in time order (see store/traits.py)."""
+    for call in reversed(_decode_use_case(traits).use_case):
+        if len(call) > 2 and call[0] <= now:
+            return _text(call[2])
+    return None
 
 
 def run_from_state(state: _StoredState, use_case: str | None, playbook: CompiledPlaybook,
