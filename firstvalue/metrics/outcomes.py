@@ -19,7 +19,7 @@ from firstvalue.store.database import Database
 
 OUTCOME_MEANINGS = {"account_churned": "Account Churned", "expansion_closed": "Expansion Closed",
                     "renewal_closed": "Renewal Closed"}
-ACTIVITY_MEANINGS = ("login", "meaningful_action")
+ACTIVITY_MEANINGS = ("meaningful_action",)  # besides the playbook's `login` meaning
 _decode = msgspec.json.decode
 
 
@@ -82,8 +82,9 @@ def _amount(properties: str) -> float:
 def active_between(database: Database, playbook: CompiledPlaybook,
                    windows: Sequence[tuple[str, int, int]]) -> set[str]:
     """The accounts with a login or a meaningful action in their window [start, end)."""
-    names = sorted({name for meaning in ACTIVITY_MEANINGS
-                    for name in playbook.loaded.model.meanings.get(meaning, [])})
+    model = playbook.loaded.model
+    names = sorted({name for meaning in (model.login, *ACTIVITY_MEANINGS)
+                    for name in model.meanings.get(meaning, [])})
     if not windows or not names:
         return set()
     payload = msgspec.json.encode([list(w) for w in windows]).decode()
