@@ -65,6 +65,14 @@ def test_bad_parameters_get_a_clear_error_naming_the_value(client, path, params,
     assert words in response.json()["error"]["message"]
 
 
+def test_the_whole_metrics_answer_holds_every_section_of_the_report(client):
+    body = client.get("/api/metrics", params={"now": NOW, "by": "cohort"}).json()
+    assert set(body) == {"now", "by", "runs", "ttv", "ttv_targets", "phases", "funnel",
+                         "stalls", "retention", "cohort_heatmap", "expansion", "experiments"}
+    # Both kicked off 03-03: one cohort, 2026-03.
+    assert (body["by"], [g["group"] for g in body["ttv"]]) == ("cohort", ["2026-03"])
+
+
 def test_metrics_need_a_token(client):
     del client.headers["Authorization"]
     assert client.get("/api/metrics").status_code == 401

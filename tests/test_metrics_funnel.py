@@ -265,3 +265,22 @@ def test_retention_and_expansion_are_read_from_the_store(database, playbook):
     assert rows["not_activated"]["accounts"] == 3
     assert (rows["not_activated"]["expanded"], rows["not_activated"]["expansion_amount"]) == (
         1, 12000)
+
+
+def test_the_stall_history_leaves_out_retracted_stalls_and_those_opened_after_now(database):
+    import sqlalchemy as sa
+
+    from firstvalue.metrics.stall_rates import load_stalls
+
+    rows = [("kept", "open", at("2026-03-05")), ("wrong", "retracted", at("2026-03-05")),
+            ("later", "open", at("2026-03-25")), ("closed", "closed", at("2026-03-06"))]
+    with database.write() as conn:
+        for identity, status, opened in rows:
+            conn.execute(sa.text(
+                "INSERT INTO stalls (account_id, run, identity, rule, kind, milestone, "
+                "diagnosis, opened_at, status, recorded_at) VALUES ('acme', 1, :i, "
+                "'inactivity', 'inactivity', NULL, 'unknown', :o, :s, :o)"),
+                {"i": identity, "o": opened, "s": status})
+    found = load_stalls(database, at("2026-03-20"))
+    assert sorted(opened for *_, opened in found) == [at("2026-03-05"), at("2026-03-06")]
+    assert {kind for _, _, kind, _, _ in found} == {"inactivity"}
