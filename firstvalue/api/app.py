@@ -184,11 +184,11 @@ def create_app(database: Database, playbook: CompiledPlaybook,
                               f"no unacknowledged in-app message {key!r} for {user_id!r}")
         return json_response({"key": key, "acknowledged": True})
 
-    # `path`: a groupId may hold a slash ("org/42"), which arrives decoded in the path.
     from firstvalue.api.metrics import metrics_router
 
     app.include_router(metrics_router(context))
 
+    # `path`: a groupId may hold a slash ("org/42"), which arrives decoded in the path.
     @app.get("/api/accounts/{account_id:path}")
     async def get_account(account_id: str, request: Request) -> Response:
         await _authenticate_api(request, context)
