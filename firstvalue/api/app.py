@@ -208,6 +208,10 @@ def create_app(database: Database, playbook: CompiledPlaybook,
 
     app.include_router(integrations_router)
 
+    from firstvalue.api.metrics import metrics_router
+
+    app.include_router(metrics_router(context))
+
     # `path`: a groupId may hold a slash ("org/42"), which arrives decoded in the path.
     @app.get("/api/accounts/{account_id:path}")
     async def get_account(account_id: str, request: Request) -> Response:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import msgspec
 
-from firstvalue.clock import isoformat, parse_instant, system_now, to_micros
+from firstvalue.clock import parse_instant, system_now, to_micros
 from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
 from firstvalue.errors import FirstvalueError, PlaybookError, UnknownAccount
 from firstvalue.playbook.loader import load_playbook, playbook_json_schema
@@ -159,26 +159,48 @@ def account_command(obj: Context, account_id: str, as_json: bool, now_text: str 
 
 @cli.command("report")
 @json_option
+@click.option("--by", "by", type=click.Choice(["segment", "tier", "track", "use_case", "cohort"]),
+              default="segment", show_default=True,
+              help="Group time-to-value and its phases by this.")
+@click.option("--funnel", "mode", type=click.Choice(["any", "strict"]), default="any",
+              show_default=True, help="Funnel mode: milestones in any order, or in strict order.")
+@click.option("--csv", "csv_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Also write the report's tables as CSV files into DIR.")
+@click.option("--charts", "charts_dir", type=click.Path(path_type=Path), default=None,
+              metavar="DIR", help="Also draw the charts (PNG and SVG) into DIR.")
 @now_option
 @click.pass_obj
-def report_command(obj: Context, as_json: bool, now_text: str | None) -> None:
-    """Accounts reaching each milestone, and median time-to-value per segment."""
-    from firstvalue.actions.outbox import list_actions
+def report_command(obj: Context, as_json: bool, by: str, mode: str, csv_dir: Path | None,
+                   charts_dir: Path | None, now_text: str | None) -> None:
+    """Time-to-value against target, phases, funnel, stalls, retention, expansion, experiments."""
     from firstvalue.cli.views import show_report
     from firstvalue.metrics.report import build_report
-    from firstvalue.runtime.evaluation import evaluate_accounts, held_events
+    from firstvalue.runtime.evaluation import held_events
 
     now = resolve_now(now_text)
-    states = evaluate_accounts(obj.database, obj.playbook, now)
-    keys = [m.key for m in obj.playbook.loaded.model.milestones]
-    with obj.database.engine.connect() as conn:
-        actions = list_actions(conn)
-    report = build_report(states, keys, isoformat(now) or "", obj.playbook.version,
-                          held_events(obj.database, now), actions)
+    report = build_report(obj.database, obj.playbook, now, by, mode,
+                          held_events(obj.database, now))
+    written = write_report_files(obj, report, now, csv_dir, charts_dir)
     if as_json:
         print_json(report)
     else:
         show_report(report)
+        for path in written:
+            click.echo(f"Wrote {path}")
+
+
+def write_report_files(obj: Context, report: dict[str, Any], now: int, csv_dir: Path | None,
+                       charts_dir: Path | None) -> list[Path]:
+    written: list[Path] = []
+    if csv_dir is not None:
+        from firstvalue.metrics.export import write_csv
+
+        written += write_csv(report, csv_dir, obj.database, obj.playbook, now)
+    if charts_dir is not None:
+        from firstvalue.metrics.charts import write_charts
+
+        written += write_charts(report, charts_dir)
+    return written
 
 
 @cli.command("demo")
@@ -190,16 +212,21 @@ def report_command(obj: Context, as_json: bool, now_text: str | None) -> None:
 @click.option("--db", "demo_db", default="firstvalue-demo.db", show_default=True,
               help="The demo database: a file path (replaced on each run, and only if it is a "
                    "demo database).")
+@click.option("--charts", "charts_dir", type=click.Path(path_type=Path),
+              default=Path("firstvalue-demo-charts"), show_default=True, metavar="DIR",
+              help="Where the report's charts (PNG and SVG) go.")
 @json_option
 @click.pass_obj
 def demo_command(obj: Context, account_count: int, seed: int, today: str | None, demo_db: str,
-                 as_json: bool) -> None:
+                 charts_dir: Path, as_json: bool) -> None:
     """Simulate sample accounts over 120 days on a virtual clock and print the report."""
     from firstvalue.cli.views import show_report
+    from firstvalue.metrics.charts import write_charts
     from firstvalue.sim.demo import run_demo
 
     result = run_demo(Path(demo_db), obj.playbook, account_count, seed, today,
                       quiet=as_json)
+    charts = write_charts(result.report, charts_dir)
     if as_json:
         print_json(result.report)
         return
@@ -207,6 +234,7 @@ def demo_command(obj: Context, account_count: int, seed: int, today: str | None,
     from firstvalue.crm.commands import show_demo_sync
 
     show_demo_sync(result.crm_sync)
+    click.echo(f"\nCharts: {', '.join(str(path) for path in charts)}")
     click.echo(f"\nSimulated {result.accounts} accounts, {result.events} events and "
                f"{result.ticks} ticks in {result.seconds:.1f} s.")
     click.echo(f"Explore it: firstvalue --db sqlite:///{demo_db} accounts --now {result.now}")

@@ -88,17 +88,7 @@ def show_report(report: dict[str, Any]) -> None:
                       str(row["open"]), str(row["overdue"]))
     console.print(table)
 
-    ttv = Table(title="Time-to-value by segment (contract signed to first value)")
-    for column in ("segment", "accounts", "reached value", "median TTV (days)", "target",
-                   "not reached yet"):
-        ttv.add_column(column, justify="right" if column != "segment" else "left")
-    for row in report["ttv_by_segment"]:
-        ttv.add_row(row["segment"], str(row["accounts"]), str(row["reached_value"]),
-                    _text(row["median_ttv_days"]), _text(row["ttv_target_days"]),
-                    str(row["not_reached_yet"]))
-    console.print(ttv)
-    console.print("[dim]The median counts only accounts that reached value; those that have "
-                  "not are counted beside it, not dropped.[/]")
+    show_analytics(report)
     actions = report.get("actions_by_rule") or []
     if actions:
         table = Table(title="Actions and escalations by rule")
@@ -120,6 +110,130 @@ def show_report(report: dict[str, Any]) -> None:
 
 def _text(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _days(value: Any) -> str:
+    return "not reached" if value is None else str(value)
+
+
+def _share(value: Any) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    console.print(table)
+
+
+def show_analytics(report: dict[str, Any]) -> None:
+    """The analytics sections of the report, in the order a CS leader reads them."""
+    show_ttv(report)
+    show_phases(report)
+    show_funnel(report)
+    show_retention(report)
+    show_expansion(report["expansion"])
+    for experiment in report["experiments"]:
+        show_experiment(experiment)
+
+
+def show_ttv(report: dict[str, Any]) -> None:
+    by = report["by"]
+    _table(f"Time-to-value by {by} (Kaplan-Meier; runs not at value yet are censored)",
+           (by, "runs", "reached", "censored", "median days (95% CI)", "quartiles", "target",
+            "reached by target"),
+           [(r["group"], r["accounts"], r["reached"], r["censored"],
+             f"{_days(r['median_days'])} ({_text(r['median_ci'][0])} to "
+             f"{_days(r['median_ci'][1])})",
+             f"{_days(r['q1_days'])} / {_days(r['q3_days'])}", _text(r["ttv_target_days"]),
+             _share(r["reached_by_target"])) for r in report["ttv"]])
+    _table("Time-to-value against target, per track (target / industry average: framework "
+           "reference)",
+           ("track", "product type", "median days", "playbook target", "on target",
+            "reference target", "industry average"),
+           [(r["track"], _text(r["product_type"]), _days(r["median_days"]),
+             _text(r["ttv_target_days"]), _yes_no(r["on_target"]),
+             _text(r["reference_target_days"]), _text(r["reference_industry_average_days"]))
+            for r in report["ttv_targets"]])
+
+
+def show_phases(report: dict[str, Any]) -> None:
+    by = report["by"]
+    _table(f"Phases of time-to-value by {by} (median days, share of the whole)",
+           (by, "phase", "runs", "median days", "share", ""),
+           [(g["group"], f"{p['from']} -> {p['to']}", p["accounts"], _days(p["median_days"]),
+             _share(p["share"]),
+             "bottleneck" if g["bottleneck"] == {"from": p["from"], "to": p["to"]} else "")
+            for g in report["phases"] for p in g["phases"]])
+
+
+def show_funnel(report: dict[str, Any]) -> None:
+    stalls = {row["key"]: row for row in report["stalls"]["milestones"]}
+    _table(f"Funnel ({report['funnel']['mode']} order; eligible: reached, or target day "
+           "past) with stall rates",
+           ("milestone", "eligible", "reached", "on time", "open", "conversion", "stalled",
+            "stall rate"),
+           [(f["key"], f["eligible"], f["reached"], f["on_time"], f["open"],
+             _share(f["conversion"]), stalls[f["key"]]["stalled"],
+             _share(stalls[f["key"]]["stall_rate"])) for f in report["funnel"]["milestones"]])
+    console.print(f"Most accounts stall at: {report['stalls']['most_stalled'] or 'none'}")
+
+
+def show_retention(report: dict[str, Any]) -> None:
+    _table("90-day retention by onboarding cohort (local month of day 0)",
+           ("cohort", "runs", "measured", "pending", "retained", "retention"),
+           [(r["cohort"], r["accounts"], r["measured"], r["pending"], r["retained"],
+             _share(r["retention_rate"]) if r["complete"] else "incomplete")
+            for r in report["retention"]["by_cohort"]])
+    _table("90-day retention by activation (every milestone done by day 90)",
+           ("activation", "runs", "measured", "retained", "retention"),
+           [(r["activation"], r["accounts"], r["measured"], r["retained"],
+             _share(r["retention_rate"])) for r in report["retention"]["by_activation"]])
+
+
+def show_expansion(expansion: dict[str, Any]) -> None:
+    def quartile(row: dict[str, Any]) -> str:
+        days = row["ttv_days"]
+        return f"TTV {row['quartile']}" + (f" ({days[0]}-{days[1]} d)" if days else "")
+
+    rows = [(r["activation"], r) for r in expansion["by_activation"]]
+    rows += [(quartile(r), r) for r in expansion["by_ttv_quartile"]]
+    _table("Expansion by activation and by TTV quartile",
+           ("group", "runs", "expanded", "rate", "amount"),
+           [(name, r["accounts"], r["expanded"], _share(r["expansion_rate"]),
+             f"{r['expansion_amount']:,.0f}") for name, r in rows])
+    corr = expansion["ttv_correlation"]
+    if not corr["enough_data"]:
+        console.print(f"Correlation of TTV and expansion: not enough data ({corr['observed']} "
+                      f"runs with TTV observed, {corr['minimum']} needed).")
+        return
+    console.print(f"Spearman correlation of TTV and expansion: {corr['rho']} (95% CI "
+                  f"{corr['ci'][0]} to {corr['ci'][1]}, p {corr['p_value']}) over "
+                  f"{corr['observed']} runs with TTV observed; "
+                  f"{corr['censored_left_out']} censored runs left out.")
+
+
+def show_experiment(experiment: dict[str, Any]) -> None:
+    rows = []
+    for v in experiment["variants"]:
+        versus = v.get("versus_control") or {}
+        rows.append((v["variant"], v["accounts"], v["ttv"]["reached"],
+                     _days(v["ttv"]["median_days"]) if v["accounts"] else "-",
+                     f"{v['completion']['reached']}/{v['completion']['eligible']}",
+                     _share(v["completion"]["rate"]), _text(versus.get("completion_fisher_p")),
+                     _text(versus.get("completion_mde")),
+                     _text(versus.get("ttv_mde_hazard_ratio"))))
+    _table(f"Experiment {experiment['experiment']}: {experiment['milestone']} completion and "
+           f"TTV (log-rank p {_text(experiment['ttv_logrank_p'])})",
+           ("variant", "runs", "at value", "median TTV", "completed", "rate", "Fisher p",
+            "MDE (abs.)", "MDE (hazard ratio)"), rows)
 
 
 def show_actions(actions: Sequence[dict[str, Any]]) -> None:

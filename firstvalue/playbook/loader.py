@@ -72,6 +72,9 @@ def parse_playbook(text: str, source: str) -> LoadedPlaybook:
         problem.line = _line_of(problem.location, lines)
     if problems:
         raise PlaybookError(source, problems)
+    from firstvalue.playbook.experiments import with_variant_templates
+
+    model = with_variant_templates(model)
     return LoadedPlaybook(model=model, version=_version_of(model, text), source=source, text=text)
 
 
@@ -272,6 +275,7 @@ def check_playbook(model: Playbook) -> list[PlaybookProblem]:
     for index, track in enumerate(model.tracks):
         templates = {**model.templates, **track.templates}
         problems += _rules_problems(track.rules, f"tracks[{index}].rules", model, templates)
+    problems += _experiment_problems(model)
     if model.default_track is not None and model.default_track not in {t.key for t in model.tracks}:
         problems.append(PlaybookProblem(
             "default_track", f"unknown track {model.default_track!r}",
@@ -294,6 +298,49 @@ def _rules_problems(rules: list[Rule], place: str, model: Playbook,
             problems += _happening_problems(escalation.unless, f"{there}.unless", model)
             problems += _actions_problems(escalation.actions, f"{there}.actions", templates)
             problems += _where_problems(escalation.where, f"{there}.where", model)
+    return problems
+
+
+def _experiment_problems(model: Playbook) -> list[PlaybookProblem]:
+    """Experiments: their keys, block sizes, milestone, filters, and the variants' rules and
+    templates, checked like the playbook's own. Two experiments may not override the same rule
+    or template: an account in both would get one of them at random."""
+    problems = _duplicates("experiments", [e.key for e in model.experiments])
+    milestones = [m.key for m in model.milestones]
+    every_template = {**model.templates}
+    for track in model.tracks:
+        every_template |= track.templates
+    owners: dict[tuple[str, str], str] = {}
+    for index, experiment in enumerate(model.experiments):
+        here = f"experiments[{index}]"
+        problems += _duplicates(f"{here}.variants", [v.key for v in experiment.variants])
+        count = len(experiment.variants)
+        if experiment.block_size is not None and experiment.block_size % count:
+            problems.append(PlaybookProblem(
+                f"{here}.block_size", f"a block of {experiment.block_size} cannot hold the "
+                f"{count} variants equally often",
+                f"use a multiple of {count}, such as {count * 2}, or leave it out"))
+        if experiment.milestone is not None and experiment.milestone not in milestones:
+            problems.append(PlaybookProblem(
+                f"{here}.milestone", f"unknown milestone {experiment.milestone!r}",
+                f"use one of: {', '.join(milestones)}"))
+        problems += _where_problems(experiment.where, f"{here}.where", model)
+        for number, variant in enumerate(experiment.variants):
+            there = f"{here}.variants[{number}]"
+            templates = {**every_template, **variant.templates}
+            problems += _rules_problems(variant.rules, f"{there}.rules", model, templates)
+            problems += _template_problems(variant.templates, f"{there}.templates")
+            overridden = [("rule", r.key, f"{there}.rules[{i}].key")
+                          for i, r in enumerate(variant.rules)]
+            overridden += [("template", key, f"{there}.templates.{key}")
+                           for key in variant.templates]
+            for kind, key, place in overridden:
+                owner = owners.setdefault((kind, key), experiment.key)
+                if owner != experiment.key:
+                    problems.append(PlaybookProblem(
+                        place, f"the {kind} {key!r} is overridden by experiment {owner!r} too",
+                        f"let one experiment own the {kind} {key!r}, or give this variant "
+                        f"a {kind} of its own"))
     return problems
 
 

@@ -129,6 +129,7 @@ class Track(Strict):
     kickoff: Flag = True
     targets: dict[str, int] = Field(default_factory=dict)
     ttv_target: int | None = Field(default=None, ge=0)
+    product_type: Literal["self_serve", "mid_market", "enterprise", "data_analytics"] | None = None
     end_day: int = Field(default=90, ge=1, le=3650)
     milestones: list[Milestone] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
@@ -371,6 +372,31 @@ class Ownership(Strict):
         return self
 
 
+class Variant(Strict):
+    """One arm of an experiment: rules that replace the playbook's (or a track's) rules of the
+    same key, or come on top, and templates that replace those of the same key."""
+
+    key: Key
+    name: str | None = None
+    rules: list[Rule] = Field(default_factory=list)
+    templates: dict[Key, Template] = Field(default_factory=dict)
+
+
+class Experiment(Strict):
+    """An onboarding experiment: each run that fits `where` is assigned one variant, once,
+    balanced within each tier by permuted blocks drawn from `seed`."""
+
+    key: Key
+    description: str | None = None
+    seed: int
+    where: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    variants: list[Variant] = Field(min_length=2, max_length=10)
+    block_size: int | None = Field(default=None, ge=2, le=1000)
+    milestone: Key | None = None
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    power: float = Field(default=0.8, gt=0.5, lt=1)
+
+
 class Playbook(Strict):
     """A whole playbook file."""
 
@@ -403,6 +429,9 @@ class Playbook(Strict):
             if tier not in (1, 2, 3):
                 raise ValueError(f"ownership is given for tier {tier}; tiers are 1, 2 and 3")
         return ownership
+
+
+    experiments: list[Experiment] = Field(default_factory=list)
 
     @field_validator("meanings", mode="before")
     @classmethod

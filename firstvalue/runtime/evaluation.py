@@ -22,6 +22,7 @@ from firstvalue.actions.outbox import OutboxChanges, existing_actions, reconcile
 from firstvalue.engine import AccountFacts, EventFact, evaluate_account
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
+from firstvalue.runtime.experiments import Assignments
 from firstvalue.runtime.routing import release_finished, route_accounts
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
 from firstvalue.store import events as event_store
@@ -156,8 +157,12 @@ def evaluate_accounts(database: Database, playbook: CompiledPlaybook, now: int,
                       account_ids: Iterable[str] | None = None) -> list[AccountState]:
     """Evaluate at `now` without writing: what the read commands and the API show."""
     with collector_paused(), database.engine.connect() as conn:
-        states = [evaluate_safely(facts, playbook, now)
-                  for facts in load_facts(conn, playbook, account_ids)]
+        # Accounts in an experiment are shown as evaluated with their recorded variant.
+        ids = None if account_ids is None else list(account_ids)
+        variants = Assignments(conn, playbook, ids, now, write=False)
+        states = [variants.evaluate(facts, evaluate_safely(facts, playbook, now),
+                                    evaluate_safely)
+                  for facts in load_facts(conn, playbook, ids)]
     return [state for state in states if state is not None]
 
 
@@ -176,8 +181,11 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
         outbox = existing_actions(conn, seqs)
         history = recorded_stalls(conn, seqs)
         writes = _TickWrites(now=now)
+        variants = Assignments(conn, playbook, seqs, now, write=True)
         for facts in load_facts(conn, playbook, seqs):
-            state = evaluate_safely(facts, playbook, now)
+            # Accounts in an experiment: assigned once, then evaluated with their variant.
+            state = variants.evaluate(facts, evaluate_safely(facts, playbook, now),
+                                      evaluate_safely)
             seq = seqs[facts.account_id]
             if state is None:
                 # Kept out of the way until its events change, retried hourly meanwhile.

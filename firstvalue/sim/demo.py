@@ -25,14 +25,13 @@ import msgspec
 import sqlalchemy as sa
 
 from firstvalue.actions.dispatch import Dispatcher, sandbox_channels
-from firstvalue.actions.outbox import list_actions
-from firstvalue.clock import isoformat, to_micros
+from firstvalue.clock import to_micros
 from firstvalue.crm.receiver import DemoCrm
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.errors import ConfigError
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.metrics.report import build_report
-from firstvalue.runtime.evaluation import evaluate_accounts, held_events, tick
+from firstvalue.runtime.evaluation import held_events, tick
 from firstvalue.store.database import open_database
 
 SIMULATED_DAYS = 120
@@ -115,12 +114,7 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
 
     now_micros = to_micros(now)
     crm_sync = crm.finish(database, now_micros)
-    states = evaluate_accounts(database, playbook, now_micros)
-    keys = [m.key for m in playbook.loaded.model.milestones]
-    with database.engine.connect() as conn:
-        actions = list_actions(conn)
-    report = build_report(states, keys, isoformat(now_micros) or "", playbook.version,
-                          held_events(database, now_micros), actions)
+    report = build_report(database, playbook, now_micros, held=held_events(database, now_micros))
     report["crm_sync"] = crm_sync
     database.dispose()
     return DemoResult(report, len(accounts), len(messages), ticks,
@@ -353,12 +347,18 @@ class _AccountScript:
                             props={"attendees": [self.champion]})
 
     def _outcomes(self, day0: datetime, reached: dict[str, datetime]) -> None:
+        """Accounts that reached value expand more and churn less; a signed pilot of 90 days
+        renews into a yearly contract."""
         rng = self.rng
         if "first_value" in reached and rng.random() < 0.35:
             self._track("Expansion Closed", reached["first_value"] + timedelta(days=40),
                         props={"amount": rng.randint(5, 40) * 1000})
-        if "first_value" not in reached and rng.random() < 0.3:
-            self._track("Account Churned", day0 + timedelta(days=rng.randint(70, 110)))
+        churn = 0.05 if "first_value" in reached else 0.3
+        if rng.random() < churn:
+            self._track("Account Churned", day0 + timedelta(days=rng.randint(45, 110)))
+        elif "first_value" in reached and rng.random() < 0.6:
+            self._track("Renewal Closed", self.signed + timedelta(days=90),
+                        props={"term": "annual"})
 
     def _local(self, moment: datetime, hour: int) -> datetime:
         local = moment.astimezone(self.tz)

@@ -282,3 +282,20 @@ def in_schema_of(dialect: str):  # type: ignore[no-untyped-def]
         return name not in SQLITE_ONLY_INDEXES
 
     return include
+
+# One row per account and experiment, written once: the variant, and the tier stratum and
+# position in it that the permuted blocks drew the variant for.
+experiment_assignments = Table(
+    "experiment_assignments",
+    metadata,
+    Column("experiment", Text, primary_key=True),
+    Column("account_id", Text, primary_key=True),
+    Column("variant", Text, nullable=False),
+    Column("stratum", Text, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("assigned_at", BigInteger, nullable=False),
+    Column("playbook_version", Text, nullable=False),
+    Index("ix_experiment_assignments_slot", "experiment", "stratum", "position", unique=True),
+    Index("ix_experiment_assignments_account", "account_id"),
+)

@@ -1,0 +1,58 @@
+"""`firstvalue report`: the options, the files it writes, and its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+
+from tests.test_cli import NOW, loaded, run  # noqa: F401 (loaded is a fixture)
+
+
+def test_report_json_holds_every_analytics_section(loaded):  # noqa: F811
+    code, output = run("--db", loaded, "report", "--json", "--now", NOW, "--by", "tier")
+    assert code == 0, output
+    report = json.loads(output)
+    for key in ("ttv", "ttv_targets", "phases", "funnel", "stalls", "retention", "expansion",
+                "experiments", "cohort_heatmap"):
+        assert key in report
+    assert report["by"] == "tier" and report["ttv"][0]["group"] == "2"
+    # acme: signed 03-01, value 03-15 (14 days) -> one observed run, median 14.
+    assert (report["ttv"][0]["median_days"], report["ttv"][0]["censored"]) == (14, 0)
+
+
+def test_a_bad_by_or_now_is_refused_with_the_value_and_the_choices(loaded):  # noqa: F811
+    code, output = run("--db", loaded, "report", "--by", "region")
+    assert code == 2 and "'region'" in output and "segment" in output and "cohort" in output
+    code, output = run("--db", loaded, "report", "--now", "2026-13-01T00:00:00Z")
+    assert code == 2 and "is not an ISO 8601 time" in output
+
+
+def test_csv_drill_down_matches_the_funnel_counts_and_charts_are_drawn(loaded,  # noqa: F811
+                                                                       tmp_path):
+    code, output = run("--db", loaded, "report", "--json", "--now", NOW, "--csv",
+                       str(tmp_path / "csv"), "--charts", str(tmp_path / "charts"))
+    assert code == 0, output
+    report = json.loads(output)
+    with (tmp_path / "csv" / "funnel_accounts.csv").open() as handle:
+        listed = Counter((row["milestone"], row["status"]) for row in csv.DictReader(handle))
+    for row in report["funnel"]["milestones"]:
+        for status in ("eligible", "reached", "on_time", "open"):
+            assert listed[(row["key"], status)] == row[status]
+    for name in ("ttv_kaplan_meier", "funnel", "cohorts"):
+        assert (tmp_path / "charts" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert "<svg" in (tmp_path / "charts" / f"{name}.svg").read_text()
+
+
+def test_the_demo_prints_every_analytics_section_and_writes_the_charts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, output = run("demo", "--accounts", "30", "--today", "2026-12-04")
+    assert code == 0, output
+    for title in ("Time-to-value by segment (Kaplan-Meier", "Time-to-value against target",
+                  "bottleneck", "with stall rates", "Most accounts stall at:",
+                  "90-day retention by onboarding cohort", "Experiment early_crm_tutorial",
+                  "log-rank p"):
+        assert title in output, title
+    for name in ("ttv_kaplan_meier", "funnel", "cohorts"):
+        for suffix in ("png", "svg"):
+            assert (tmp_path / "firstvalue-demo-charts" / f"{name}.{suffix}").stat().st_size
