@@ -127,6 +127,14 @@ def test_the_demo_prints_the_same_report_for_the_same_seed_and_date(tmp_path, mo
     assert sync["completed_milestones"] > 0
     assert sync["status"] == [{"connector": "webhook", "pending": 0,
                                "delivered": 6 * with_runs, "failed": 0, "dead": 0}]
+    # Tier routing ran on the demo's roster: every account has an assignment, SMB ones are
+    # self-serve, and nobody holds more than their capacity.
+    routing = first["routing"]
+    assert sum(routing["assignments"].values()) == 24
+    smb = next(row["accounts"] for row in first["ttv_by_segment"] if row["segment"] == "smb")
+    assert routing["assignments"]["self_serve"] == smb
+    assert all(m["load"] <= m["capacity"] for m in routing["team"] if m["role"] != "team_lead")
+    assert any(m["load"] > 0 for m in routing["team"])
 
 
 def test_the_demo_prints_milestone_records_reaching_its_own_receiver_and_the_sync_status(

@@ -284,3 +284,15 @@ def test_the_roster_over_the_api_admin_changes_viewer_reads(sqlite_database, rou
         rows = client.get("/api/assignments", headers=bearer("viewer")).json()["assignments"]
         assert [(r["account_id"], r["status"], r["owner"]) for r in rows] == [
             ("z1", "assigned", "ana")]
+
+
+def test_without_a_roster_nothing_is_routed_and_nobody_is_alerted(database):
+    from firstvalue.playbook.loader import load_playbook
+
+    default = compile_playbook(load_playbook())
+    assert default.loaded.model.ownership  # the built-in playbook declares the models
+    add_accounts(database, default, ["r1"], T0)
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM assignments")).scalar() == 0
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM actions WHERE rule LIKE "
+                                    "'routing.%'")).scalar() == 0

@@ -234,6 +234,9 @@ def demo_command(obj: Context, account_count: int, seed: int, today: str | None,
     from firstvalue.crm.commands import show_demo_sync
 
     show_demo_sync(result.crm_sync)
+    from firstvalue.cli.views import show_routing
+
+    show_routing(result.report.get("routing", {}))
     click.echo(f"\nCharts: {', '.join(str(path) for path in charts)}")
     click.echo(f"\nSimulated {result.accounts} accounts, {result.events} events and "
                f"{result.ticks} ticks in {result.seconds:.1f} s.")

@@ -260,3 +260,19 @@ def show_stalls(queue: Sequence[dict[str, Any]]) -> None:
                       stall["milestone"] or "", stall["diagnosis"], str(stall["days_stalled"]),
                       stall["status"], stall["next_step"])
     console.print(table)
+
+
+def show_routing(routing: dict[str, Any]) -> None:
+    """The roster's loads and the assignments by status (tier routing, docs/routing.md)."""
+    team = routing.get("team") or []
+    if not team:
+        return
+    statuses = routing.get("assignments") or {}
+    console.print("\nTier routing: " + ", ".join(f"{count} {status}"
+                                              for status, count in sorted(statuses.items())))
+    for member in team:
+        if member["role"] == "team_lead":
+            continue
+        away = " (away)" if member["away"] else ""
+        console.print(f"  {member['handle']}: {member['role']}, {member['load']}/"
+                   f"{member['capacity']} accounts in onboarding{away}")

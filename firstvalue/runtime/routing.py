@@ -46,9 +46,12 @@ def load_team(conn: sa.Connection) -> list[Member]:
 
 def route_accounts(conn: sa.Connection, playbook: CompiledPlaybook, now: int) -> int:
     """Route the accounts without an assignment and those waiting for capacity; the number
-    assigned. Nothing happens while the playbook declares no `ownership`."""
+    assigned. Nothing happens while the playbook declares no `ownership` or the roster is
+    empty: a team that has not set up its roster is not routing yet."""
     model = playbook.loaded.model
     if not model.ownership:
+        return 0
+    if conn.execute(sa.text("SELECT COUNT(*) FROM team_members")).scalar() == 0:
         return 0
     waiting = conn.execute(sa.text(
         "SELECT account_id FROM assignments WHERE status = 'waiting' "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -32,6 +33,7 @@ from firstvalue.errors import ConfigError
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.metrics.report import build_report
 from firstvalue.runtime.evaluation import held_events, tick
+from firstvalue.runtime.routing import assignment_json, save_member, set_away, team_json
 from firstvalue.store.database import open_database
 
 SIMULATED_DAYS = 120
@@ -45,6 +47,16 @@ COUNTRIES = {"Europe/Berlin": "DE", "America/Los_Angeles": "US", "Asia/Tokyo": "
              None: "US"}
 FUNCTIONS = ("sales", "ops", "marketing", "engineering", "finance")
 OWNERS = ("csm-ana", "csm-ben", "csm-chloe", "csm-dev", "csm-eli")
+# The demo's team: handle, role, capacity, timezone. Tier 2 (mid-market) goes to the CSMs by
+# load relative to capacity, tier 1 (enterprise) to an implementation manager of its own;
+# tier 3 (SMB) is self-serve. The managers' capacity is short on purpose: some enterprise
+# accounts wait unassigned, and the team lead hears of each.
+DEMO_TEAM = (("ana", "csm", 30, "Europe/Berlin"), ("ben", "csm", 25, "Europe/London"),
+             ("chloe", "csm", 25, "America/New_York"), ("dev", "csm", 20, "Asia/Tokyo"),
+             ("eli", "csm", 20, "America/Los_Angeles"),
+             ("iris", "implementation_manager", 20, "Europe/Berlin"),
+             ("jon", "implementation_manager", 20, "America/New_York"),
+             ("lead", "team_lead", 0, "Europe/Berlin"))
 USE_CASES = ("lead_enrichment", "competitive_intelligence", "pipeline_visibility")
 PERSONAS = ("vp_sales", "ops_manager", "revops")
 # Day offsets of the default playbook's targets, per segment (see default.yaml).
@@ -90,6 +102,12 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
     database = open_database(f"sqlite:///{path}")
     with database.write() as conn:
         conn.execute(sa.text("INSERT INTO counters (name, value) VALUES ('demo_database', 1)"))
+        for handle, role, capacity, zone_name in DEMO_TEAM:
+            save_member(conn, handle, f"{handle}@team.firstvalue.invalid", role, capacity,
+                        zone_name, handle.title(), to_micros(first))
+        # Ben is away for ten days mid-window: Chloe takes his new tasks and alerts.
+        set_away(conn, "ben", to_micros(first + timedelta(days=60)),
+                 to_micros(first + timedelta(days=70)), "chloe")
     accounts = generate_accounts(account_count, seed, first, now)
     messages = sorted((m for a in accounts for m in a.messages), key=lambda m: m["timestamp"])
 
@@ -116,6 +134,9 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
     crm_sync = crm.finish(database, now_micros)
     report = build_report(database, playbook, now_micros, held=held_events(database, now_micros))
     report["crm_sync"] = crm_sync
+    with database.engine.connect() as conn:
+        report["routing"] = {"team": team_json(conn, now_micros),
+                             "assignments": Counter(a["status"] for a in assignment_json(conn))}
     database.dispose()
     return DemoResult(report, len(accounts), len(messages), ticks,
                       time.perf_counter() - started, now.isoformat(), crm_sync)
@@ -214,7 +235,9 @@ class _AccountScript:
             "segment": a.segment,
             "tier": {"enterprise": 1, "mid_market": 2, "smb": 3}[a.segment],
             "country": COUNTRIES[a.timezone],
-            "owner": rng.choice(OWNERS) if a.segment != "smb" else None,
+            # Owners come from routing (the roster in `DEMO_TEAM`); the draw stays so that the
+            # rest of the sample is the same.
+            "demo_sales_owner": rng.choice(OWNERS) if a.segment != "smb" else None,
             "plan": {"smb": "starter", "mid_market": "growth", "enterprise": "enterprise"}[
                 a.segment],
             "arr": {"smb": 6000, "mid_market": 36000, "enterprise": 180000}[a.segment]
