@@ -57,7 +57,9 @@ def environment_write_keys() -> list[str]:
 def check_write_key(database: Database, key: str) -> bool:
     if not key:
         return False
-    if any(hmac.compare_digest(key, known) for known in environment_write_keys()):
+    offered = key.encode("utf-8", "surrogatepass")  # bytes: any character, no error
+    if any(hmac.compare_digest(offered, known.encode("utf-8", "surrogatepass"))
+           for known in environment_write_keys()):
         return True
     with database.engine.connect() as conn:
         found = conn.execute(sa.text("SELECT 1 FROM write_keys WHERE key_hash = :h"),

@@ -250,3 +250,66 @@ def test_a_signed_calcom_body_that_is_not_json_is_refused_with_400(app, database
     response = app.post("/webhooks/calcom", body, {"X-Cal-Signature-256": signature})
     assert response.status_code == 400
     assert "not JSON" in response.json()["error"]["message"]
+
+
+def post_calcom(app, envelope, signature: bytes | None = None):
+    body = json.dumps(envelope).encode()
+    if signature is None:
+        signature = hmac.new(CALCOM_SECRET.encode(), body, hashlib.sha256).hexdigest().encode()
+    return app.post("/webhooks/calcom", body, {"X-Cal-Signature-256": signature})
+
+
+def no_show(uid: str, attendees, at: str = "2026-03-20T16:00:00Z") -> dict:
+    return {"triggerEvent": "BOOKING_NO_SHOW_UPDATED", "createdAt": at,
+            "payload": {"bookingUid": uid, "attendees": attendees}}
+
+
+def test_each_no_show_update_of_a_booking_is_its_own_delivery(app, database):
+    ok(calcom(app, "BOOKING_CREATED", "NS", "2026-03-10T10:00:00Z"))
+    # An update that marks nobody stores nothing, and must not make the real one a duplicate.
+    assert ok(post_calcom(app, no_show("NS", [{"email": EMAIL, "noShow": False}])))[
+        "events"] == []
+    assert ok(post_calcom(app, no_show("NS", [{"email": EMAIL, "noShow": True}])))[
+        "events"] == ["accepted"]
+    assert ok(post_calcom(app, no_show("NS", [{"email": EMAIL, "noShow": True}])))[
+        "status"] == "duplicate"  # the same update again
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT COUNT(*) FROM events WHERE name = 'Call Missed'")).scalar() == 1
+
+
+@pytest.mark.parametrize("attendees, field", [
+    ([{"email": 123, "noShow": True}], "payload.attendees[0].email"),
+    ([{"email": {"a": 1}, "noShow": True}], "payload.attendees[0].email"),
+    (5, "payload.attendees"),
+    (["bob"], "payload.attendees[0]"),
+])
+def test_a_malformed_no_show_is_refused_naming_the_field(app, database, attendees, field):
+    ok(calcom(app, "BOOKING_CREATED", "NS2", "2026-03-10T10:00:00Z"))
+    response = post_calcom(app, no_show("NS2", attendees))
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]["message"]
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT COUNT(*) FROM events WHERE name = 'Call Missed'")).scalar() == 0
+
+
+def test_a_no_show_belongs_to_the_account_its_booking_named(app, database):
+    stranger = [{"email": "new.person@acme.example", "name": "New", "timeZone": "UTC"}]
+    booked = ok(calcom(app, "BOOKING_CREATED", "MD", "2026-03-10T10:00:00Z",
+                       attendees=stranger, metadata={"firstvalue_account_id": "acme"}))
+    assert set(booked["events"]) == {"accepted"}
+    shown = ok(post_calcom(app, no_show("MD", [{"email": "new.person@acme.example",
+                                                 "noShow": True}])))
+    assert shown["events"] == ["accepted"]  # not pending_account: the booking named acme
+
+
+@pytest.mark.parametrize("endpoint, header", [
+    ("/webhooks/calcom", "X-Cal-Signature-256"),
+    ("/webhooks/calendly", "Calendly-Webhook-Signature"),
+])
+def test_a_signature_outside_ascii_is_a_401_not_a_crash(app, database, endpoint, header):
+    value = b"\xe9\xe9" if header.startswith("X-Cal") else \
+        f"t={int(time.time())},v1=".encode() + b"\xe9"
+    response = app.post(endpoint, b"{}", {header: value})
+    assert response.status_code == 401, response.text

@@ -272,3 +272,35 @@ def test_an_email_open_arriving_before_its_contact_is_held_then_attached(
         account = conn.execute(sa.text(
             "SELECT account_id FROM events WHERE name = 'Email Clicked'")).scalar()
     assert account == "acme"
+
+
+def test_a_standard_webhook_signature_outside_ascii_is_a_401_not_a_crash(app, database):
+    body = closed_won()
+    headers = signed(body, "msg_non_ascii")
+    good = headers["webhook-signature"]
+    headers["webhook-signature"] = b"v1,\xe9\xe9 " + good.encode()  # junk first, then the real
+    response = app.post("/webhooks/crm", body, headers)
+    assert response.status_code == 200, response.text  # the valid one is still found
+    headers["webhook-signature"] = b"v1,\xe9\xe9"
+    assert app.post("/webhooks/crm", body, {**headers, "webhook-id": "msg_2"}).status_code == 401
+
+
+def test_a_nul_in_a_signed_payload_is_refused_with_400_and_nothing_stored(app, database):
+    body = closed_won(account_id="ac\u0000me")
+    body = body.replace(b"Acme", b"Ac\\u0000me")
+    response = app.post("/webhooks/crm", body, signed(body, "msg_nul"))
+    assert response.status_code == 400 and "NUL" in response.json()["error"]["message"]
+    assert stored(database) == NOTHING
+
+
+def test_the_same_delivery_sent_at_once_is_stored_once_and_never_a_500(app, database):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = closed_won()
+    headers = signed(body, "msg_parallel")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: app.post("/webhooks/crm", body, headers), range(8)))
+    assert sorted(a.status_code for a in answers) == [200] * 8
+    assert sorted(a.json()["status"] for a in answers) == ["accepted"] + ["duplicate"] * 7
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM inbound_webhooks")).scalar() == 1

@@ -868,3 +868,37 @@ def test_unexpected_failure_is_500_with_the_error_shape_and_stores_nothing(
     assert "fire" not in response.text
     assert counts(database) == EMPTY
 
+
+
+def test_a_write_key_outside_ascii_is_refused_with_401_not_a_crash(client):
+    raw = base64.b64encode("é:".encode()).decode()
+    response = client.post("/v1/track", content=b'{"userId":"u","event":"E"}',
+                           headers={"Authorization": f"Basic {raw}"})
+    assert response.status_code == 401, response.text
+
+
+@pytest.mark.parametrize("path", ["/api/accounts/acme%00", "/api/actions?account=%00",
+                                  "/api/in-app/%00/x"])
+def test_a_nul_in_a_path_or_query_is_a_400(client, token, path):
+    response = client.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 400, response.text
+    assert "NUL" in response.json()["error"]["message"]
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(client, token):
+    response = client.get("/api/team/", headers={"Authorization": f"Bearer {token}",
+                                                 "Host": "evil.example"},
+                          follow_redirects=False)
+    assert response.status_code == 404 and "location" not in response.headers
+
+
+def test_the_api_s_own_write_bodies_are_limited(client, database):
+    csm = create_api_token(database, "csm", "csm", NOW)
+    response = client.post("/api/tasks/done", content=b'{"key": "' + b"x" * 70_000 + b'"}',
+                           headers={"Authorization": f"Bearer {csm}"})
+    assert response.status_code == 413, response.text
+    admin = create_api_token(database, "admin", "admin", NOW)
+    huge = client.put("/api/team/ana", json={"email": "a@b.example",
+                                             "capacity": 9_223_372_036_854_775_808},
+                      headers={"Authorization": f"Bearer {admin}"})
+    assert huge.status_code == 400 and "capacity" in huge.json()["error"]["message"]

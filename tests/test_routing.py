@@ -231,7 +231,7 @@ def test_bad_roster_input_is_refused_with_the_fix(database):
         save_member(conn, "x", "x@team.example", "csm", 3, "Mars/Olympus", None, T0)
     with database.write() as conn, pytest.raises(ConfigError, match="role 'boss'"):
         save_member(conn, "x", "x@team.example", "boss", 3, "UTC", None, T0)
-    with database.write() as conn, pytest.raises(ConfigError, match="negative"):
+    with database.write() as conn, pytest.raises(ConfigError, match="out of range"):
         save_member(conn, "x", "x@team.example", "csm", -1, "UTC", None, T0)
     with database.write() as conn, pytest.raises(ConfigError, match="no team member"):
         set_away(conn, "ghost", T0, None, None)

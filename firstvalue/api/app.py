@@ -33,6 +33,7 @@ SINGLE_CALLS = {"track": "track", "identify": "identify", "group": "group",
                 "t": "track", "i": "identify", "g": "group"}
 STORED = {ACCEPTED, DUPLICATE, PENDING_ACCOUNT}
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+API_BODY_BYTES = 64 * 1024  # the JSON API's own writes: a key, a team member
 
 
 class HTTPProblem(Exception):
@@ -56,10 +57,21 @@ def create_app(database: Database, playbook: CompiledPlaybook,
                clock: Callable[[], int] | None = None, lifespan: Any = None) -> FastAPI:
     # The OpenAPI document is served behind a token at /api/openapi.json: only /health
     # answers anyone (shared/DESIGN.md "Access").
+    # No redirect of a trailing slash: Starlette builds its Location from the Host header, and
+    # an unknown path is a 404 like any other.
     app = FastAPI(title="firstvalue", version="0.1.0", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     context = AppContext(database, playbook, clock or (lambda: to_micros(system_now())))
     app.state.context = context
+
+    @app.middleware("http")
+    async def _no_nul(request: Request, call_next: Callable[..., Any]) -> Response:
+        # No id holds a NUL; PostgreSQL text cannot store one and SQLite's JSON functions
+        # cut a string at it, so one in a path or query is refused before anything reads it.
+        if "\x00" in request.url.path or "%00" in request.url.query:
+            return error_response(400, "invalid_request", "a NUL character (%00) is not "
+                                  "allowed in a path or query", request.url.path)
+        return await call_next(request)
 
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem) -> JSONResponse:
@@ -159,7 +171,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         if principal.role not in ("admin", "csm"):
             raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
                               "completing a task takes a csm or admin token")
-        key = _key_from(await request.body())
+        key = _key_from(await read_body(request, API_BODY_BYTES, "request"))
         done = await run_in_threadpool(_complete, context, key)
         if not done:
             raise HTTPProblem(404, "unknown_task", f"no open task with key {key!r}")
@@ -177,7 +189,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         if principal.role not in ("admin", "csm"):
             raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
                               "acknowledging takes a csm or admin token (give the product one)")
-        key = _key_from(await request.body())
+        key = _key_from(await read_body(request, API_BODY_BYTES, "request"))
         done = await run_in_threadpool(_acknowledge, context, account_id, user_id, key)
         if not done:
             raise HTTPProblem(404, "unknown_message",
@@ -195,7 +207,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         if principal.role != "admin":
             raise HTTPProblem(403, "forbidden", f"a {principal.role} token cannot change the "
                               "roster; that takes an admin token")
-        member = _member_from(await request.body())
+        member = _member_from(await read_body(request, API_BODY_BYTES, "request"))
         await run_in_threadpool(_save_member, context, handle, member)
         return json_response({"team": await run_in_threadpool(_team, context)})
 
@@ -236,6 +248,8 @@ class TeamMember(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _member_from(body: bytes) -> TeamMember:
+    if b"\\u0000" in body:
+        raise HTTPProblem(400, "invalid_member", "a NUL character (\\u0000) is not allowed")
     try:
         return msgspec.json.decode(body, type=TeamMember)
     except msgspec.DecodeError as exc:
@@ -332,7 +346,7 @@ def _key_from(body: bytes) -> str:
         key = msgspec.json.decode(body).get("key")
     except (msgspec.DecodeError, AttributeError):
         key = None
-    if not isinstance(key, str) or not key:
+    if not isinstance(key, str) or not key or "\x00" in key:
         raise HTTPProblem(400, "invalid_body", 'send {"key": "ACTION KEY"} as JSON')
     return key
 

@@ -11,6 +11,8 @@ meeting that ended (Cal.com's MEETING_ENDED) `Kickoff Completed` or `Call Comple
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -54,18 +56,20 @@ def _booked(prefix: str, user_id: str, kind: str, when: str, call_id: str, start
 
 
 def _remember(conn: sa.Connection, source: str, booking_id: str, user_id: str, kind: str,
-              start: str | None, now: int) -> None:
+              start: str | None, now: int, account_id: str | None = None) -> None:
     conn.execute(sa.text(
         "INSERT INTO calendar_bookings (source, booking_id, user_id, meeting, start_time, "
-        "seen_at) VALUES (:s, :b, :u, :m, :t, :now) ON CONFLICT (source, booking_id) "
-        "DO UPDATE SET start_time = :t"),
-        {"s": source, "b": booking_id, "u": user_id, "m": kind, "t": start, "now": now})
+        "account_id, seen_at) VALUES (:s, :b, :u, :m, :t, :a, :now) ON CONFLICT (source, "
+        "booking_id) DO UPDATE SET start_time = :t, account_id = COALESCE(:a, "
+        "calendar_bookings.account_id)"),
+        {"s": source, "b": booking_id, "u": user_id, "m": kind, "t": start, "a": account_id,
+         "now": now})
 
 
 def _booking(conn: sa.Connection, source: str, booking_id: str) -> Any:
     return conn.execute(sa.text(
-        "SELECT user_id, meeting, start_time FROM calendar_bookings WHERE source = :s "
-        "AND booking_id = :b"), {"s": source, "b": booking_id}).first()
+        "SELECT user_id, meeting, start_time, account_id FROM calendar_bookings WHERE "
+        "source = :s AND booking_id = :b"), {"s": source, "b": booking_id}).first()
 
 
 # Calendly: developer.calendly.com, "Webhook payload" (invitee.created, invitee.canceled,
@@ -83,7 +87,7 @@ def calendly_delivery_id(envelope: dict[str, Any]) -> str:
                            f"{', '.join(CALENDLY_EVENTS)}")
     if not isinstance(uri, str) or not uri:
         raise PayloadError("`payload.uri` is missing; send Calendly's webhook payload as is")
-    return f"{envelope['event']}:{uri}"
+    return f"{envelope['event']}:{_short(uri)}"
 
 
 def calendly_messages(conn: sa.Connection, envelope: dict[str, Any],
@@ -140,7 +144,20 @@ def calcom_delivery_id(envelope: dict[str, Any]) -> str:
                            f"{', '.join(CALCOM_EVENTS)}")
     if not isinstance(uid, str) or not uid:
         raise PayloadError("`payload.uid` is missing; send Cal.com's webhook payload as is")
-    return f"{trigger}:{uid}"
+    if trigger == "BOOKING_NO_SHOW_UPDATED":
+        # One booking gets many no-show updates (one per attendee marked, or unmarked): each
+        # is its own delivery, told apart by its content. Its events keep their own ids.
+        digest = hashlib.sha256(json.dumps(envelope, sort_keys=True, default=str)
+                                .encode()).hexdigest()[:32]
+        return f"{trigger}:{_short(uid)}:{digest}"
+    return f"{trigger}:{_short(uid)}"
+
+
+def _short(value: str) -> str:
+    """An id that fits the delivery index whatever its length: long ones by their hash."""
+    if len(value) <= 150:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def calcom_messages(conn: sa.Connection, envelope: dict[str, Any],
@@ -162,11 +179,11 @@ def calcom_messages(conn: sa.Connection, envelope: dict[str, Any],
     messages: list[dict[str, Any]] = []
     for user_id in attendees:
         if trigger == "BOOKING_CREATED":
-            _remember(conn, "calcom", uid, user_id, kind, start, now)
+            _remember(conn, "calcom", uid, user_id, kind, start, now, account)
             messages += _booked(f"{prefix}:{user_id}", user_id, kind, when or "", uid, start,
                                 account)
         elif trigger == "BOOKING_RESCHEDULED":
-            _remember(conn, "calcom", uid, user_id, kind, start, now)
+            _remember(conn, "calcom", uid, user_id, kind, start, now, account)
             old = payload.get("rescheduleUid") if isinstance(payload.get("rescheduleUid"),
                                                              str) else None
             messages.append(_track(f"{prefix}:{user_id}:rescheduled", user_id,
@@ -208,8 +225,19 @@ def _calcom_no_shows(conn: sa.Connection, payload: dict[str, Any]) -> list[dict[
     booking = _booking(conn, "calcom", uid)
     if booking is None:
         raise UnknownBooking(f"no booking {uid!r} was seen yet; send its BOOKING_CREATED first")
-    missed = [a for a in payload.get("attendees") or [] if isinstance(a, dict) and a.get("noShow")]
-    ids = contact_ids(conn, {a.get("email") or "" for a in missed} - {""})
+    attendees = payload.get("attendees")
+    if not isinstance(attendees, list):
+        raise PayloadError("`payload.attendees` must be a list of attendees with `email` and "
+                           "`noShow`; send Cal.com's payload as is")
+    missed = []
+    for index, attendee in enumerate(attendees):
+        if not isinstance(attendee, dict):
+            raise PayloadError(f"`payload.attendees[{index}]` is not an object")
+        email = text_field(attendee, "email", f"payload.attendees[{index}].")
+        if attendee.get("noShow") is True and email:
+            missed.append(email)
+    ids = contact_ids(conn, set(missed))
     when = booking.start_time
-    return [_track(f"calcom:{uid}:{user_id}:no_show", user_id, "Call Missed", when, None,
-                   call_id=uid, meeting=booking.meeting) for user_id in sorted(ids.values())]
+    return [_track(f"calcom:{uid}:{user_id}:no_show", user_id, "Call Missed", when,
+                   booking.account_id, call_id=uid, meeting=booking.meeting)
+            for user_id in sorted(ids.values())]

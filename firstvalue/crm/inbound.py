@@ -52,18 +52,20 @@ def store_delivery(database: Database, source: str, delivery_id: str, mapper: Ma
                    received_at: int, anchor_names: frozenset[str]) -> InboundResult:
     """Map and store one delivery in one transaction; a known delivery id stores nothing."""
     with database.write() as conn:
-        known = conn.execute(sa.text(
-            "SELECT 1 FROM inbound_webhooks WHERE source = :s AND delivery_id = :d"),
-            {"s": source, "d": delivery_id}).first()
-        if known:
+        # The delivery id is claimed first: of two copies arriving at once, the second waits
+        # for the first's transaction on the unique index, then finds it taken (PostgreSQL).
+        claimed = conn.execute(sa.text(
+            "INSERT INTO inbound_webhooks (source, delivery_id, received_at, events) "
+            "VALUES (:s, :d, :at, 0) ON CONFLICT (source, delivery_id) DO NOTHING"),
+            {"s": source, "d": delivery_id, "at": received_at}).rowcount
+        if not claimed:
             log.info("Webhook %s from %s was delivered before; it is ignored.", delivery_id,
                      source)
             return InboundResult(delivery_id, True, ())
         accepted = _validated(mapper(conn), received_at)
         conn.execute(sa.text(
-            "INSERT INTO inbound_webhooks (source, delivery_id, received_at, events) "
-            "VALUES (:s, :d, :at, :n)"),
-            {"s": source, "d": delivery_id, "at": received_at, "n": len(accepted)})
+            "UPDATE inbound_webhooks SET events = :n WHERE source = :s AND delivery_id = :d"),
+            {"s": source, "d": delivery_id, "n": len(accepted)})
         statuses = store_messages(conn, accepted, anchor_names).statuses if accepted else []
     log.info("Webhook %s from %s stored %d event(s).", delivery_id, source, len(accepted))
     return InboundResult(delivery_id, False, tuple(statuses))
@@ -87,6 +89,10 @@ def decode_object(body: bytes, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PayloadError(f"the body is {type(data).__name__}, not an object; send the {what} "
                            "payload")
+    # JSON carries a NUL only as the escape \u0000; no id, name or address holds one, and
+    # PostgreSQL text cannot store one.
+    if b"\\u0000" in body:
+        raise PayloadError("the payload holds a NUL character (\\u0000); remove it")
     return data
 
 

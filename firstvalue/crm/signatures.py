@@ -40,7 +40,7 @@ def verify_standard_webhook(secret: str, headers: Mapping[str, str], body: bytes
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
     offered = [part.partition(",")[2] for part in signatures.split()
                if part.startswith("v1,")]
-    if not any(hmac.compare_digest(expected, candidate) for candidate in offered):
+    if not any(same_text(expected, candidate) for candidate in offered):
         raise SignatureError("the webhook-signature does not match the body")
     return delivery
 
@@ -56,7 +56,7 @@ def verify_calendly(signing_key: str, header: str | None, body: bytes,
     _check_time(stamp, now_seconds)
     signed = f"{stamp}.".encode() + body
     expected = hmac.new(signing_key.encode(), signed, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature.lower()):
+    if not same_text(expected, signature.lower()):
         raise SignatureError("the Calendly-Webhook-Signature does not match the body")
 
 
@@ -66,8 +66,16 @@ def verify_calcom(secret: str, header: str | None, body: bytes) -> None:
     if not header:
         raise SignatureError("send the X-Cal-Signature-256 header")
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, header.strip().lower().removeprefix("sha256=")):
+    if not same_text(expected, header.strip().lower().removeprefix("sha256=")):
         raise SignatureError("the X-Cal-Signature-256 does not match the body")
+
+
+def same_text(expected: str, offered: str) -> bool:
+    """Constant-time comparison of two texts. As bytes: `hmac.compare_digest` refuses text
+    with characters outside ASCII, and a header can hold any (Starlette reads them as latin-1),
+    so a junk signature must be a mismatch, not an error."""
+    return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"),
+                               offered.encode("utf-8", "surrogatepass"))
 
 
 def _check_time(stamp: str, now_seconds: float) -> None:

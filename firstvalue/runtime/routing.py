@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 ROLES = ("csm", "implementation_manager", "team_lead")
+MAX_CAPACITY = 100_000
 HANDLE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
@@ -192,21 +193,25 @@ def save_member(conn: sa.Connection, handle: str, email: str, role: str, capacit
                           "digits, dots, dashes or underscores, e.g. ana.lopez")
     if role not in ROLES:
         raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
-    if capacity < 0:
-        raise ConfigError(f"capacity {capacity} is negative; give the accounts this member "
-                          "can onboard at once (0 for none)")
+    if not 0 <= capacity <= MAX_CAPACITY:
+        raise ConfigError(f"capacity {capacity} is out of range; give the accounts this member "
+                          f"can onboard at once, 0 to {MAX_CAPACITY:,}")
+    if name is not None and len(name) > 200:
+        raise ConfigError("name is longer than 200 characters")
+    if len(email) > 320:
+        raise ConfigError("email is longer than 320 characters, the most an address can be")
     if "@" not in email:
         raise ConfigError(f"email {email!r} is not an email address")
     if zone(timezone) is None:
         raise ConfigError(f"timezone {timezone!r} is not an IANA zone, e.g. Europe/Berlin")
     values = {"h": handle, "e": email, "r": role, "c": capacity, "tz": timezone, "n": name,
               "now": now}
-    if not conn.execute(sa.text(
-            "UPDATE team_members SET email = :e, role = :r, capacity = :c, timezone = :tz, "
-            "name = COALESCE(:n, name) WHERE handle = :h"), values).rowcount:
-        conn.execute(sa.text(
-            "INSERT INTO team_members (handle, name, email, role, capacity, timezone, "
-            "created_at) VALUES (:h, :n, :e, :r, :c, :tz, :now)"), values)
+    # One statement: two writers adding the same handle at once both succeed, the later last.
+    conn.execute(sa.text(
+        "INSERT INTO team_members (handle, name, email, role, capacity, timezone, created_at) "
+        "VALUES (:h, :n, :e, :r, :c, :tz, :now) ON CONFLICT (handle) DO UPDATE SET "
+        "email = :e, role = :r, capacity = :c, timezone = :tz, "
+        "name = COALESCE(:n, team_members.name)"), values)
 
 
 def set_away(conn: sa.Connection, handle: str, away_from: int | None, away_until: int | None,

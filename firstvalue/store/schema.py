@@ -229,6 +229,7 @@ calendar_bookings = Table(
     Column("user_id", Text, nullable=False),
     Column("meeting", Text, nullable=False),
     Column("start_time", Text),
+    Column("account_id", Text),  # the account the booking named (Cal.com metadata), if any
     Column("seen_at", BigInteger, nullable=False),
     Index("ix_calendar_bookings_booking", "source", "booking_id", unique=True),
 )

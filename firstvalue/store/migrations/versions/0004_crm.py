@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.Text, nullable=False),
         sa.Column("meeting", sa.Text, nullable=False),
         sa.Column("start_time", sa.Text),
+        sa.Column("account_id", sa.Text),
         sa.Column("seen_at", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_calendar_bookings_booking", "calendar_bookings",
