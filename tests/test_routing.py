@@ -296,3 +296,45 @@ def test_without_a_roster_nothing_is_routed_and_nobody_is_alerted(database):
         assert conn.execute(sa.text("SELECT COUNT(*) FROM assignments")).scalar() == 0
         assert conn.execute(sa.text("SELECT COUNT(*) FROM actions WHERE rule LIKE "
                                     "'routing.%'")).scalar() == 0
+
+
+def test_an_owner_set_by_the_crm_while_waiting_stands(database, routing_playbook):
+    roster(database, {"amy": 0})
+    add_accounts(database, routing_playbook, ["w1"], T0)
+    assert assignment(database, "w1")[0] == "waiting"
+    later = encode({"type": "group", "groupId": "w1", "userId": "w1-u", "messageId": "g2-w1",
+                    "timestamp": "2026-03-02T11:00:00Z",
+                    "traits": {"owner": "crm.owner@example.com"}})
+    ingest_messages(database, [later], T0 + 2 * HOUR, routing_playbook.anchor_names)
+    with database.write() as conn:
+        save_member(conn, "amy", "amy@team.example", "csm", 5, "Europe/Berlin", None, T0)
+    tick(database, routing_playbook, T0 + 3 * HOUR)
+    assert assignment(database, "w1")[:3] == ("assigned", "crm.owner@example.com", "explicit")
+
+
+def test_when_the_crm_changes_an_owner_the_load_follows(database, routing_playbook):
+    roster(database, {"amy": 5, "carol": 5})
+    add_accounts(database, routing_playbook, ["k4"], T0, owner="carol@team.example")
+    assert loads(database) == {"amy": 0, "carol": 1}
+    changed = encode({"type": "group", "groupId": "k4", "userId": "k4-u", "messageId": "g2-k4",
+                      "timestamp": "2026-03-02T11:00:00Z", "traits": {"owner": "amy"}})
+    ingest_messages(database, [changed], T0 + 2 * HOUR, routing_playbook.anchor_names)
+    tick(database, routing_playbook, T0 + 2 * HOUR)
+    assert loads(database) == {"amy": 1, "carol": 0}
+    assert assignment(database, "k4")[:2] == ("assigned", "amy")
+
+
+def test_working_days_that_cross_midnight_utc_overlap():
+    now = micros("2026-11-02T01:00:00Z")
+    # Tokyo works 00:00-08:00 UTC, Honolulu 19:00-03:00 UTC: 00:00 to 03:00 together.
+    assert overlap_hours("Asia/Tokyo", "Pacific/Honolulu", now) == 3
+    assert overlap_hours("Pacific/Honolulu", "Asia/Tokyo", now) == 3
+    # Sydney (AEDT, +11) 22:00-06:00 UTC, Los Angeles (PST) 17:00-01:00 UTC: 22:00 to 01:00.
+    assert overlap_hours("Australia/Sydney", "America/Los_Angeles", now) == 3
+
+
+def test_a_tier_outside_one_to_three_is_no_tier():
+    from firstvalue.engine.compiled import tier_trait
+
+    assert [tier_trait(v) for v in (0, 1, "2", 3, 4, -1, "x", True, 1e400)] == [
+        None, 1, 2, 3, None, None, None, None, None]

@@ -467,15 +467,16 @@ def team_group() -> None:
               help="Accounts they can onboard at once.")
 @click.option("--timezone", default="UTC", show_default=True, help="IANA zone they work in.")
 @click.option("--name", default=None)
+@now_option
 @click.pass_obj
 def team_add(obj: Context, handle: str, email: str, role: str, capacity: int, timezone: str,
-             name: str | None) -> None:
+             name: str | None, now_text: str | None) -> None:
     """Add a member to the roster, or change one."""
     from firstvalue.runtime.routing import save_member
 
     with obj.database.write() as conn:
         save_member(conn, handle, email, role, capacity, timezone, name,
-                    to_micros(system_now()))
+                    resolve_now(now_text))
     click.echo(f"{handle} is on the roster ({role}, capacity {capacity}, {timezone}).")
 
 
@@ -502,8 +503,9 @@ def team_away(obj: Context, handle: str, from_text: str | None, until_text: str 
 
 @team_group.command("back")
 @click.argument("handle")
+@now_option
 @click.pass_obj
-def team_back(obj: Context, handle: str) -> None:
+def team_back(obj: Context, handle: str, now_text: str | None) -> None:
     """Mark a member back in office."""
     from firstvalue.runtime.routing import set_away
 

@@ -69,10 +69,12 @@ class CompiledPlaybook:
 
 
 def tier_trait(value: Any) -> int | None:
+    """The `tier` trait as a tier: 1, 2 or 3 (`"2"` counts as 2); anything else is none."""
     try:
-        return None if value is None or isinstance(value, bool) else int(value)
-    except (TypeError, ValueError):
+        tier = None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return tier if tier in (1, 2, 3) else None
 
 
 def traits_match(match: Mapping[str, Any], traits: Mapping[str, Any],

@@ -90,6 +90,7 @@ class AccountState:
     actions: tuple[Any, ...] = field(default=())
     planned: tuple[PlannedAction, ...] = field(default=(), repr=False)
     episodes: tuple[Episode, ...] = field(default=(), repr=False)
+    next_event_at: str | None = None  # the first event dated after the evaluation, if any
 
     def as_json(self) -> dict[str, Any]:
         # Built field by field: dataclasses.asdict deep-copies, which cost more than the
@@ -144,8 +145,11 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     finished_at = _finished_at(track, day0, current, completions, tz) if finished else None
     episodes, interventions = _stalls(facts, playbook, compiled_track, traits, tz, run, day0,
                                       events, completions, arrivals, now, finished_at)
+    # An event dated after `now` (history imported ahead of the clock a tick runs at) changes
+    # the state when its time comes.
+    next_event = min((e.ts for e in facts.events if e.ts > now), default=None)
     wakes = [w for w in (_next_wake(now, kickoff, day, tz, finished), plan.next_due_at,
-                         min(future_starts, default=None)) if w is not None]
+                         min(future_starts, default=None), next_event) if w is not None]
     wake = min(wakes) if wakes else None
 
     return AccountState(
@@ -177,6 +181,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         planned=plan.due + tuple(interventions),
         stalls=tuple(e.as_json(facts.account_id, tz) for e in episodes),
         episodes=tuple(episodes),
+        next_event_at=local_isoformat(next_event, tz) if next_event is not None else None,
     )
 
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from firstvalue.engine.days import zone
 
 WORKDAY = (9, 17)  # local hours a person and a customer are taken to work
+DAY_SECONDS = 86_400
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,15 @@ def choose_owner(members: list[Member], role: str, account_timezone: str | None,
 
 
 def overlap_hours(first: str | None, second: str | None, now: int) -> int:
-    """Whole hours the two zones' working days (09:00 to 17:00) share on the day of `now`."""
+    """Whole hours the two zones' working days (09:00 to 17:00) share around `now`.
+
+    A working day can cross midnight UTC (Tokyo's is 00:00 to 08:00 UTC, Honolulu's 19:00 to
+    03:00), so the second is also tried a day earlier and a day later.
+    """
     start_a, end_a = _workday_utc(first, now)
     start_b, end_b = _workday_utc(second, now)
-    return max(0, min(end_a, end_b) - max(start_a, start_b)) // 3600
+    return max(max(0, min(end_a, end_b + shift) - max(start_a, start_b + shift))
+               for shift in (-DAY_SECONDS, 0, DAY_SECONDS)) // 3600
 
 
 def _workday_utc(name: str | None, now: int) -> tuple[int, int]:

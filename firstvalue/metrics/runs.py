@@ -52,10 +52,33 @@ class _StoredState(msgspec.Struct):
     tier: int | None = None
     track: str | None = None
     kickoff_at: str | None = None
+    kickoff_source: str | None = None
     ttv_target_days: int | None = None
     run: _StoredRun | None = None
     milestones: list[_StoredMilestone] = []
     error: str | None = None
+    evaluated_at: str | None = None
+    next_event_at: str | None = None
+
+    def holds_at(self, now: int) -> bool:
+        """Whether this state, cut back to `now`, is what an evaluation at `now` would give.
+
+        Time alone is handled by the cut (censoring, a kickoff still ahead), but not a state
+        evaluated after `now` whose run or kickoff came after `now` (another run, or another
+        booking, was current then), nor one evaluated before events dated up to `now`.
+        """
+        if self.evaluated_at is None:
+            return False
+        evaluated = _instant(self.evaluated_at)
+        if evaluated <= now:
+            return self.next_event_at is None or _instant(self.next_event_at) > now
+        if self.run is not None and _instant(self.run.started_at) > now:
+            return False
+        if self.kickoff_at is None:
+            return True
+        # A completed kickoff by `now` was already the kickoff then; a booking may not have
+        # been (a later booking replaces an earlier one).
+        return _instant(self.kickoff_at) <= now and self.kickoff_source == "completed"
 
 
 class _UseCase(msgspec.Struct):
@@ -176,7 +199,7 @@ def load_runs(database: Database, playbook: CompiledPlaybook, now: int) -> list[
         # A state without a run that was due to wake by `now` may have a run by then: a
         # contract dated ahead starts its run when its time comes.
         waking = decoded.run is None and wake is not None and wake <= now
-        if decoded.error is not None or waking:
+        if decoded.error is not None or waking or not decoded.holds_at(now):
             stale.append(account_id)
         else:
             states[account_id] = decoded

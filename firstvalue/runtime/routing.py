@@ -60,12 +60,18 @@ def route_accounts(conn: sa.Connection, playbook: CompiledPlaybook, now: int) ->
     new = conn.execute(sa.text(
         "SELECT a.id FROM accounts a LEFT JOIN assignments s ON s.account_id = a.id "
         "WHERE s.account_id IS NULL ORDER BY a.created_at, a.id")).scalars().all()
-    if not waiting and not new:
+    # Assigned accounts that changed since their last evaluation: their `owner` trait may
+    # have been changed by another system, which then owns the account.
+    changed = conn.execute(sa.text(
+        "SELECT a.id FROM accounts a JOIN assignments s ON s.account_id = a.id "
+        "WHERE s.status = 'assigned' AND a.change_seq > a.evaluated_seq "
+        "ORDER BY a.id")).scalars().all()
+    if not waiting and not new and not changed:
         return 0
 
     team = {m.handle: m for m in load_team(conn)}
     assigned = 0
-    for account_id, traits_text in _traits_of(conn, [*waiting, *new]):
+    for account_id, traits_text in _traits_of(conn, [*waiting, *new, *changed]):
         stored = _decode(traits_text)
         traits = plain_traits(stored)
         outcome = _route_one(conn, playbook, account_id, stored, traits, team, now)
@@ -84,14 +90,22 @@ def _route_one(conn: sa.Connection, playbook: CompiledPlaybook, account_id: str,
                now: int) -> str:
     tier = playbook.choose_tier(traits)
     explicit = traits.get("owner")
-    existing = conn.execute(sa.text("SELECT status, waiting_since FROM assignments WHERE "
-                                    "account_id = :a"), {"a": account_id}).first()
-    if explicit is not None and existing is None:
+    existing = conn.execute(sa.text("SELECT status, owner, waiting_since FROM assignments "
+                                    "WHERE account_id = :a"), {"a": account_id}).first()
+    if existing is not None and existing.status == "assigned":
+        member = _member_named(team, explicit) if explicit is not None else None
+        owner = member.handle if member is not None else (str(explicit) if explicit else None)
+        if owner is not None and owner != existing.owner:
+            _record(conn, account_id, tier, "explicit", "assigned", owner, now, None,
+                    "owner changed by the account's `owner` trait")
+            _move_load(team, existing.owner, member)
+        return "kept"
+    if explicit is not None:
+        # Set by someone else (a CRM), also while the account waited for capacity: it stands.
         member = _member_named(team, explicit)
         _record(conn, account_id, tier, "explicit", "assigned", member.handle if member else
                 str(explicit), now, None, "owner set by the account's `owner` trait")
-        if member is not None:
-            team[member.handle] = _with_load(member, member.load + 1, None)
+        _move_load(team, None, member)
         return "explicit"
 
     ownership = playbook.loaded.model.ownership.get(tier) if tier is not None else None
@@ -164,6 +178,16 @@ def _alert_team_lead(conn: sa.Connection, playbook: CompiledPlaybook, account_id
          "now": now, "version": playbook.version,
          "reason": f"account {account_id} (tier {tier}) is waiting unassigned: {choice.reason}",
          "facts": _encode({"tier": tier, "why": choice.reason}).decode()})
+
+
+def _move_load(team: dict[str, Member], before: str | None, after: Member | None) -> None:
+    """Keep the loads this pass works with true as an account changes hands."""
+    previous = team.get(before or "")
+    if previous is not None:
+        team[previous.handle] = _with_load(previous, max(0, previous.load - 1), None)
+    if after is not None:
+        current = team[after.handle]
+        team[after.handle] = _with_load(current, current.load + 1, None)
 
 
 def _member_named(team: dict[str, Member], owner: Any) -> Member | None:
