@@ -229,3 +229,26 @@ def test_the_demo_never_replaces_a_database_that_is_not_its_own(loaded, tmp_path
     assert code == 2 and "takes a file path, not a URL" in output
     code, output = run("demo", "--today", "2026-13-01")
     assert code == 2 and "is not a date" in output
+
+
+def test_playbook_show_prints_a_playbook_that_checks_valid(tmp_path):
+    code, output = run("playbook", "show")
+    assert code == 0 and output.startswith("# The default firstvalue playbook")
+    copy = tmp_path / "mine.yaml"
+    copy.write_text(output)
+    code, checked = run("playbook", "check", str(copy))
+    assert code == 0 and "valid" in checked
+
+
+def test_the_demo_s_url_hint_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, output = run("demo", "--db", "sqlite:///x.db")
+    assert code == 2 and "write --db x.db" in output
+
+
+def test_the_actions_table_shows_the_keys_tasks_done_needs(loaded):
+    assert run("--db", loaded, "tick", "--now", NOW)[0] == 0
+    code, output = run("--db", loaded, "actions")
+    assert code == 0
+    keys = [action["key"] for action in json.loads(run("--db", loaded, "actions", "--json")[1])]
+    assert keys and all(key in output.replace("\n", "") or key[:20] in output for key in keys)

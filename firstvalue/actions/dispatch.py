@@ -230,6 +230,8 @@ class Dispatcher:
             self._update(row, status="pending", error=str(exc),
                          next_attempt_at=now + int((exc.retry_after or 3600) * SECOND))
             result.deferred += 1
+            _warn_once(f"The {kind} channel is not set up ({exc}): its actions stay pending, "
+                       "without using up attempts, until it is.")
             return
         attempts = row["attempts"] + 1
         if exc.gone:
@@ -280,6 +282,16 @@ class Dispatcher:
         if not updated:
             log.warning("Action %s was taken over by another dispatcher while this one worked "
                         "on it; its outcome here is not recorded.", row["key"])
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A missing setting is said once a process, not once an action."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def _load_context(database: Database, account_id: str, now: int) -> dict[str, Any]:

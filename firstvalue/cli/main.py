@@ -262,7 +262,7 @@ def serve_command(obj: Context, host: str, port: int, tick_seconds: float) -> No
 
 @cli.group("playbook")
 def playbook_group() -> None:
-    """Check a playbook, print its JSON Schema."""
+    """Check a playbook, print it or its JSON Schema."""
 
 
 @playbook_group.command("check")
@@ -290,6 +290,14 @@ def playbook_check(file: Path, as_json: bool) -> None:
 def playbook_schema() -> None:
     """Print the playbook's JSON Schema (for editors)."""
     click.echo(json.dumps(playbook_json_schema(), indent=2))
+
+
+@playbook_group.command("show")
+@click.pass_obj
+def playbook_show(obj: Context) -> None:
+    """Print the playbook in use (the built-in one unless --playbook names another): the
+    starting point for your own, e.g. `firstvalue playbook show > my-playbook.yaml`."""
+    click.echo(obj.playbook.loaded.text, nl=False)
 
 
 @cli.group("keys")

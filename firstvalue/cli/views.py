@@ -238,15 +238,18 @@ def show_experiment(experiment: dict[str, Any]) -> None:
 
 def show_actions(actions: Sequence[dict[str, Any]]) -> None:
     table = Table(title=f"{len(actions)} action(s)")
-    for column in ("due", "account", "rule", "kind", "status", "sent", "reason"):
+    for column in ("due", "key", "kind", "status", "sent", "reason"):
         table.add_column(column, overflow="fold")
     for action in actions:
         status = action["status"] + (" (late)" if action["late"] else "")
         if action.get("resolved_at") and action["status"] == "sent":
             status += ", resolved"
-        table.add_row(action["due_at"] or "", action["account_id"], action["rule"],
-                      action["kind"], status, action["sent_at"] or "",
-                      action["error"] or action["reason"])
+        if action.get("done_at"):
+            status += ", done"
+        reason = action["reason"] if not action["error"] else \
+            f"{action['reason']} (last error: {action['error']})"
+        table.add_row(action["due_at"] or "", action["key"], action["kind"], status,
+                      action["sent_at"] or "", reason)
     console.print(table)
 
 

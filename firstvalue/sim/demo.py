@@ -12,6 +12,7 @@ nothing leaves the machine.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -154,8 +155,8 @@ def _last_day(today: str | None) -> date:
 def _check_replaceable(path: Path) -> None:
     """The demo replaces its own database only: never a store with real accounts in it."""
     if str(path).startswith(("sqlite:", "postgresql:", "postgres:")):
-        raise ConfigError(f"demo --db takes a file path, not a URL: write --db "
-                          f"{str(path).split('///')[-1] or 'firstvalue-demo.db'}")
+        plain = re.sub(r"^[a-z]+:/*", "", str(path)) or "firstvalue-demo.db"
+        raise ConfigError(f"demo --db takes a file path, not a URL: write --db {plain}")
     if not path.exists():
         return
     try:
