@@ -82,7 +82,7 @@ def test_the_engine_writes_only_its_own_fields_and_never_a_field_the_crm_owns(
     assert company["firstvalue_onboarding_stage"] == "onboarding"
     assert company["firstvalue_current_milestone"] == "data_connected"
     assert company["firstvalue_days_since_kickoff"] == "2"
-    assert "firstvalue_handoff_complete" not in company  # unknown: no handoff record yet
+    assert company["firstvalue_handoff_complete"] == "false"  # no handoff record yet
     written = {name for request in hubspot.requests if request.body
                for item in request.body.get("inputs", []) for name in item.get("properties", {})}
     assert written and all(name.startswith("firstvalue_") for name in written)

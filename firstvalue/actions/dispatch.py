@@ -27,6 +27,7 @@ from firstvalue.clock import isoformat
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.days import start_of_local_day, zone
 from firstvalue.engine.rules import next_window_opening, window_opening
+from firstvalue.runtime.handoff import load_handoffs
 from firstvalue.runtime.routing import load_team, stand_in
 from firstvalue.settings import get_int_setting, get_setting
 from firstvalue.store.database import Database
@@ -305,6 +306,7 @@ def _load_context(database: Database, account_id: str, now: int) -> dict[str, An
         assignment = conn.execute(sa.text(
             "SELECT status FROM assignments WHERE account_id = :a"), {"a": account_id}).scalar()
         team = {m.handle: m for m in load_team(conn)}
+        handoff = load_handoffs(conn, [account_id]).get(account_id)
     traits = plain_traits(_decode(account[0]))
     state = _decode(account[1]) if account[1] else {}
     return {"id": account_id, "traits": traits, "state": state,
@@ -312,7 +314,8 @@ def _load_context(database: Database, account_id: str, now: int) -> dict[str, An
             "contacts": {user: plain_traits(_decode(t)) for user, t in contacts},
             "owner_address": _owner_address(traits, team, assignment, now),
             "team_lead": get_setting("team_lead") or next(
-                (m.email for m in team.values() if m.role == "team_lead"), None)}
+                (m.email for m in team.values() if m.role == "team_lead"), None),
+            "handoff": handoff["record"] if handoff else None}
 
 
 def _owner_address(traits: dict[str, Any], team: dict[str, Any], assignment: str | None,
@@ -366,7 +369,9 @@ def _variables(row: dict[str, Any], context: dict[str, Any],
     contact_id = _recipient_id(row, context)
     contact = {"id": contact_id, **context["contacts"].get(contact_id or "", {})}
     owner = traits.get("owner")
-    handoff = traits.get("handoff") if isinstance(traits.get("handoff"), dict) else {}
+    # The handoff record's fields, else what a closed-won webhook left as the `handoff` trait.
+    handoff = context.get("handoff") or (traits.get("handoff")
+                                         if isinstance(traits.get("handoff"), dict) else {})
     run = {"number": row["run"], "day": state.get("day"), "ttv_days": state.get("ttv_days"),
            "kickoff": track_has_kickoff,
            "started_at": (state.get("run") or {}).get("started_at")}

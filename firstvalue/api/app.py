@@ -224,6 +224,25 @@ def create_app(database: Database, playbook: CompiledPlaybook,
 
     app.include_router(metrics_router(context))
 
+    @app.put("/api/accounts/{account_id:path}/handoff")
+    async def put_handoff(account_id: str, request: Request) -> Response:
+        principal = await _authenticate_api(request, context)
+        if principal.role not in ("admin", "csm"):
+            raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
+                              "submitting a handoff takes a csm or admin token")
+        body = await read_body(request, API_BODY_BYTES, "request")
+        result = await run_in_threadpool(_submit_handoff, context, account_id, body,
+                                         principal.name)
+        return json_response(result)
+
+    @app.get("/api/accounts/{account_id:path}/handoff")
+    async def get_handoff(account_id: str, request: Request) -> Response:
+        await _authenticate_api(request, context)
+        found = await run_in_threadpool(_handoff, context, account_id)
+        if found is None:
+            raise HTTPProblem(404, "unknown_account", f"no account {account_id!r}")
+        return json_response(found)
+
     # `path`: a groupId may hold a slash ("org/42"), which arrives decoded in the path.
     @app.get("/api/accounts/{account_id:path}")
     async def get_account(account_id: str, request: Request) -> Response:
@@ -275,6 +294,42 @@ def _save_member(context: AppContext, handle: str, member: TeamMember) -> None:
             set_away(conn, handle, start, end, member.cover)
     except ConfigError as exc:
         raise HTTPProblem(400, "invalid_member", str(exc)) from None
+
+
+def _submit_handoff(context: AppContext, account_id: str, body: bytes,
+                    submitted_by: str) -> dict[str, Any]:
+    from firstvalue.clock import isoformat
+    from firstvalue.errors import UnknownAccount
+    from firstvalue.runtime.handoff import HandoffError, submit_handoff
+
+    try:
+        submitted = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        raise HTTPProblem(400, "invalid_handoff", "the body is not JSON; send the handoff as "
+                          "a JSON object of its fields") from None
+    if b"\\u0000" in body:
+        raise HTTPProblem(400, "invalid_handoff", "a NUL character (\\u0000) is not allowed")
+    try:
+        with context.database.write() as conn:
+            result = submit_handoff(conn, context.playbook.loaded.model.handoff, account_id,
+                                    submitted, context.clock(), submitted_by)
+    except UnknownAccount:
+        raise HTTPProblem(404, "unknown_account", f"no account {account_id!r}; it is created "
+                          "by its `group` call or a closed-won webhook") from None
+    except HandoffError as exc:
+        raise HTTPProblem(400, "invalid_handoff", f"{exc}; nothing was stored") from None
+    return {**result, "completed_at": isoformat(result["completed_at"]),
+            "submitted_at": isoformat(result["submitted_at"])}
+
+
+def _handoff(context: AppContext, account_id: str) -> dict[str, Any] | None:
+    from firstvalue.runtime.handoff import handoff_json
+
+    with context.database.engine.connect() as conn:
+        if conn.execute(sa.text("SELECT 1 FROM accounts WHERE id = :a"),
+                        {"a": account_id}).first() is None:
+            return None
+        return handoff_json(conn, context.playbook.loaded.model.handoff, account_id)
 
 
 def _team(context: AppContext) -> list[dict[str, Any]]:

@@ -461,6 +461,59 @@ def held_command(obj: Context, as_json: bool, now_text: str | None) -> None:
         click.echo(f"{row['waiting_for']}: {row['events']} event(s) held since {row['since']}")
 
 
+@cli.group("handoff")
+def handoff_group() -> None:
+    """The sales-to-CS handoff record of an account."""
+
+
+@handoff_group.command("submit")
+@click.argument("account_id")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@now_option
+@click.pass_obj
+def handoff_submit(obj: Context, account_id: str, file: Path, now_text: str | None) -> None:
+    """Submit a handoff from a JSON file of its fields (merged over what is stored; a field
+    given empty clears it). Prints what is still missing."""
+    from firstvalue.runtime.handoff import submit_handoff
+
+    try:
+        submitted = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FirstvalueError(f"cannot read {str(file)!r} as JSON: {exc}") from None
+    with obj.database.write() as conn:
+        result = submit_handoff(conn, obj.playbook.loaded.model.handoff, account_id, submitted,
+                                resolve_now(now_text), f"cli:{file.name}")
+    if result["complete"]:
+        click.echo(f"The handoff of {account_id} is complete.")
+    else:
+        click.echo(f"The handoff of {account_id} is stored; still missing: "
+                   f"{', '.join(result['missing'])}.")
+
+
+@handoff_group.command("show")
+@click.argument("account_id")
+@json_option
+@click.pass_obj
+def handoff_show(obj: Context, account_id: str, as_json: bool) -> None:
+    """The handoff record of an account, and the required fields it still lacks."""
+    import sqlalchemy as sa
+
+    from firstvalue.runtime.handoff import handoff_json
+
+    with obj.database.engine.connect() as conn:
+        if conn.execute(sa.text("SELECT 1 FROM accounts WHERE id = :a"),
+                        {"a": account_id}).first() is None:
+            raise UnknownAccount(account_id)
+        found = handoff_json(conn, obj.playbook.loaded.model.handoff, account_id)
+    if as_json:
+        print_json(found)
+        return
+    state = "complete" if found["complete"] else "missing " + ", ".join(found["missing"])
+    click.echo(f"{account_id}: handoff {state}")
+    for name, value in found["record"].items():
+        click.echo(f"  {name}: {json.dumps(value, ensure_ascii=False)}")
+
+
 @cli.group("team")
 def team_group() -> None:
     """The team roster that tier routing assigns accounts to."""

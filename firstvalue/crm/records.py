@@ -79,6 +79,7 @@ def open_stall_kinds(state: dict[str, Any]) -> str | None:
 
 
 def handoff_complete(state: dict[str, Any]) -> bool | None:
-    """Whether the sales-to-CS handoff is complete. There is no handoff record yet (it comes
-    with the handoff feature), so this is unknown: None, which leaves the CRM field empty."""
-    return None
+    """Whether the sales-to-CS handoff is complete (every field the playbook requires is
+    filled in), as the state says; None for a state from before handoffs were recorded."""
+    handoff = state.get("handoff")
+    return bool(handoff.get("complete")) if isinstance(handoff, dict) else None

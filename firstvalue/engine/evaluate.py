@@ -91,6 +91,7 @@ class AccountState:
     planned: tuple[PlannedAction, ...] = field(default=(), repr=False)
     episodes: tuple[Episode, ...] = field(default=(), repr=False)
     next_event_at: str | None = None  # the first event dated after the evaluation, if any
+    handoff: dict[str, Any] | None = None  # complete, completed_at, missing
 
     def as_json(self) -> dict[str, Any]:
         # Built field by field: dataclasses.asdict deep-copies, which cost more than the
@@ -182,6 +183,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         stalls=tuple(e.as_json(facts.account_id, tz) for e in episodes),
         episodes=tuple(episodes),
         next_event_at=local_isoformat(next_event, tz) if next_event is not None else None,
+        handoff=_handoff(facts, playbook, tz, now),
     )
 
 
@@ -212,6 +214,20 @@ def _stalls(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrac
     if finished_at is not None:
         episodes = [_closed_at_finish(e, finished_at) for e in episodes]
     return episodes, plan_interventions(episodes, model.interventions, context, track.key)
+
+
+def _handoff(facts: AccountFacts, playbook: CompiledPlaybook, tz: zoneinfo.ZoneInfo,
+             now: int) -> dict[str, Any]:
+    """The handoff's completeness at `now` (a submission after `now` is not there yet)."""
+    stored = facts.handoff
+    completed_at = stored.get("completed_at") if stored else None
+    if stored is None or (completed_at is not None and completed_at > now):
+        required = [f.key for f in playbook.loaded.model.handoff.fields if f.required]
+        return {"complete": False, "completed_at": None,
+                "missing": required if stored is None else list(stored["missing"])}
+    return {"complete": not stored["missing"],
+            "completed_at": local_isoformat(completed_at, tz) if completed_at else None,
+            "missing": list(stored["missing"])}
 
 
 def _finished_at(track: Any, day0: date | None, current: str | None,

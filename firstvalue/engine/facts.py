@@ -50,3 +50,5 @@ class AccountFacts:
     traits: dict[str, list[Any]]
     events: tuple[EventFact, ...]
     contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The sales-to-CS handoff as stored (`record`, `missing`, `completed_at`), if submitted.
+    handoff: dict[str, Any] | None = None

@@ -397,6 +397,37 @@ class Experiment(Strict):
     power: float = Field(default=0.8, gt=0.5, lt=1)
 
 
+class HandoffField(Strict):
+    """One field of the sales-to-CS handoff record.
+
+    `kind`: `text` (a string), `list` (a list of strings), `people` (a list of
+    `{name, role, email}` objects, name and role required) or `object` (a JSON object, such as
+    the technical requirements `{crm: salesforce, sso: okta}`)."""
+
+    key: Key
+    kind: Literal["text", "list", "people", "object"] = "text"
+    required: Flag = True
+    description: str | None = None
+
+
+def _standard_handoff_fields() -> list[HandoffField]:
+    return [HandoffField(key="use_case", description="The primary use case sold."),
+            HandoffField(key="stakeholders", kind="people",
+                         description="Key stakeholders and their roles."),
+            HandoffField(key="success_criteria", kind="list",
+                         description="How the customer will judge success."),
+            HandoffField(key="technical_requirements", kind="object",
+                         description="What the evaluation surfaced: CRM, SSO, data sources."),
+            HandoffField(key="commitments", kind="list",
+                         description="Promises made during the sale.")]
+
+
+class HandoffSettings(Strict):
+    """The handoff record's fields, and which are required for it to be complete."""
+
+    fields: list[HandoffField] = Field(default_factory=_standard_handoff_fields, min_length=1)
+
+
 class Playbook(Strict):
     """A whole playbook file."""
 
@@ -421,6 +452,7 @@ class Playbook(Strict):
     late_limit_hours: int = Field(default=24, ge=0, le=87_600)
     tiers: list[TierRule] = Field(default_factory=list)
     ownership: dict[int, Ownership] = Field(default_factory=dict)
+    handoff: HandoffSettings = Field(default_factory=HandoffSettings)
 
     @field_validator("ownership")
     @classmethod

@@ -23,6 +23,7 @@ from firstvalue.engine import AccountFacts, EventFact, evaluate_account
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
 from firstvalue.runtime.experiments import Assignments
+from firstvalue.runtime.handoff import load_handoffs
 from firstvalue.runtime.routing import release_finished, route_accounts
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
 from firstvalue.store import events as event_store
@@ -89,11 +90,13 @@ def _facts_for(conn: sa.Connection, accounts: list[Any],
 
     members = _members(conn, ids)
     contacts = _load_contacts(conn, actors | {m for group in members.values() for m in group})
+    handoffs = load_handoffs(conn, ids)
     for account_id, traits in accounts:
         account_events = events[account_id]
         people = {e.actor for e in account_events} | members.get(account_id, set())
         account_contacts = {actor: contacts[actor] for actor in people if actor in contacts}
-        yield AccountFacts(account_id, _decode(traits), tuple(account_events), account_contacts)
+        yield AccountFacts(account_id, _decode(traits), tuple(account_events), account_contacts,
+                           handoffs.get(account_id))
 
 
 def _members(conn: sa.Connection, ids: list[str]) -> dict[str, set[str]]:

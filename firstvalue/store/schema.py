@@ -266,6 +266,17 @@ assignments = Table(
     Index("ix_assignments_owner", "owner"),
 )
 
+handoffs = Table(
+    "handoffs",
+    metadata,
+    Column("account_id", Text, primary_key=True),
+    Column("record", Text, nullable=False),  # the fields as submitted, JSON
+    Column("missing", Text, nullable=False),  # the required fields still missing, JSON list
+    Column("completed_at", BigInteger),  # when it first had every required field
+    Column("submitted_at", BigInteger, nullable=False),  # the latest submission
+    Column("submitted_by", Text),  # the token's name or the import file
+)
+
 # Indexes that exist on one dialect only, by the dialect they are on. The metadata above holds
 # what both share plus PostgreSQL's; `in_schema_of` tells a schema comparison which is which.
 SQLITE_ONLY_INDEXES = frozenset({"ix_events_account_facts"})
