@@ -84,7 +84,7 @@ def test_a_complete_handoff_is_recorded_once_and_reaches_the_state_and_the_crm_f
     tick(database, playbook, NOW)  # the submission marked the account changed
     state = stored_states(database, ["acme"])["acme"]
     assert state["handoff"] == {"complete": True, "completed_at": "2026-03-02T10:00:00+00:00",
-                                "missing": []}
+                                "missing": [], "gate": state["handoff"]["gate"]}
     assert handoff_complete(state) is True
 
     # A later change keeps the first completion time; emptying a required field reopens it.

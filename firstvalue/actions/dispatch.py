@@ -324,7 +324,8 @@ def _owner_address(traits: dict[str, Any], team: dict[str, Any], assignment: str
     while they are away; the team queue for a self-serve account, which has no owner."""
     owner = traits.get("owner_email") or traits.get("owner")
     member = team.get(str(traits.get("owner"))) or next(
-        (m for m in team.values() if m.email == owner), None)
+        (m for m in team.values() if isinstance(owner, str)
+         and m.email.lower() == owner.strip().lower()), None)
     if member is not None and member.is_away(now):
         cover = stand_in(team, member, now)
         return cover.email if cover is not None else get_setting("team_queue")

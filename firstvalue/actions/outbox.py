@@ -154,6 +154,7 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
     }
     if row["kind"] in ("task", "in_app"):
         data["done_at"] = isoformat(row["done_at"])  # task completed, in-app acknowledged
+    data["assignee"] = row.get("assignee")  # internal actions: the address it went to
     return data
 
 

@@ -521,23 +521,34 @@ def team_group() -> None:
 
 @team_group.command("add")
 @click.argument("handle")
-@click.option("--email", required=True, help="Where their tasks and alerts go.")
+@click.option("--email", default=None, help="Where their tasks and alerts go (needed for a "
+              "new member).")
 @click.option("--role", type=click.Choice(["csm", "implementation_manager", "team_lead"]),
-              default="csm", show_default=True)
-@click.option("--capacity", type=int, default=0, show_default=True,
-              help="Accounts they can onboard at once.")
-@click.option("--timezone", default="UTC", show_default=True, help="IANA zone they work in.")
+              default=None, help="Default for a new member: csm.")
+@click.option("--capacity", type=int, default=None,
+              help="Accounts they can onboard at once. Default for a new member: 0.")
+@click.option("--timezone", default=None, help="IANA zone they work in. Default for a new "
+              "member: UTC.")
 @click.option("--name", default=None)
 @now_option
 @click.pass_obj
-def team_add(obj: Context, handle: str, email: str, role: str, capacity: int, timezone: str,
-             name: str | None, now_text: str | None) -> None:
-    """Add a member to the roster, or change one."""
-    from firstvalue.runtime.routing import save_member
+def team_add(obj: Context, handle: str, email: str | None, role: str | None,
+             capacity: int | None, timezone: str | None, name: str | None,
+             now_text: str | None) -> None:
+    """Add a member to the roster, or change one: options left out keep their values (and
+    an away period stays as it is)."""
+    from firstvalue.runtime.routing import load_team, save_member
 
     with obj.database.write() as conn:
-        save_member(conn, handle, email, role, capacity, timezone, name,
-                    resolve_now(now_text))
+        known = {m.handle: m for m in load_team(conn)}.get(handle)
+        if known is None and email is None:
+            raise FirstvalueError(f"{handle!r} is not on the roster yet; give --email to add "
+                                  "them")
+        role = role or (known.role if known else "csm")
+        capacity = capacity if capacity is not None else (known.capacity if known else 0)
+        timezone = timezone or (known.timezone if known else "UTC")
+        save_member(conn, handle, email or known.email, role, capacity,  # type: ignore[union-attr]
+                    timezone, name, resolve_now(now_text))
     click.echo(f"{handle} is on the roster ({role}, capacity {capacity}, {timezone}).")
 
 
@@ -558,8 +569,12 @@ def team_away(obj: Context, handle: str, from_text: str | None, until_text: str 
     end = to_micros(parse_instant(until_text, "--until")) if until_text else None
     with obj.database.write() as conn:
         set_away(conn, handle, start, end, cover)
-    click.echo(f"{handle} is away" + (f", covered by {cover}" if cover else
-                                      ", their tasks go to the team queue") + ".")
+    when = "is away" if start <= resolve_now(now_text) else \
+        f"will be away from {parse_instant(from_text or '', '--from').isoformat()}"
+    click.echo(f"{handle} {when}" + (f", covered by {cover}" if cover else
+                                     ", their new tasks and alerts going to the team queue")
+               + (f", until {parse_instant(until_text, '--until').isoformat()}"
+                  if until_text else "") + ".")
 
 
 @team_group.command("back")

@@ -19,6 +19,7 @@ from firstvalue.engine.days import (
 )
 from firstvalue.engine.days import zone as find_zone
 from firstvalue.engine.facts import AccountFacts, EventFact
+from firstvalue.engine.handoff import HandoffError, check_handoff, missing_fields
 from firstvalue.engine.rules import PlannedAction, RuleContext, RulePlan, plan_rules
 from firstvalue.engine.stalls import Episode, StallContext, detect_stalls, plan_interventions
 from firstvalue.store.traits import traits_at
@@ -143,14 +144,25 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
                  events, completions, arrivals, now)
     run_info = _run_json(run, track, day, current, tz)
     finished = run_info is not None and run_info["status"] != "active"
+    handoff = _handoff_status(facts, playbook, stamped, now)
+    gated = track is not None and track.key in playbook.loaded.model.handoff.gate
     finished_at = _finished_at(track, day0, current, completions, tz) if finished else None
     episodes, interventions = _stalls(facts, playbook, compiled_track, traits, tz, run, day0,
                                       events, completions, arrivals, now, finished_at)
     # An event dated after `now` (history imported ahead of the clock a tick runs at) changes
     # the state when its time comes.
     next_event = min((e.ts for e in facts.events if e.ts > now), default=None)
+    planned = plan.due + tuple(interventions)
+    reminders_due: list[int] = []
+    if gated and run is not None:
+        # The handoff gate (shared/DESIGN.md "The default playbook"): the customer hears
+        # nothing until the handoff is complete; the AE and then their manager are told.
+        planned = _gate(planned, handoff[0], now)
+        reminders, reminders_due = _handoff_reminders(facts, playbook, run, handoff[0], now, tz)
+        planned += tuple(reminders)
     wakes = [w for w in (_next_wake(now, kickoff, day, tz, finished), plan.next_due_at,
-                         min(future_starts, default=None), next_event) if w is not None]
+                         min(future_starts, default=None), next_event,
+                         min(reminders_due, default=None)) if w is not None]
     wake = min(wakes) if wakes else None
 
     return AccountState(
@@ -179,11 +191,11 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         phases=_phases(playbook, run, kickoff if kickoff and kickoff.at <= now else None,
                        has_kickoff, done, tz),
         next_wake_at=wake,
-        planned=plan.due + tuple(interventions),
+        planned=planned,
         stalls=tuple(e.as_json(facts.account_id, tz) for e in episodes),
         episodes=tuple(episodes),
         next_event_at=local_isoformat(next_event, tz) if next_event is not None else None,
-        handoff=_handoff(facts, playbook, tz, now),
+        handoff=_handoff_json(handoff, tz, gated),
     )
 
 
@@ -216,18 +228,90 @@ def _stalls(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrac
     return episodes, plan_interventions(episodes, model.interventions, context, track.key)
 
 
-def _handoff(facts: AccountFacts, playbook: CompiledPlaybook, tz: zoneinfo.ZoneInfo,
-             now: int) -> dict[str, Any]:
-    """The handoff's completeness at `now` (a submission after `now` is not there yet)."""
+def _handoff_status(facts: AccountFacts, playbook: CompiledPlaybook,
+                    stamped: dict[str, list[Any]], now: int) -> tuple[int | None, list[str]]:
+    """When the handoff was complete (None: not by `now`) and the required fields it lacks.
+
+    The record submitted over the API or the CLI counts; without one, a `handoff` trait
+    holding the fields (as a CRM sends them with the deal) counts from the call that set it,
+    judged by the same rules. A submission after `now` is not there yet.
+    """
+    settings = playbook.loaded.model.handoff
+    required = [f.key for f in settings.fields if f.required]
     stored = facts.handoff
-    completed_at = stored.get("completed_at") if stored else None
-    if stored is None or (completed_at is not None and completed_at > now):
-        required = [f.key for f in playbook.loaded.model.handoff.fields if f.required]
-        return {"complete": False, "completed_at": None,
-                "missing": required if stored is None else list(stored["missing"])}
-    return {"complete": not stored["missing"],
+    if stored is not None and stored.get("submitted_at", 0) <= now:
+        completed_at = stored.get("completed_at")
+        missing = missing_fields(settings, stored["record"])
+        if completed_at is not None and completed_at > now:
+            # Only the latest record is kept: before its completion it counts as incomplete.
+            return None, missing or required
+        return completed_at, missing
+    trait = stamped.get("handoff")
+    if trait is None or not isinstance(trait[0], dict):
+        return None, required
+    try:
+        _, missing = check_handoff(settings, trait[0])
+    except HandoffError:
+        return None, required
+    return (None if missing else trait[1]), missing
+
+
+def _handoff_json(status: tuple[int | None, list[str]], tz: zoneinfo.ZoneInfo,
+                  gated: bool) -> dict[str, Any]:
+    completed_at, missing = status
+    return {"complete": not missing and completed_at is not None,
             "completed_at": local_isoformat(completed_at, tz) if completed_at else None,
-            "missing": list(stored["missing"])}
+            "missing": missing, "gate": gated}
+
+
+CUSTOMER_FACING = ("champion", "actor", None)
+
+
+def _gate(planned: tuple[PlannedAction, ...], completed_at: int | None, now: int
+          ) -> tuple[PlannedAction, ...]:
+    """Customer-facing actions wait for the handoff: none before it is complete, then each
+    due no earlier than its completion, and judged late from then (shared/DESIGN.md "Time",
+    rule 10)."""
+    kept = []
+    for action in planned:
+        if action.kind not in ("email", "in_app") or action.to not in CUSTOMER_FACING:
+            kept.append(action)
+        elif completed_at is not None and completed_at <= now:
+            due = max(action.due_at, completed_at)
+            if action.unless_at is not None and action.unless_at <= due:
+                # What it would have prompted happened while it waited: it is not sent.
+                kept.append(replace(action, due_at=due, status="cancelled",
+                                    reason_source="cancelled: held for the handoff, and its "
+                                    "rule's condition was met before the handoff completed"))
+                continue
+            kept.append(replace(action, due_at=due, known_at=max(action.known_at, completed_at)))
+    return tuple(kept)
+
+
+def _handoff_reminders(facts: AccountFacts, playbook: CompiledPlaybook, run: Run,
+                       completed_at: int | None, now: int, tz: zoneinfo.ZoneInfo
+                       ) -> tuple[list[PlannedAction], list[int]]:
+    """The AE's reminder and their manager's escalation while the handoff is incomplete:
+    each due its hours after the contract, cancelled if the handoff was complete by then."""
+    settings = playbook.loaded.model.handoff
+    planned, upcoming = [], []
+    for key, to, hours, template in (
+            ("handoff.ae_reminder", "ae", settings.remind_ae_after_hours, "handoff_ae_reminder"),
+            ("handoff.manager", "manager", settings.escalate_after_hours, "handoff_manager")):
+        due = run.started_at + hours * 3_600_000_000
+        if due > now:
+            if completed_at is None or completed_at > due:
+                upcoming.append(due)
+            continue
+        done = completed_at is not None and completed_at <= due
+        why = (f"cancelled: the handoff was complete at {local_isoformat(completed_at, tz)}, "
+               f"before the reminder came due" if done and completed_at is not None else
+               f"{key}: the handoff is not complete {hours} hours after the contract")
+        planned.append(PlannedAction(
+            f"{facts.account_id}/{run.key}/{key}/1", key, "task", to, template, due,
+            max(due, run.started_at), "cancelled" if done else "due", why,
+            {"handoff_due_hours": hours}, run=run.number))
+    return planned, upcoming
 
 
 def _finished_at(track: Any, day0: date | None, current: str | None,

@@ -45,6 +45,7 @@ class PlannedAction:
     cleared: bool = False  # the condition cleared after the action came due
     actor: str | None = None
     run: int = 1
+    unless_at: int | None = None  # when the rule's `unless` happened, after the trigger
 
     @property
     def reason(self) -> str:
@@ -132,7 +133,7 @@ def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
             f"{base}/{rule.key}/{trigger.occurrence}{suffix}", rule.key, spec.kind, spec.to,
             spec.template, trigger.at, trigger.known_at, "due",
             f"rule {rule.key}: {trigger.what}" + _unless_text(rule.unless), facts,
-            actor=trigger.actor, run=run))
+            actor=trigger.actor, run=run, unless_at=done_before))
 
     for escalation in rule.escalations:
         if not traits_match(escalation.where, context.traits, context.track):

@@ -225,7 +225,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-RESERVED_RULE_KEYS = frozenset({"routing", "stall"})
+RESERVED_RULE_KEYS = frozenset({"routing", "stall", "handoff"})
 
 
 def check_playbook(model: Playbook) -> list[PlaybookProblem]:
@@ -236,6 +236,12 @@ def check_playbook(model: Playbook) -> list[PlaybookProblem]:
 
     problems += _duplicates("milestones", milestone_keys)
     problems += _duplicates("tracks", [track.key for track in model.tracks])
+    track_keys = [track.key for track in model.tracks]
+    for index, key in enumerate(model.handoff.gate):
+        if key not in track_keys:
+            problems.append(PlaybookProblem(
+                f"handoff.gate[{index}]", f"unknown track {key!r}",
+                f"name one of the tracks: {', '.join(track_keys)}"))
     for index, rule in enumerate(model.rules):
         if rule.key in RESERVED_RULE_KEYS:
             problems.append(PlaybookProblem(

@@ -423,9 +423,17 @@ def _standard_handoff_fields() -> list[HandoffField]:
 
 
 class HandoffSettings(Strict):
-    """The handoff record's fields, and which are required for it to be complete."""
+    """The handoff record's fields, which are required for it to be complete, and the gate.
+
+    On the tracks named in `gate`, customer-facing actions (emails and in-app messages to the
+    customer) wait until the handoff is complete, then become due; the AE is reminded
+    `remind_ae_after_hours` after the contract, and their manager told
+    `escalate_after_hours` after it, while it is not."""
 
     fields: list[HandoffField] = Field(default_factory=_standard_handoff_fields, min_length=1)
+    gate: list[Key] = Field(default_factory=list)
+    remind_ae_after_hours: int = Field(default=24, ge=0, le=8760)
+    escalate_after_hours: int = Field(default=72, ge=0, le=8760)
 
 
 class Playbook(Strict):

@@ -15,77 +15,15 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from firstvalue.errors import FirstvalueError, UnknownAccount
-from firstvalue.playbook.model import HandoffField, HandoffSettings
+from firstvalue.engine.handoff import HandoffError, check_handoff, missing_fields
+from firstvalue.errors import UnknownAccount
+from firstvalue.playbook.model import HandoffSettings
 from firstvalue.store import events as event_store
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
-MAX_TEXT = 2000
-MAX_ITEMS = 50
-
-
-class HandoffError(FirstvalueError):
-    """A handoff submission with unknown or malformed fields; `problems` names each one."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{name}: {why}" for name, why in problems))
-
-
-def check_handoff(settings: HandoffSettings, submitted: Any) -> tuple[dict[str, Any], list[str]]:
-    """The record to store and the required fields it lacks; HandoffError when any field is
-    unknown or malformed."""
-    if not isinstance(submitted, dict):
-        raise HandoffError([("(body)", "send the handoff as a JSON object of its fields")])
-    fields = {field.key: field for field in settings.fields}
-    problems = [(name, f"not a handoff field; the fields are {', '.join(fields)}")
-                for name in submitted if name not in fields]
-    record = {}
-    for name, value in submitted.items():
-        field = fields.get(name)
-        if field is None or _empty(value):
-            continue
-        why = _shape_problem(field, value)
-        if why:
-            problems.append((name, why))
-        else:
-            record[name] = value
-    if problems:
-        raise HandoffError(problems)
-    missing = [f.key for f in settings.fields if f.required and f.key not in record]
-    return record, missing
-
-
-def _empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {}
-
-
-def _shape_problem(field: HandoffField, value: Any) -> str | None:
-    if field.kind == "text":
-        if not isinstance(value, str):
-            return f"must be text, not {type(value).__name__}"
-        return f"longer than {MAX_TEXT} characters" if len(value) > MAX_TEXT else None
-    if field.kind == "object":
-        if not isinstance(value, dict):
-            return "must be an object, e.g. {\"crm\": \"salesforce\"}"
-        return "too large" if len(_encode(value)) > 10 * MAX_TEXT else None
-    if not isinstance(value, list) or len(value) > MAX_ITEMS:
-        return f"must be a list of at most {MAX_ITEMS} entries"
-    if field.kind == "list":
-        bad = [i for i, item in enumerate(value)
-               if not isinstance(item, str) or not item.strip() or len(item) > MAX_TEXT]
-        return f"entry {bad[0]} must be non-empty text" if bad else None
-    for index, person in enumerate(value):  # people
-        if not isinstance(person, dict):
-            return f"entry {index} must be an object with name and role"
-        for key in ("name", "role"):
-            if not isinstance(person.get(key), str) or not person[key].strip():
-                return f"entry {index} needs a `{key}` (text)"
-        unknown = set(person) - {"name", "role", "email", "title"}
-        if unknown:
-            return f"entry {index} has unknown keys {sorted(unknown)}; use name, role, email, title"
-    return None
+__all__ = ["HandoffError", "check_handoff", "handoff_json", "load_handoffs", "missing_fields",
+           "submit_handoff"]
 
 
 def submit_handoff(conn: sa.Connection, settings: HandoffSettings, account_id: str,
@@ -98,8 +36,11 @@ def submit_handoff(conn: sa.Connection, settings: HandoffSettings, account_id: s
         raise UnknownAccount(account_id)
     before = conn.execute(sa.text("SELECT record, completed_at FROM handoffs WHERE "
                                   "account_id = :a"), {"a": account_id}).first()
-    merged = {**(_decode(before.record) if before else {}), **(submitted or {})} \
-        if isinstance(submitted, dict) else submitted
+    # Fields the playbook no longer declares are dropped from what was stored, not held
+    # against the new submission.
+    declared = {field.key for field in settings.fields}
+    kept = {k: v for k, v in (_decode(before.record) if before else {}).items() if k in declared}
+    merged = {**kept, **(submitted or {})} if isinstance(submitted, dict) else submitted
     record, missing = check_handoff(settings, merged)
     completed_at = before.completed_at if before and before.completed_at else (
         None if missing else now)
@@ -118,10 +59,10 @@ def submit_handoff(conn: sa.Connection, settings: HandoffSettings, account_id: s
 def load_handoffs(conn: sa.Connection, account_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The stored handoffs of these accounts: record, missing fields, completion time."""
     rows = event_store.select_in(
-        conn, "SELECT account_id, record, missing, completed_at FROM handoffs "
+        conn, "SELECT account_id, record, missing, completed_at, submitted_at FROM handoffs "
               "WHERE account_id IN :ids", account_ids)
-    return {r[0]: {"record": _decode(r[1]), "missing": _decode(r[2]), "completed_at": r[3]}
-            for r in rows}
+    return {r[0]: {"record": _decode(r[1]), "missing": _decode(r[2]), "completed_at": r[3],
+                   "submitted_at": r[4]} for r in rows}
 
 
 def handoff_json(conn: sa.Connection, settings: HandoffSettings,
@@ -134,6 +75,8 @@ def handoff_json(conn: sa.Connection, settings: HandoffSettings,
     if stored is None:
         missing = [f.key for f in settings.fields if f.required]
         return {"account_id": account_id, "record": {}, "missing": missing, "complete": False,
-                "completed_at": None}
-    return {"account_id": account_id, "record": stored["record"], "missing": stored["missing"],
-            "complete": not stored["missing"], "completed_at": isoformat(stored["completed_at"])}
+                "completed_at": None, "submitted_at": None}
+    missing = missing_fields(settings, stored["record"])
+    return {"account_id": account_id, "record": stored["record"], "missing": missing,
+            "complete": not missing, "completed_at": isoformat(stored["completed_at"]),
+            "submitted_at": isoformat(stored["submitted_at"])}

@@ -192,7 +192,8 @@ def _move_load(team: dict[str, Member], before: str | None, after: Member | None
 
 def _member_named(team: dict[str, Member], owner: Any) -> Member | None:
     text = str(owner)
-    return team.get(text) or next((m for m in team.values() if m.email == text), None)
+    return team.get(text) or next((m for m in team.values()
+                                   if m.email.lower() == text.strip().lower()), None)
 
 
 def _with_load(member: Member, load: int, assigned_at: int | None) -> Member:
