@@ -24,6 +24,15 @@ from firstvalue.store.database import Database, open_database
 PG_URL = os.environ.get("FIRSTVALUE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+# A complete sales-to-CS handoff, as a `handoff` trait: accounts on the default playbook's gated
+# tracks (mid-market, enterprise) carry it so that their customer-facing sequence runs.
+HANDOFF = {"use_case": "lead_enrichment",
+           "stakeholders": [{"name": "Kim", "role": "champion"}],
+           "success_criteria": ["a first enriched lead"],
+           "technical_requirements": {"crm": "salesforce"},
+           "commitments": ["weekly check-ins"]}
+
+
 def micros(text: str) -> int:
     return to_micros(parse_instant(text))
 

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from firstvalue.cli.main import cli
+from tests.conftest import HANDOFF
 
 NOW = "2026-03-20T12:00:00+00:00"
 
@@ -19,7 +20,7 @@ def loaded(tmp_path):
     lines = [
         {"type": "group", "messageId": "g1", "userId": "u1", "groupId": "acme",
          "timestamp": "2026-03-01T08:00:00Z",
-         "traits": {"name": "Acme", "segment": "mid_market", "tier": 2,
+         "traits": {"name": "Acme", "segment": "mid_market", "tier": 2, "handoff": HANDOFF,
                     "timezone": "Europe/Berlin"}},
         {"type": "track", "messageId": "t1", "userId": "u1", "event": "Deal Closed Won",
          "timestamp": "2026-03-01T09:00:00Z", "properties": {"deal_id": "d1"}},
@@ -158,7 +159,13 @@ def test_the_demo_reports_actions_and_escalations_raised_and_cancelled_by_rule(t
     monkeypatch.chdir(tmp_path)
     report = json.loads(run("demo", "--accounts", "30", "--today", "2026-12-04", "--json")[1])
     rows = {row["rule"]: row for row in report["actions_by_rule"]}
-    assert rows["welcome"]["sent"] == 30  # every account signed: one welcome each
+    # Every account signed: one welcome each, but for those whose handoff gate never opened.
+    accounts = json.loads(run("--db", "sqlite:///firstvalue-demo.db", "accounts", "--json",
+                              "--now", "2026-12-04T12:00:00Z")[1])
+    open_gate = [a for a in accounts if not a["handoff"]["gate"] or a["handoff"]["complete"]]
+    assert 0 < len(open_gate) < 30
+    assert rows["welcome"]["sent"] == len(open_gate)
+    assert rows["handoff.ae_reminder"]["sent"] > 0 and rows["handoff.manager"]["sent"] > 0
     assert rows["welcome.no_kickoff_task"]["escalation"] is True
     assert sum(row["cancelled"] for row in rows.values() if row["escalation"]) > 0
     assert sum(row["sent"] for row in rows.values() if row["escalation"]) > 0
@@ -194,10 +201,16 @@ def test_the_demo_shows_each_diagnosed_stall_with_its_intervention_in_the_timeli
     expected = {"integration_blocker": "stall.sandbox_offer",
                 "champion_quiet": "stall.champion_outreach",
                 "scope_creep": "stall.one_use_case"}
-    for diagnosis, intervention in expected.items():
-        account = next(s["account_id"] for s in queue if s["diagnosis"] == diagnosis)
-        view = json.loads(run(*db, "account", account, "--json", "--now",
+    def view_of(account: str) -> dict:
+        return json.loads(run(*db, "account", account, "--json", "--now",
                               "2026-12-04T12:00:00Z")[1])
+
+    for diagnosis, intervention in expected.items():
+        # An account whose customer can hear from us: not held behind the handoff gate.
+        candidates = (view_of(s["account_id"]) for s in queue if s["diagnosis"] == diagnosis)
+        view = next(v for v in candidates
+                    if not v["handoff"]["gate"] or v["handoff"]["complete"])
+        account = view["id"]
         entries = [e for e in view["timeline"] if e["what"].startswith(intervention + ":")]
         assert entries, (diagnosis, account)
         assert diagnosis in entries[0]["reason"]

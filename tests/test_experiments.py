@@ -15,7 +15,7 @@ from firstvalue.playbook.loader import parse_playbook, read_default_text
 from firstvalue.playbook.model import Experiment
 from firstvalue.runtime.evaluation import evaluate_accounts, tick
 from firstvalue.runtime.experiments import variant_at
-from tests.conftest import encode, micros
+from tests.conftest import HANDOFF, encode, micros
 from tests.metrics_helpers import KEYS, run
 
 TWO_ARMS = Experiment.model_validate({"key": "x", "seed": 11, "block_size": 4, "variants": [
@@ -38,7 +38,7 @@ def test_the_assignment_is_reproducible_from_the_seed_and_depends_on_it():
 
 
 def messages(account: str) -> list[bytes]:
-    traits = {"segment": "mid_market", "tier": 2, "timezone": "UTC",
+    traits = {"segment": "mid_market", "tier": 2, "timezone": "UTC", "handoff": HANDOFF,
               "use_case": "pipeline_visibility"}
     common = {"userId": f"{account}-u1", "context": {"groupId": account}}
     return [

@@ -14,7 +14,7 @@ from firstvalue.actions.dispatch import Dispatcher
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.runtime.evaluation import tick
 from tests.channel_fakes import HttpReceiver, SmtpServer
-from tests.conftest import encode, micros
+from tests.conftest import HANDOFF, encode, micros
 
 HOUR = 3_600_000_000
 SECOND = 1_000_000
@@ -56,7 +56,8 @@ def onboarding(account: str) -> list[tuple[int, dict]]:
             "type": "group", "messageId": f"{account}-g1", "userId": champion,
             "groupId": account, "timestamp": "2026-02-27T09:00:00Z",
             "traits": {"name": account.title(), "segment": "mid_market", "tier": 2,
-                       "timezone": "Europe/Berlin", "owner": "csm@example.com"}}),
+                       "timezone": "Europe/Berlin", "owner": "csm@example.com",
+                       "handoff": HANDOFF}}),
         (micros("2026-02-27T11:00:00+01:00"), track(account, "deal", "Deal Closed Won",
                                                     "2026-02-27T11:00:00+01:00", deal_id="d1")),
         (micros("2026-03-02T11:00:00+01:00"), track(account, "kickoff", "Kickoff Completed",

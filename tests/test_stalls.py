@@ -7,10 +7,10 @@ import sqlalchemy as sa
 from firstvalue.engine import evaluate_account
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.runtime.evaluation import tick
-from tests.conftest import encode, micros
+from tests.conftest import HANDOFF, encode, micros
 from tests.engine_helpers import event, facts, us
 
-MID = {"segment": "mid_market", "tier": 2}
+MID = {"segment": "mid_market", "tier": 2, "handoff": HANDOFF}
 CHAMPION = {"u1": {"role": "champion"}, "u2": {"role": "user"}}
 
 
@@ -153,7 +153,7 @@ def base_messages():
          "traits": {"role": "champion", "email": "kim@example.com"}},
         {"type": "group", "messageId": "g1", "userId": "u1", "groupId": "acme",
          "timestamp": "2026-03-01T00:00:00Z",
-         "traits": {"segment": "mid_market", "tier": 2, "timezone": "UTC"}},
+         "traits": {"segment": "mid_market", "tier": 2, "timezone": "UTC", "handoff": HANDOFF}},
         {"type": "track", "messageId": "deal", "userId": "u1", "event": "Deal Closed Won",
          "timestamp": "2026-03-01T10:00:00Z", "context": {"groupId": "acme"}},
         {"type": "track", "messageId": "kick", "userId": "u1", "event": "Kickoff Completed",

@@ -10,7 +10,7 @@ from firstvalue.engine.rules import nth_business_day
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.playbook.loader import parse_playbook, read_default_text
 from firstvalue.runtime.evaluation import tick
-from tests.conftest import encode, micros
+from tests.conftest import HANDOFF, encode, micros
 from tests.test_sequences import DAY3_OPENING, DAY5_OPENING, HOUR, onboarding, simulate
 
 SANDBOX: dict = {"email": lambda outgoing: None, "slack": lambda outgoing: None,
@@ -177,7 +177,7 @@ def test_hours_since_a_kickoff_still_ahead_wait_for_the_kickoff(playbook):
 
     text = read_default_text().replace("    at: {day: 3}\n", "    at: {hours: 2, since: kickoff}\n")
     hourly = compile_playbook(parse_playbook(text, "hours.yaml"))
-    account = facts({"segment": "mid_market", "timezone": "UTC"},
+    account = facts({"segment": "mid_market", "timezone": "UTC", "handoff": HANDOFF},
                     event("Deal Closed Won", "2026-03-01T10:00:00Z", deal_id="d1"),
                     event("Kickoff Scheduled", "2026-03-01T11:00:00Z",
                           start_time="2026-03-04T10:00:00Z"))

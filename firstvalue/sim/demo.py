@@ -34,6 +34,7 @@ from firstvalue.errors import ConfigError
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.metrics.report import build_report
 from firstvalue.runtime.evaluation import held_events, tick
+from firstvalue.runtime.handoff import submit_handoff
 from firstvalue.runtime.routing import assignment_json, save_member, set_away, team_json
 from firstvalue.store.database import open_database
 
@@ -88,6 +89,8 @@ class SampleAccount:
     behaviour: str
     timezone: str | None
     messages: list[dict[str, Any]] = field(default_factory=list)
+    handoff_at: datetime | None = None  # when the AE submits the handoff (gated tracks)
+    use_case: str | None = None
 
 
 def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: int,
@@ -118,6 +121,8 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
     outbox: list[Any] = []
     dispatcher = Dispatcher(database, playbook, sandbox_channels(outbox), lambda: True)
     crm = DemoCrm().start()  # its CRM: a receiver on 127.0.0.1 (firstvalue/crm/receiver.py)
+    handoffs = sorted((a.handoff_at, a.id) for a in accounts if a.handoff_at is not None)
+    use_cases = {a.id: a.use_case for a in accounts}
     for step in _hourly_steps(first, now):
         batch = []
         while delivered < len(messages) and messages[delivered]["timestamp"] <= step.isoformat():
@@ -126,6 +131,12 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
         step_micros = to_micros(step)
         if batch:
             ingest_messages(database, batch, step_micros, playbook.anchor_names)
+        while handoffs and handoffs[0][0] <= step:
+            _, account_id = handoffs.pop(0)
+            with database.write() as conn:
+                submit_handoff(conn, playbook.loaded.model.handoff, account_id,
+                               {**DEMO_HANDOFF, "use_case": use_cases[account_id]},
+                               step_micros, "demo")
         tick(database, playbook, step_micros)
         dispatcher.run_once(step_micros)
         crm.sync(database, step_micros)
@@ -192,8 +203,32 @@ def generate_accounts(count: int, seed: int, first: datetime,
                                    hours=rng.uniform(-4, 4))
         account = SampleAccount(f"acct-{number:04d}", segment, behaviour, tz_name)
         _AccountScript(rng, account, signed, now).write()
+        account.handoff_at = _handoff_time(seed, account, signed)
         accounts.append(account)
     return accounts
+
+
+def _handoff_time(seed: int, account: SampleAccount, signed: datetime) -> datetime | None:
+    """When the AE submits the handoff of a gated account: most within hours of the contract,
+    some after the reminder, a few only after their manager hears of it, and some never. Its
+    own random stream, so the rest of the sample stays as it was."""
+    if account.segment == "smb":
+        return None  # self-serve: no sales handoff
+    draw = random.Random(f"{seed}:handoff:{account.id}").random()
+    if draw < 0.65:
+        return signed + timedelta(hours=2 + 10 * draw)
+    if draw < 0.85:
+        return signed + timedelta(hours=30 + 40 * (draw - 0.65))
+    if draw < 0.95:
+        return signed + timedelta(hours=80 + 100 * (draw - 0.85))
+    return None
+
+
+DEMO_HANDOFF = {"use_case": None, "stakeholders": [{"name": "Sample Champion",
+                                                     "role": "champion"}],
+                "success_criteria": ["a first result within the target"],
+                "technical_requirements": {"crm": "salesforce"},
+                "commitments": ["a weekly check-in during onboarding"]}
 
 
 def _pick(rng: random.Random, weighted: tuple[tuple[str, int], ...]) -> str:
@@ -248,6 +283,7 @@ class _AccountScript:
             "persona": rng.choice(PERSONAS),
             "demo_behaviour": a.behaviour,
         }
+        a.use_case = traits["use_case"]
         if a.timezone:
             traits["timezone"] = a.timezone
         for index, user in enumerate(self.users):
