@@ -27,7 +27,8 @@ def run(account_id: str, signed: str = "2026-03-01", day0: str | None = "2026-03
         variants: dict[str, str] | None = None) -> RunRecord:
     now_micros = at(now)
     return RunRecord(
-        account_id=account_id, segment=segment, tier=tier, track=segment, use_case=None,
+        account_id=account_id, segment=segment, segment_at_kickoff=segment, tier=tier,
+        track=segment, use_case=None,
         tz=UTC, run=run_number, started_at=at(signed),
         day0=date.fromisoformat(day0) if day0 else None, has_kickoff=True, end_day=end_day,
         today=date.fromisoformat(now[:10]), now=now_micros,

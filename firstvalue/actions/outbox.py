@@ -69,7 +69,7 @@ _INSERT_ACTION = (
 
 def reconcile(changes: OutboxChanges, account_id: str, planned: Sequence[PlannedAction],
               playbook_version: str, late_limit_hours: int, now: int,
-              existing: dict[str, Any]) -> int:
+              existing: dict[str, Any], track: str | None = None) -> int:
     """Bring the account's outbox rows (`existing`) in line with what the playbook asks for
     at `now`, adding the writes to `changes`.
 
@@ -88,8 +88,9 @@ def reconcile(changes: OutboxChanges, account_id: str, planned: Sequence[Planned
         if row.status in ("pending", "failed") and (action is None
                                                      or action.status == "cancelled"):
             reason = action.reason if action else (
-                "cancelled: the rule no longer applies (its condition now holds, or the "
-                "account's track or the playbook changed)")
+                "cancelled: the rule no longer applies (its condition now holds, the "
+                "playbook changed, or the account moved to another track"
+                + (f": it is on the {track} track now" if track else "") + ")")
             changes.cancels.append({"key": key, "reason": reason, "now": now})
         elif row.status == "sent" and action is not None and action.cleared \
                 and row.resolved_at is None:

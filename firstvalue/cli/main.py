@@ -159,7 +159,8 @@ def account_command(obj: Context, account_id: str, as_json: bool, now_text: str 
 
 @cli.command("report")
 @json_option
-@click.option("--by", "by", type=click.Choice(["segment", "tier", "track", "use_case", "cohort"]),
+@click.option("--by", "by", type=click.Choice(["segment", "segment_at_kickoff", "tier", "track",
+                                              "use_case", "cohort"]),
               default="segment", show_default=True,
               help="Group time-to-value and its phases by this.")
 @click.option("--funnel", "mode", type=click.Choice(["any", "strict"]), default="any",

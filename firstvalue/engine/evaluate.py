@@ -93,6 +93,7 @@ class AccountState:
     episodes: tuple[Episode, ...] = field(default=(), repr=False)
     next_event_at: str | None = None  # the first event dated after the evaluation, if any
     handoff: dict[str, Any] | None = None  # complete, completed_at, missing
+    segment_at_kickoff: str | None = None  # the segment when day 0 came (reports group by it)
 
     def as_json(self) -> dict[str, Any]:
         # Built field by field: dataclasses.asdict deep-copies, which cost more than the
@@ -196,6 +197,8 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         episodes=tuple(episodes),
         next_event_at=local_isoformat(next_event, tz) if next_event is not None else None,
         handoff=_handoff_json(handoff, tz, gated),
+        segment_at_kickoff=_segment_at(facts, kickoff.at if kickoff and has_kickoff else
+                                       (run.started_at if run else None), now),
     )
 
 
@@ -254,6 +257,14 @@ def _handoff_status(facts: AccountFacts, playbook: CompiledPlaybook,
     except HandoffError:
         return None, required
     return (None if missing else trait[1]), missing
+
+
+def _segment_at(facts: AccountFacts, moment: int | None, now: int) -> str | None:
+    """The `segment` trait as it was at day 0's moment (the kickoff, or the contract on a
+    track without one); null before day 0 is known or reached."""
+    if moment is None or moment > now:
+        return None
+    return _text(traits_at(facts.traits, moment).get("segment", [None])[0])
 
 
 def _handoff_json(status: tuple[int | None, list[str]], tz: zoneinfo.ZoneInfo,

@@ -53,6 +53,7 @@ class _StoredState(msgspec.Struct):
     track: str | None = None
     kickoff_at: str | None = None
     kickoff_source: str | None = None
+    segment_at_kickoff: str | None = None
     ttv_target_days: int | None = None
     run: _StoredRun | None = None
     milestones: list[_StoredMilestone] = []
@@ -95,6 +96,7 @@ class RunRecord:
 
     account_id: str
     segment: str | None
+    segment_at_kickoff: str | None
     tier: int | None
     track: str | None
     use_case: str | None
@@ -269,7 +271,8 @@ def run_from_state(state: _StoredState, use_case: str | None, playbook: Compiled
             if at <= now:
                 milestones[milestone.key] = at
     return RunRecord(
-        account_id=state.id, segment=state.segment, tier=state.tier, track=state.track,
+        account_id=state.id, segment=state.segment, segment_at_kickoff=state.segment_at_kickoff,
+        tier=state.tier, track=state.track,
         use_case=use_case, tz=tz, run=run.number, started_at=started_at, day0=day0,
         has_kickoff=has_kickoff, end_day=run.end_day or (track.end_day if track else 90),
         today=_local(now, tz), now=now, milestones=milestones,
@@ -305,13 +308,13 @@ def group_key(record: RunRecord, by: str) -> str:
     return "unknown" if value is None else str(value)
 
 
-GROUPINGS = ("segment", "tier", "track", "use_case", "cohort")
+GROUPINGS = ("segment", "segment_at_kickoff", "tier", "track", "use_case", "cohort")
 SEGMENT_ORDER = ("smb", "mid_market", "enterprise")
 
 
 def group_order(keys: Sequence[str], by: str) -> list[str]:
     """Groups in the order a reader expects: segments by size, the rest sorted."""
-    if by == "segment":
+    if by in ("segment", "segment_at_kickoff"):
         return sorted(keys, key=lambda k: (SEGMENT_ORDER.index(k) if k in SEGMENT_ORDER
                                            else len(SEGMENT_ORDER), k))
     return sorted(keys, key=lambda k: (k in ("unknown", "no day 0 yet"), k))

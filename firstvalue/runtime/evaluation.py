@@ -200,7 +200,7 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
             # The actions go into the outbox in the transaction that stores the state which
             # caused them (shared/DESIGN.md "Outbox").
             reconcile(writes.outbox, facts.account_id, state.planned, playbook.version,
-                      late_limit, now, outbox.get(facts.account_id, {}))
+                      late_limit, now, outbox.get(facts.account_id, {}), state.track)
             run = state.run["number"] if state.run else None
             record_stalls(writes.stalls, facts.account_id, run, state.episodes,
                           history.get(facts.account_id, {}), now)
