@@ -191,7 +191,9 @@ class Dispatcher:
         return None
 
     def _render(self, row: dict[str, Any], kind: str, context: dict[str, Any]) -> Outgoing:
-        track = self.playbook.choose_track(context["traits"])
+        use_case = (context.get("handoff") or {}).get("use_case") or \
+            context["traits"].get("use_case")
+        track = self.playbook.on_path(self.playbook.choose_track(context["traits"]), use_case)
         templates = track.templates if track else self.playbook.loaded.model.templates
         template = templates.get(row["template"] or "")
         variables = _variables(row, context, track.track.kickoff if track else True)

@@ -25,6 +25,7 @@ class CompiledTrack:
     milestones: tuple[CompiledMilestone, ...]
     rules: tuple[Rule, ...] = ()
     templates: dict[str, Template] = field(default_factory=dict)
+    path: str | None = None  # the onboarding path (by use case) this variant of the track is
 
     @property
     def key(self) -> str:
@@ -42,6 +43,7 @@ class CompiledPlaybook:
     kickoff_scheduled_names: frozenset[str]
     login_names: frozenset[str]
     relevant_names: frozenset[str]
+    path_tracks: dict[tuple[str, str], CompiledTrack] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -60,12 +62,33 @@ class CompiledPlaybook:
                 return rule.tier
         return tier_trait(traits.get("tier"))
 
+    def on_path(self, track: CompiledTrack | None, use_case: Any) -> CompiledTrack | None:
+        """The track as the onboarding path of this use case shapes it (its milestones and
+        templates), or the track itself when no path names the use case."""
+        if track is None or not isinstance(use_case, str):
+            return track
+        for path in self.loaded.model.paths:
+            if use_case in path.use_case:
+                return self.path_tracks.get((track.key, path.key), track)
+        return track
+
     def choose_track(self, traits: dict[str, Any]) -> CompiledTrack | None:
         """The first track whose `match` fits the traits (shared/DESIGN.md: first match wins)."""
         for compiled in self.tracks:
             if traits_match(compiled.track.match, traits):
                 return compiled
         return self.default_track
+
+
+def _on_path(track: CompiledTrack, path: Any, meanings: Any) -> CompiledTrack:
+    """The track with the path's milestone definitions and templates in place."""
+    overrides = {m.key: m for m in path.milestones}
+    milestones = tuple(
+        CompiledMilestone(m.key, overrides[m.key].name or m.name,
+                          compile_condition(overrides[m.key].when, meanings))
+        if m.key in overrides else m for m in track.milestones)
+    return CompiledTrack(track.track, milestones, track.rules,
+                         {**track.templates, **path.templates}, path.key)
 
 
 def tier_trait(value: Any) -> int | None:
@@ -109,12 +132,15 @@ def compile_playbook(loaded: LoadedPlaybook) -> CompiledPlaybook:
         tracks.append(CompiledTrack(track, milestones, tuple(rules.values()), templates))
 
     by_key = {t.key: t for t in tracks}
+    path_tracks = {(t.key, path.key): _on_path(t, path, meanings)
+                   for t in tracks for path in model.paths}
     anchors = model.anchors
 
     def names(key: str) -> frozenset[str]:
         return frozenset(meanings.get(key, []))
 
-    relevant = frozenset().union(*(m.detector.names for t in tracks for m in t.milestones))
+    every = [*tracks, *path_tracks.values()]
+    relevant = frozenset().union(*(m.detector.names for t in every for m in t.milestones))
     relevant |= _rule_event_names(tracks, meanings)
     relevant |= _stall_event_names(model, meanings)
     compiled = CompiledPlaybook(
@@ -127,6 +153,7 @@ def compile_playbook(loaded: LoadedPlaybook) -> CompiledPlaybook:
         kickoff_scheduled_names=names(anchors.kickoff.scheduled),
         login_names=names(model.login),
         relevant_names=relevant,
+        path_tracks=path_tracks,
     )
     return _with_relevant(compiled)
 

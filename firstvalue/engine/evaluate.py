@@ -94,6 +94,7 @@ class AccountState:
     next_event_at: str | None = None  # the first event dated after the evaluation, if any
     handoff: dict[str, Any] | None = None  # complete, completed_at, missing
     segment_at_kickoff: str | None = None  # the segment when day 0 came (reports group by it)
+    path: str | None = None  # the onboarding path the use case chose
 
     def as_json(self) -> dict[str, Any]:
         # Built field by field: dataclasses.asdict deep-copies, which cost more than the
@@ -116,7 +117,9 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     stamped = traits_at(facts.traits, now)
     traits = {key: entry[0] for key, entry in stamped.items()}
     tz, tz_name, tz_default = _timezone_of(traits, playbook)
-    compiled_track = playbook.choose_track(traits)
+    # The use case of the handoff (else the trait) picks the onboarding path: its own
+    # milestone definitions and templates.
+    compiled_track = playbook.on_path(playbook.choose_track(traits), _use_case(facts, traits, now))
 
     events = _index_events(facts.events, now)
     all_runs = find_runs(events, stamped, playbook, tz)
@@ -197,6 +200,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         episodes=tuple(episodes),
         next_event_at=local_isoformat(next_event, tz) if next_event is not None else None,
         handoff=_handoff_json(handoff, tz, gated),
+        path=compiled_track.path if compiled_track else None,
         segment_at_kickoff=_segment_at(facts, kickoff.at if kickoff and has_kickoff else
                                        (run.started_at if run else None), now),
     )
@@ -257,6 +261,15 @@ def _handoff_status(facts: AccountFacts, playbook: CompiledPlaybook,
     except HandoffError:
         return None, required
     return (None if missing else trait[1]), missing
+
+
+def _use_case(facts: AccountFacts, traits: dict[str, Any], now: int) -> Any:
+    stored = facts.handoff
+    if stored is not None and stored.get("submitted_at", 0) <= now:
+        chosen = stored["record"].get("use_case")
+        if chosen:
+            return chosen
+    return traits.get("use_case")
 
 
 def _segment_at(facts: AccountFacts, moment: int | None, now: int) -> str | None:

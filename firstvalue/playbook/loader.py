@@ -237,6 +237,15 @@ def check_playbook(model: Playbook) -> list[PlaybookProblem]:
     problems += _duplicates("milestones", milestone_keys)
     problems += _duplicates("tracks", [track.key for track in model.tracks])
     track_keys = [track.key for track in model.tracks]
+    problems += _duplicates("paths", [path.key for path in model.paths])
+    for index, path in enumerate(model.paths):
+        problems += _template_problems(path.templates, f"paths[{index}].templates")
+        for inner, milestone in enumerate(path.milestones):
+            if milestone.key not in milestone_keys:
+                problems.append(PlaybookProblem(
+                    f"paths[{index}].milestones[{inner}].key",
+                    f"unknown milestone {milestone.key!r}",
+                    f"a path redefines milestones of the playbook: {', '.join(milestone_keys)}"))
     for index, key in enumerate(model.handoff.gate):
         if key not in track_keys:
             problems.append(PlaybookProblem(

@@ -397,6 +397,16 @@ class Experiment(Strict):
     power: float = Field(default=0.8, gt=0.5, lt=1)
 
 
+class OnboardingPath(Strict):
+    """An onboarding path chosen by the handoff's use case (else the `use_case` trait): its
+    own milestone definitions (by key, replacing the track's) and templates (by key)."""
+
+    key: Key
+    use_case: list[str] = Field(min_length=1)
+    milestones: list[Milestone] = Field(default_factory=list)
+    templates: dict[Key, Template] = Field(default_factory=dict)
+
+
 class HandoffField(Strict):
     """One field of the sales-to-CS handoff record.
 
@@ -461,6 +471,7 @@ class Playbook(Strict):
     tiers: list[TierRule] = Field(default_factory=list)
     ownership: dict[int, Ownership] = Field(default_factory=dict)
     handoff: HandoffSettings = Field(default_factory=HandoffSettings)
+    paths: list[OnboardingPath] = Field(default_factory=list)
 
     @field_validator("ownership")
     @classmethod
