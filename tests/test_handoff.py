@@ -114,3 +114,30 @@ def test_templates_read_the_handoff_record(client, database, playbook):
     variables = _variables({"recipient": "champion", "contact": None, "run": 1, "facts": None},
                            context, True)
     assert variables["handoff"]["technical_requirements"]["crm"] == "salesforce"
+
+
+def test_handoffs_import_from_csv_row_by_row(client, database, tmp_path):
+    from click.testing import CliRunner
+
+    from firstvalue.cli.main import cli
+
+    rows = tmp_path / "handoffs.csv"
+    rows.write_text(
+        "account_id,use_case,stakeholders,success_criteria,technical_requirements,commitments\n"
+        'acme,lead_enrichment,Kim Lee (champion) <kim@acme.example>; Ravi (economic buyer),'
+        'leads in the CRM; a weekly report,"{""crm"": ""salesforce""}",a sandbox\n'
+        "nobody,lead_enrichment,,,,\n"
+        "acme,,Kim without a role,,,\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--db", database.url, "handoff", "import", str(rows),
+                                      "--now", "2026-03-02T10:00:00Z"])
+    assert result.exit_code == 0, result.output
+    assert "1 handoff(s) stored, 1 complete; 2 row(s) refused." in result.output
+    assert "line 3: nobody" in result.output
+    assert "line 4: acme: stakeholders: must be a list" in result.output
+    shown = client.get("/api/accounts/acme/handoff", headers=bearer(database, "viewer")).json()
+    assert shown["complete"] is True
+    assert shown["record"]["stakeholders"] == [
+        {"name": "Kim Lee", "role": "champion", "email": "kim@acme.example"},
+        {"name": "Ravi", "role": "economic buyer"}]
+    assert shown["record"]["success_criteria"] == ["leads in the CRM", "a weekly report"]
+    assert shown["record"]["technical_requirements"] == {"crm": "salesforce"}

@@ -491,6 +491,30 @@ def handoff_submit(obj: Context, account_id: str, file: Path, now_text: str | No
                    f"{', '.join(result['missing'])}.")
 
 
+@handoff_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@now_option
+@click.pass_obj
+def handoff_import(obj: Context, file: Path, now_text: str | None) -> None:
+    """Submit handoffs from a CSV file: a column `account_id`, then one per field (lists and
+    people separated by `;`, people as `Name (role) <email>`, objects as JSON). A bad row is
+    reported by its line and fields, and the others are stored."""
+    from firstvalue.runtime.handoff import import_handoffs
+
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FirstvalueError(f"cannot read {str(file)!r} as UTF-8 text: {exc}") from None
+    with obj.database.write() as conn:
+        stored, problems = import_handoffs(conn, obj.playbook.loaded.model.handoff, text,
+                                           resolve_now(now_text), f"csv:{file.name}")
+    complete = sum(1 for r in stored if r["complete"])
+    click.echo(f"{len(stored)} handoff(s) stored, {complete} complete; "
+               f"{len(problems)} row(s) refused.")
+    for line, why in problems:
+        click.echo(f"  line {line}: {why}")
+
+
 @handoff_group.command("show")
 @click.argument("account_id")
 @json_option

@@ -9,6 +9,7 @@ every required field holds a value, and `completed_at` keeps when that first hap
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -80,3 +81,68 @@ def handoff_json(conn: sa.Connection, settings: HandoffSettings,
     return {"account_id": account_id, "record": stored["record"], "missing": missing,
             "complete": not missing, "completed_at": isoformat(stored["completed_at"]),
             "submitted_at": isoformat(stored["submitted_at"])}
+
+
+def handoff_rows(settings: HandoffSettings, text: str) -> list[tuple[int, str, dict[str, Any]]]:
+    """The rows of a handoff CSV: (line, account id, fields), each cell read by its field's
+    kind. Columns: `account_id`, then fields. `text`: the cell; `list`: entries separated by
+    `;`; `people`: `Name (role)` or `Name (role) <email>` entries separated by `;`; `object`:
+    JSON. A cell that does not read as its kind is passed on as text, for the field rules to
+    name. An empty cell leaves the field as stored."""
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "account_id" not in reader.fieldnames:
+        raise HandoffError([("(header)", "the first line must name the columns: account_id, "
+                             "then the handoff's fields")])
+    kinds = {field.key: field.kind for field in settings.fields}
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        if None in row:
+            raise HandoffError([(f"line {line}", "more cells than columns")])
+        account = (row.pop("account_id") or "").strip()
+        fields = {name: _cell(kinds.get(name, "text"), cell.strip())
+                  for name, cell in row.items() if cell and cell.strip()}
+        rows.append((line, account, fields))
+    return rows
+
+
+_PERSON = re.compile(r"^(?P<name>[^()<>;]+?)\s*\((?P<role>[^()]+)\)\s*(?:<(?P<email>[^<>]+)>)?$")
+
+
+def _cell(kind: str, cell: str) -> Any:
+    if kind == "object":
+        try:
+            return _decode(cell)
+        except msgspec.DecodeError:
+            return cell
+    if kind == "text":
+        return cell
+    parts = [part.strip() for part in cell.split(";") if part.strip()]
+    if kind == "list":
+        return parts
+    people = [_PERSON.match(part) for part in parts]
+    if not all(people):
+        return cell
+    return [{k: v.strip() for k, v in m.groupdict().items() if v} for m in people if m]
+
+
+def import_handoffs(conn: sa.Connection, settings: HandoffSettings, text: str, now: int,
+                    source: str) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """Submit every row; a row with a problem is reported with its line and not stored, and
+    the others go on (each row is a submission of its own)."""
+    stored, problems = [], []
+    for line, account, fields in handoff_rows(settings, text):
+        if not account:
+            problems.append((line, "account_id is empty"))
+            continue
+        savepoint = conn.begin_nested()
+        try:
+            stored.append(submit_handoff(conn, settings, account, fields, now, source))
+        except (HandoffError, UnknownAccount) as exc:
+            savepoint.rollback()
+            problems.append((line, f"{account}: {exc}"))
+        else:
+            savepoint.commit()
+    return stored, problems
