@@ -338,3 +338,19 @@ def test_a_tier_outside_one_to_three_is_no_tier():
 
     assert [tier_trait(v) for v in (0, 1, "2", 3, 4, -1, "x", True, 1e400)] == [
         None, 1, 2, 3, None, None, None, None, None]
+
+
+def test_a_new_owner_takes_over_the_open_tasks(database, routing_playbook):
+    roster(database, {"ana": 5, "ben": 5})
+    add_accounts(database, routing_playbook, ["t1"], T0, owner="ana")
+    Dispatcher(database, routing_playbook).run_once(T0)
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT assignee FROM actions WHERE kind = 'task'")).scalar() \
+            == "ana@team.example"
+    changed = encode({"type": "group", "groupId": "t1", "userId": "t1-u", "messageId": "g2-t1",
+                      "timestamp": "2026-03-02T11:00:00Z", "traits": {"owner": "ben"}})
+    ingest_messages(database, [changed], T0 + 2 * HOUR, routing_playbook.anchor_names)
+    tick(database, routing_playbook, T0 + 2 * HOUR)
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT assignee FROM actions WHERE kind = 'task'")).scalar() \
+            == "ben@team.example"

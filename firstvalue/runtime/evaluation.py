@@ -24,7 +24,7 @@ from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
 from firstvalue.runtime.experiments import Assignments
 from firstvalue.runtime.handoff import load_handoffs
-from firstvalue.runtime.routing import release_finished, route_accounts
+from firstvalue.runtime.routing import load_team, release_finished, route_accounts
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
 from firstvalue.store import events as event_store
 from firstvalue.store.database import Database, execute_many
@@ -183,6 +183,7 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
         late_limit = playbook.loaded.model.late_limit_hours
         outbox = existing_actions(conn, seqs)
         history = recorded_stalls(conn, seqs)
+        owners = previous_owners(conn, seqs)
         writes = _TickWrites(now=now)
         variants = Assignments(conn, playbook, seqs, now, write=True)
         for facts in load_facts(conn, playbook, seqs):
@@ -206,6 +207,11 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
                           history.get(facts.account_id, {}), now)
             if state.run is not None and state.run["status"] != "active":
                 writes.finished.append(facts.account_id)
+            before = owners.get(facts.account_id)
+            if before is not None and state.owner is not None and state.owner != before:
+                # A new owner takes over the open tasks (shared/DESIGN.md "Accounts, runs and
+                # anchors"); those already done stay with whoever did them.
+                writes.handovers.append({"a": facts.account_id, "to": state.owner})
             writes.states.append({"id": facts.account_id,
                                   "state": _encode(state.as_json()).decode(),
                                   "wake": state.next_wake_at, "seq": seq, "at": now,
@@ -229,6 +235,7 @@ class _TickWrites:
     stalls: StallChanges = field(default_factory=StallChanges)
     states: list[dict[str, Any]] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # runs ended: owners' load goes down
+    handovers: list[dict[str, Any]] = field(default_factory=list)  # owner changed
     evaluated: int = 0
     now: int = 0
 
@@ -238,12 +245,48 @@ class _TickWrites:
         if self.finished:
             release_finished(conn, self.finished, self.now)
             self.finished = []
+        if self.handovers:
+            hand_over_tasks(conn, self.handovers)
+            self.handovers = []
         if self.states:
             execute_many(conn, (
                 "UPDATE accounts SET state = :state, next_wake_at = :wake, evaluated_seq = :seq, "
                 "evaluated_at = :at, playbook_version = :version WHERE id = :id"), self.states)
         self.evaluated += len(self.states)
         self.states = []
+
+
+class _Owner(msgspec.Struct):
+    owner: str | None = None
+
+
+_decode_owner = msgspec.json.Decoder(_Owner).decode
+
+
+def previous_owners(conn: sa.Connection, account_ids: Iterable[str]) -> dict[str, str]:
+    """The owner each account's stored state names (only that field is decoded)."""
+    rows = event_store.select_in(conn, "SELECT id, state FROM accounts WHERE id IN :ids "
+                                       "AND state IS NOT NULL", account_ids)
+    owners = {}
+    for account_id, state in rows:
+        try:
+            owner = _decode_owner(state).owner
+        except msgspec.DecodeError:
+            continue
+        if owner is not None:
+            owners[account_id] = owner
+    return owners
+
+
+def hand_over_tasks(conn: sa.Connection, handovers: list[dict[str, Any]]) -> None:
+    """Open tasks addressed to the owner go to the new one: their address (the roster's email
+    for a member's handle, else the owner itself when it is an address)."""
+    team = {m.handle: m.email for m in load_team(conn)}
+    rows = [{"a": h["a"], "to": team.get(h["to"]) or (h["to"] if "@" in h["to"] else None)}
+            for h in handovers]
+    execute_many(conn, (
+        "UPDATE actions SET assignee = :to WHERE account_id = :a AND kind = 'task' "
+        "AND recipient = 'owner' AND status = 'sent' AND done_at IS NULL"), rows)
 
 
 def sweep_held_events(conn: sa.Connection, now: int) -> int:
