@@ -37,6 +37,13 @@ class Context:
             self._database = open_database(self.db_url)
         return self._database
 
+    def close(self) -> None:
+        """Close the store's connections when the command is done (in-process callers, such
+        as tests and scripts using click's runner, would otherwise leave them open)."""
+        if self._database is not None:
+            self._database.dispose()
+            self._database = None
+
     @property
     def playbook(self) -> CompiledPlaybook:
         if self._playbook is None:
@@ -88,6 +95,7 @@ def cli(ctx: click.Context, db_url: str, playbook_path: str | None, verbose: boo
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = Context(db_url, playbook_path)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @cli.command("tick")
