@@ -112,6 +112,26 @@ def test_pooled_accounts_spread_in_proportion_to_capacity_and_never_over_it(
         assert got[handle] <= capacity
         assert abs(got[handle] - share) <= 1, (handle, got[handle], share)
 
+    # Ana goes out of office: the next accounts go to the other four only.
+    with database.write() as conn:
+        set_away(conn, "ana", T0, None, None)
+    add_accounts(database, routing_playbook, [f"more-{i:02d}" for i in range(20)], T0 + HOUR)
+    after = loads(database)
+    assert after["ana"] == got["ana"] and sum(after.values()) == 220
+    # The four have 180 places (50 + 50 + 40 + 40) and hold 170: 10 of the next 15 fill them,
+    # the other 5 wait unassigned, each with one alert to the team lead.
+    add_accounts(database, routing_playbook, [f"last-{i:02d}" for i in range(15)],
+                 T0 + 2 * HOUR)
+    full = loads(database)
+    assert all(full[h] <= c for h, c in CAPACITIES.items())
+    assert sum(full.values()) - full["ana"] == 50 + 50 + 40 + 40
+    with database.engine.connect() as conn:
+        waiting = conn.execute(sa.text(
+            "SELECT COUNT(*) FROM assignments WHERE status = 'waiting'")).scalar()
+        alerts = conn.execute(sa.text(
+            "SELECT COUNT(*) FROM actions WHERE rule = 'routing.unassigned'")).scalar()
+    assert waiting == 235 - sum(full.values()) > 0 and alerts == waiting
+
 
 def test_an_away_csm_takes_no_new_accounts_and_full_capacity_means_waiting(
         database, routing_playbook):
