@@ -141,3 +141,14 @@ def test_handoffs_import_from_csv_row_by_row(client, database, tmp_path):
         {"name": "Ravi", "role": "economic buyer"}]
     assert shown["record"]["success_criteria"] == ["leads in the CRM", "a weekly report"]
     assert shown["record"]["technical_requirements"] == {"crm": "salesforce"}
+
+
+def test_a_handoff_field_declared_twice_is_refused_by_place():
+    from firstvalue.errors import PlaybookError
+    from firstvalue.playbook.loader import parse_playbook, read_default_text
+
+    text = read_default_text().replace(
+        "handoff:\n  gate:", "handoff:\n  fields:\n    - {key: use_case}\n"
+        "    - {key: use_case}\n  gate:")
+    with pytest.raises(PlaybookError, match="handoff.fields"):
+        parse_playbook(text, "twice.yaml")

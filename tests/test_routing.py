@@ -374,3 +374,11 @@ def test_a_new_owner_takes_over_the_open_tasks(database, routing_playbook):
     with database.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT assignee FROM actions WHERE kind = 'task'")).scalar() \
             == "ben@team.example"
+
+
+def test_an_away_period_needs_its_start(database):
+    roster(database, {"ana": 2})
+    with database.write() as conn, pytest.raises(ConfigError, match="needs its start"):
+        set_away(conn, "ana", None, T0, None)
+    with database.write() as conn, pytest.raises(ConfigError, match="needs its start"):
+        set_away(conn, "ana", None, None, "lead")

@@ -238,6 +238,7 @@ def check_playbook(model: Playbook) -> list[PlaybookProblem]:
     problems += _duplicates("tracks", [track.key for track in model.tracks])
     track_keys = [track.key for track in model.tracks]
     problems += _duplicates("paths", [path.key for path in model.paths])
+    problems += _duplicates("handoff.fields", [field.key for field in model.handoff.fields])
     for index, path in enumerate(model.paths):
         problems += _template_problems(path.templates, f"paths[{index}].templates")
         for inner, milestone in enumerate(path.milestones):

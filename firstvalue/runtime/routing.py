@@ -250,7 +250,10 @@ def set_away(conn: sa.Connection, handle: str, away_from: int | None, away_until
     if cover == handle:
         raise ConfigError(f"{handle} cannot cover for themselves; name someone else")
     if away_from is not None and away_until is not None and away_until <= away_from:
-        raise ConfigError("the away period ends before it starts; check --from and --until")
+        raise ConfigError("the away period ends before it starts; give an end after its start")
+    if away_from is None and (away_until is not None or cover is not None):
+        raise ConfigError("an end of the away period, or a cover, needs its start; give when "
+                          "the member is away from")
     conn.execute(sa.text("UPDATE team_members SET away_from = :f, away_until = :u, cover = :c "
                          "WHERE handle = :h"),
                  {"f": away_from, "u": away_until, "c": cover, "h": handle})
