@@ -83,6 +83,7 @@ class Dispatcher:
         self.slack_is_set_up = slack_is_set_up
         self._disabled: dict[str, str] = {}
         self._contexts: dict[str, dict[str, Any]] = {}
+        self._team: dict[str, Any] | None = None  # the roster, read once a batch
 
     def run_once(self, now: int) -> DispatchResult:
         """Deliver every action due at `now`, in batches, until none is left."""
@@ -95,6 +96,7 @@ class Dispatcher:
             # context of each account (several of its actions often fall due together).
             self._disabled = self._disabled_endpoints()
             self._contexts = {}
+            self._team = None
             for row in claimed:
                 try:
                     self._dispatch(row, now, result)
@@ -129,8 +131,11 @@ class Dispatcher:
     def _dispatch(self, row: dict[str, Any], now: int, result: DispatchResult) -> None:
         context = self._contexts.get(row["account_id"])
         if context is None:
+            if self._team is None:
+                with self.database.engine.connect() as conn:
+                    self._team = {m.handle: m for m in load_team(conn)}
             context = self._contexts[row["account_id"]] = _load_context(
-                self.database, row["account_id"], now)
+                self.database, row["account_id"], now, self._team)
         tz = zone(context["timezone"]) or zoneinfo.ZoneInfo("UTC")
         kind = row["kind"]
         if kind == "slack" and not self.slack_is_set_up():
@@ -297,7 +302,8 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-def _load_context(database: Database, account_id: str, now: int) -> dict[str, Any]:
+def _load_context(database: Database, account_id: str, now: int,
+                  team: dict[str, Any] | None = None) -> dict[str, Any]:
     with database.engine.connect() as conn:
         account = conn.execute(sa.text("SELECT traits, state FROM accounts WHERE id = :a"),
                                {"a": account_id}).one()
@@ -307,7 +313,8 @@ def _load_context(database: Database, account_id: str, now: int) -> dict[str, An
             {"a": account_id}).all()
         assignment = conn.execute(sa.text(
             "SELECT status FROM assignments WHERE account_id = :a"), {"a": account_id}).scalar()
-        team = {m.handle: m for m in load_team(conn)}
+        if team is None:
+            team = {m.handle: m for m in load_team(conn)}
         handoff = load_handoffs(conn, [account_id]).get(account_id)
     traits = plain_traits(_decode(account[0]))
     state = _decode(account[1]) if account[1] else {}

@@ -323,13 +323,14 @@ def _submit_handoff(context: AppContext, account_id: str, body: bytes,
 
 
 def _handoff(context: AppContext, account_id: str) -> dict[str, Any] | None:
+    from firstvalue.errors import UnknownAccount
     from firstvalue.runtime.handoff import handoff_json
 
     with context.database.engine.connect() as conn:
-        if conn.execute(sa.text("SELECT 1 FROM accounts WHERE id = :a"),
-                        {"a": account_id}).first() is None:
+        try:
+            return handoff_json(conn, context.playbook.loaded.model.handoff, account_id)
+        except UnknownAccount:
             return None
-        return handoff_json(conn, context.playbook.loaded.model.handoff, account_id)
 
 
 def _team(context: AppContext) -> list[dict[str, Any]]:

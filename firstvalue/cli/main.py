@@ -529,14 +529,9 @@ def handoff_import(obj: Context, file: Path, now_text: str | None) -> None:
 @click.pass_obj
 def handoff_show(obj: Context, account_id: str, as_json: bool) -> None:
     """The handoff record of an account, and the required fields it still lacks."""
-    import sqlalchemy as sa
-
     from firstvalue.runtime.handoff import handoff_json
 
     with obj.database.engine.connect() as conn:
-        if conn.execute(sa.text("SELECT 1 FROM accounts WHERE id = :a"),
-                        {"a": account_id}).first() is None:
-            raise UnknownAccount(account_id)
         found = handoff_json(conn, obj.playbook.loaded.model.handoff, account_id)
     if as_json:
         print_json(found)

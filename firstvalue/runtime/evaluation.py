@@ -264,9 +264,14 @@ _decode_owner = msgspec.json.Decoder(_Owner).decode
 
 
 def previous_owners(conn: sa.Connection, account_ids: Iterable[str]) -> dict[str, str]:
-    """The owner each account's stored state names (only that field is decoded)."""
-    rows = event_store.select_in(conn, "SELECT id, state FROM accounts WHERE id IN :ids "
-                                       "AND state IS NOT NULL", account_ids)
+    """The owner each account's stored state names (only that field is decoded), for the
+    accounts with open tasks for their owner: only those have anything to hand over, and a
+    full tick need not read every stored state for it."""
+    rows = event_store.select_in(conn, (
+        "SELECT a.id, a.state FROM accounts a WHERE a.id IN :ids AND a.state IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM actions t WHERE t.account_id = a.id AND t.kind = 'task' "
+        "AND t.recipient = 'owner' AND t.status = 'sent' AND t.done_at IS NULL)"),
+        account_ids)
     owners = {}
     for account_id, state in rows:
         try:

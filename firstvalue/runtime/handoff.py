@@ -69,9 +69,12 @@ def load_handoffs(conn: sa.Connection, account_ids: Iterable[str]) -> dict[str, 
 def handoff_json(conn: sa.Connection, settings: HandoffSettings,
                  account_id: str) -> dict[str, Any]:
     """The handoff as `GET /api/accounts/{id}/handoff` shows it; an account without one has
-    every required field missing."""
+    every required field missing. UnknownAccount for an account the store does not hold."""
     from firstvalue.clock import isoformat
 
+    if conn.execute(sa.text("SELECT 1 FROM accounts WHERE id = :a"),
+                    {"a": account_id}).first() is None:
+        raise UnknownAccount(account_id)
     stored = load_handoffs(conn, [account_id]).get(account_id)
     if stored is None:
         missing = [f.key for f in settings.fields if f.required]

@@ -70,11 +70,16 @@ def route_accounts(conn: sa.Connection, playbook: CompiledPlaybook, now: int) ->
         return 0
 
     team = {m.handle: m for m in load_team(conn)}
+    candidates = [*waiting, *new, *changed]
+    recorded = {row.account_id: row for row in event_store.select_in(
+        conn, "SELECT account_id, status, owner, waiting_since FROM assignments "
+              "WHERE account_id IN :ids", candidates)}
     assigned = 0
-    for account_id, traits_text in _traits_of(conn, [*waiting, *new, *changed]):
+    for account_id, traits_text in _traits_of(conn, candidates):
         stored = _decode(traits_text)
         traits = plain_traits(stored)
-        outcome = _route_one(conn, playbook, account_id, stored, traits, team, now)
+        outcome = _route_one(conn, playbook, account_id, stored, traits, team,
+                             recorded.get(account_id), now)
         assigned += outcome == "assigned"
     return assigned
 
@@ -87,11 +92,9 @@ def _traits_of(conn: sa.Connection, ids: list[str]) -> list[tuple[str, str]]:
 
 def _route_one(conn: sa.Connection, playbook: CompiledPlaybook, account_id: str,
                stored: dict[str, Any], traits: dict[str, Any], team: dict[str, Member],
-               now: int) -> str:
+               existing: Any, now: int) -> str:
     tier = playbook.choose_tier(traits)
     explicit = traits.get("owner")
-    existing = conn.execute(sa.text("SELECT status, owner, waiting_since FROM assignments "
-                                    "WHERE account_id = :a"), {"a": account_id}).first()
     if existing is not None and existing.status == "assigned":
         member = _member_named(team, explicit) if explicit is not None else None
         owner = member.handle if member is not None else (str(explicit) if explicit else None)
