@@ -89,6 +89,13 @@ SETTINGS: tuple[Setting, ...] = (
             "tasks and alerts when no cover is in."),
     Setting("max_attempts", "FIRSTVALUE_MAX_ATTEMPTS", "10",
             "Delivery attempts before an action is parked as dead."),
+    Setting("session_hours", "FIRSTVALUE_SESSION_HOURS", "12",
+            "Hours a dashboard login lasts before its user logs in again."),
+    Setting("secure_cookies", "FIRSTVALUE_SECURE_COOKIES", "auto",
+            "Mark the dashboard's cookies Secure: `auto` (when the request came over HTTPS), "
+            "`true` (behind a TLS proxy) or `false`."),
+    Setting("refresh_seconds", "FIRSTVALUE_REFRESH_SECONDS", "15",
+            "Seconds between two checks of a dashboard page for new data; 0 turns it off."),
     *CRM_SETTINGS,
 )
 

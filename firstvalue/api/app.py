@@ -224,6 +224,10 @@ def create_app(database: Database, playbook: CompiledPlaybook,
 
     app.include_router(metrics_router(context))
 
+    from firstvalue.web.pages import install as install_dashboard
+
+    install_dashboard(app, context)
+
     @app.put("/api/accounts/{account_id:path}/handoff")
     async def put_handoff(account_id: str, request: Request) -> Response:
         principal = await _authenticate_api(request, context)

@@ -14,7 +14,7 @@ import msgspec
 
 from firstvalue.clock import parse_instant, system_now, to_micros
 from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
-from firstvalue.errors import FirstvalueError, PlaybookError, UnknownAccount
+from firstvalue.errors import ConfigError, FirstvalueError, PlaybookError, UnknownAccount
 from firstvalue.playbook.loader import load_playbook, playbook_json_schema
 from firstvalue.settings import get_setting
 from firstvalue.store.database import Database, open_database
@@ -340,6 +340,69 @@ def tokens_create(obj: Context, name: str, role: str) -> None:
     from firstvalue.access import create_api_token
 
     click.echo(create_api_token(obj.database, name, role, to_micros(system_now())))
+
+
+@cli.group("users")
+def users_group() -> None:
+    """Dashboard logins (admin, csm or viewer)."""
+
+
+@users_group.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "csm", "viewer"]), default="viewer",
+              show_default=True)
+@click.option("--team", "team_handle", default=None, metavar="HANDLE",
+              help="The team member this login is (their work queue is the default one).")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from the first line of standard input (for scripts); "
+                   "otherwise it is asked for, twice, without echo.")
+@click.pass_obj
+def users_add(obj: Context, name: str, role: str, team_handle: str | None,
+              password_stdin: bool) -> None:
+    """Add a dashboard user, or change an existing one's role, password and team member
+    (which logs them out). The password is stored hashed (scrypt)."""
+    from firstvalue.web.auth import save_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        created = save_user(obj.database, name, role, password, team_handle,
+                            to_micros(system_now()))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"{'Added' if created else 'Changed'} {name} ({role}).")
+
+
+@users_group.command("list")
+@json_option
+@click.pass_obj
+def users_list(obj: Context, as_json: bool) -> None:
+    """The dashboard users and their roles (never their passwords)."""
+    from firstvalue.web.auth import list_users
+
+    users = list_users(obj.database)
+    if as_json:
+        print_json({"users": users})
+        return
+    for user in users:
+        team = f", team member {user['team_handle']}" if user["team_handle"] else ""
+        click.echo(f"{user['name']} ({user['role']}{team})")
+    if not users:
+        click.echo("No users yet: add one with `firstvalue users add NAME --role admin`.")
+
+
+@users_group.command("remove")
+@click.argument("name")
+@click.pass_obj
+def users_remove(obj: Context, name: str) -> None:
+    """Remove a dashboard user; their sessions end."""
+    from firstvalue.web.auth import remove_user
+
+    if not remove_user(obj.database, name):
+        raise click.UsageError(f"no user {name!r}; `firstvalue users list` shows them")
+    click.echo(f"Removed {name}.")
 
 
 @cli.command("dispatch")

@@ -95,6 +95,7 @@ class AccountState:
     handoff: dict[str, Any] | None = None  # complete, completed_at, missing
     segment_at_kickoff: str | None = None  # the segment when day 0 came (reports group by it)
     path: str | None = None  # the onboarding path the use case chose
+    next_scheduled: dict[str, Any] | None = None  # the next rule to come due: rule, due_at
 
     def as_json(self) -> dict[str, Any]:
         # Built field by field: dataclasses.asdict deep-copies, which cost more than the
@@ -195,6 +196,8 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         phases=_phases(playbook, run, kickoff if kickoff and kickoff.at <= now else None,
                        has_kickoff, done, tz),
         next_wake_at=wake,
+        next_scheduled=None if plan.next_rule is None or plan.next_due_at is None else {
+            "rule": plan.next_rule, "due_at": local_isoformat(plan.next_due_at, tz)},
         planned=planned,
         stalls=tuple(e.as_json(facts.account_id, tz) for e in episodes),
         episodes=tuple(episodes),

@@ -62,6 +62,7 @@ class PlannedAction:
 class RulePlan:
     due: tuple[PlannedAction, ...]
     next_due_at: int | None
+    next_rule: str | None = None  # the rule or escalation that comes due then
 
 
 @dataclass
@@ -90,13 +91,16 @@ def plan_rules(rules: Sequence[Rule], context: RuleContext) -> RulePlan:
     if context.run is None:
         return RulePlan((), None)
     due: list[PlannedAction] = []
-    upcoming: list[int] = []
+    upcoming: list[tuple[int, str]] = []
     for rule in rules:
         if not traits_match(rule.where, context.traits, context.track):
             continue
         for trigger in _triggers(rule, context):
             _plan_rule(rule, trigger, context, due, upcoming)
-    return RulePlan(tuple(due), min(upcoming) if upcoming else None)
+    if not upcoming:
+        return RulePlan(tuple(due), None)
+    next_at, next_rule = min(upcoming)
+    return RulePlan(tuple(due), next_at, next_rule)
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,9 @@ class Trigger:
 
 
 def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
-               due: list[PlannedAction], upcoming: list[int]) -> None:
+               due: list[PlannedAction], upcoming: list[tuple[int, str]]) -> None:
     if trigger.at > context.now:
-        upcoming.append(trigger.at)
+        upcoming.append((trigger.at, rule.key))
         return
     done_before = _happened_at(rule.unless, context)
     if done_before is not None and done_before <= trigger.at:
@@ -149,7 +153,7 @@ def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
         else:
             due_at = trigger.at
         if due_at > context.now:
-            upcoming.append(due_at)
+            upcoming.append((due_at, label))
             continue
         cleared_at = _happened_at(unless, context)
         cancelled = cleared_at is not None and cleared_at <= due_at

@@ -133,6 +133,8 @@ actions = Table(
     Column("subject", Text),
     Column("body", Text),
     Column("assignee", Text),  # for internal actions: the address it went to
+    Column("snoozed_until", BigInteger),  # a task put off from the work queue until then
+    Column("changed_by", Text),  # the dashboard user who sent it early or cancelled it
     Index("ix_actions_key", "key", unique=True),
     Index("ix_actions_account", "account_id"),
     Index("ix_actions_status_next", "status", "next_attempt_at"),
@@ -264,6 +266,29 @@ assignments = Table(
     Column("released_at", BigInteger),  # the run ended: no longer counts towards the load
     Column("reason", Text, nullable=False),
     Index("ix_assignments_owner", "owner"),
+)
+
+# Dashboard users (firstvalue/web): a login with a role, the password hashed with scrypt, and
+# optionally the team member they are, whose work queue is theirs.
+users = Table(
+    "users",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("role", Text, nullable=False),  # admin, csm or viewer
+    Column("password_hash", Text, nullable=False),
+    Column("team_handle", Text),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# A login's session, by the SHA-256 of the cookie's token (the token itself is never stored).
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", Text, primary_key=True),
+    Column("user_name", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_web_sessions_user", "user_name"),
 )
 
 handoffs = Table(

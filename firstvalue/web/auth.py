@@ -1,0 +1,198 @@
+"""Dashboard users, their passwords and sessions, and the CSRF tokens of their forms.
+
+Passwords are hashed with scrypt (a salt of their own each); a session is a random token in an
+HttpOnly cookie, stored as its SHA-256 only. A form's CSRF token is an HMAC of the session's
+token, so it needs no storage and is worthless without the cookie it belongs to; the login form,
+which comes before any session, gets the same from a short-lived cookie of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from firstvalue.access import ROLES, hash_secret
+from firstvalue.errors import ConfigError
+from firstvalue.settings import get_int_setting
+from firstvalue.store.database import Database
+
+HOUR = 3_600_000_000
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+MAX_NAME = 64
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+CHANGERS = ("admin", "csm")  # the roles that may change anything; a viewer only reads
+
+
+@dataclass(frozen=True)
+class WebUser:
+    name: str
+    role: str
+    team_handle: str | None
+    session_token: str
+
+    @property
+    def csrf_token(self) -> str:
+        return csrf_for(self.session_token)
+
+    @property
+    def can_change(self) -> bool:
+        return self.role in CHANGERS
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, dklen=32, **SCRYPT)
+    return "scrypt${n}${r}${p}$".format(**SCRYPT) + _b64(salt) + "$" + _b64(digest)
+
+
+def password_matches(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        expected = base64.urlsafe_b64decode(digest + "==")
+        offered = hashlib.scrypt(password.encode("utf-8", "surrogatepass"),
+                                 salt=base64.urlsafe_b64decode(salt + "=="),
+                                 n=int(n), r=int(r), p=int(p), dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return scheme == "scrypt" and hmac.compare_digest(offered, expected)
+
+
+def check_new_user(name: str, role: str, password: str) -> None:
+    if not name or len(name) > MAX_NAME or not all(c.isalnum() or c in "._@-" for c in name):
+        raise ConfigError(f"user name {name!r}: use 1 to {MAX_NAME} letters, digits and . _ @ -")
+    if role not in ROLES:
+        raise ConfigError(f"role {role!r} is not a role; use one of {', '.join(ROLES)}")
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise ConfigError(f"the password has {len(password)} characters; use "
+                          f"{MIN_PASSWORD} to {MAX_PASSWORD}")
+
+
+def save_user(database: Database, name: str, role: str, password: str,
+              team_handle: str | None, now: int) -> bool:
+    """Add the user, or change their role, password and team member; True when new."""
+    check_new_user(name, role, password)
+    with database.write() as conn:
+        found = conn.execute(sa.text("SELECT 1 FROM users WHERE name = :n"), {"n": name}).first()
+        params = {"n": name, "r": role, "h": hash_password(password), "t": team_handle,
+                  "at": now}
+        if found:
+            conn.execute(sa.text("UPDATE users SET role = :r, password_hash = :h, "
+                                 "team_handle = :t WHERE name = :n"), params)
+            # A changed password or role ends the user's sessions.
+            conn.execute(sa.text("DELETE FROM web_sessions WHERE user_name = :n"), params)
+        else:
+            conn.execute(sa.text("INSERT INTO users (name, role, password_hash, team_handle, "
+                                 "created_at) VALUES (:n, :r, :h, :t, :at)"), params)
+    return not found
+
+
+def remove_user(database: Database, name: str) -> bool:
+    with database.write() as conn:
+        conn.execute(sa.text("DELETE FROM web_sessions WHERE user_name = :n"), {"n": name})
+        return conn.execute(sa.text("DELETE FROM users WHERE name = :n"),
+                            {"n": name}).rowcount == 1
+
+
+def list_users(database: Database) -> list[dict[str, object]]:
+    with database.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT name, role, team_handle, created_at FROM users "
+                                    "ORDER BY name")).all()
+    return [{"name": r.name, "role": r.role, "team_handle": r.team_handle} for r in rows]
+
+
+def log_in(database: Database, name: str, password: str, now: int) -> str | None:
+    """A new session's token for a right name and password, else None (which of the two was
+    wrong is not told). Unknown names cost a hash too, so timing tells nothing either."""
+    with database.engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT password_hash FROM users WHERE name = :n"),
+                           {"n": name}).first()
+    if row is None:
+        password_matches(password, _DUMMY_HASH)
+        return None
+    if not password_matches(password, row.password_hash):
+        return None
+    token = secrets.token_urlsafe(32)
+    hours = get_int_setting("session_hours")
+    with database.write() as conn:
+        conn.execute(sa.text("DELETE FROM web_sessions WHERE expires_at <= :now"), {"now": now})
+        conn.execute(sa.text("INSERT INTO web_sessions (token_hash, user_name, created_at, "
+                             "expires_at) VALUES (:h, :u, :at, :exp)"),
+                     {"h": hash_secret(token), "u": name, "at": now, "exp": now + hours * HOUR})
+    return token
+
+
+def session_user(database: Database, token: str | None, now: int) -> WebUser | None:
+    if not token or len(token) > 256:
+        return None
+    with database.engine.connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT u.name, u.role, u.team_handle FROM web_sessions s JOIN users u "
+            "ON u.name = s.user_name WHERE s.token_hash = :h AND s.expires_at > :now"),
+            {"h": hash_secret(token), "now": now}).first()
+    return WebUser(row.name, row.role, row.team_handle, token) if row else None
+
+
+def log_out(database: Database, token: str) -> None:
+    with database.write() as conn:
+        conn.execute(sa.text("DELETE FROM web_sessions WHERE token_hash = :h"),
+                     {"h": hash_secret(token)})
+
+
+def csrf_for(secret: str) -> str:
+    return _b64(hmac.new(secret.encode("utf-8", "surrogatepass"), b"firstvalue csrf",
+                         hashlib.sha256).digest())
+
+
+def csrf_matches(secret: str | None, offered: str | None) -> bool:
+    if not secret or not offered:
+        return False
+    return hmac.compare_digest(csrf_for(secret).encode(),
+                               offered.encode("utf-8", "surrogatepass"))
+
+
+class LoginThrottle:
+    """At most `limit` failed logins per user name in `window` seconds; then the name is
+    refused until the window has passed, whatever the password (against guessing)."""
+
+    def __init__(self, limit: int = 5, window: float = 900.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def blocked(self, name: str) -> bool:
+        with self._lock:
+            recent = self._recent(name)
+            return len(recent) >= self.limit
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            self._recent(name).append(time.monotonic())
+            if len(self._failures) > 10_000:  # bounded: forget the oldest names
+                for stale in list(self._failures)[:5_000]:
+                    del self._failures[stale]
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name, None)
+
+    def _recent(self, name: str) -> list[float]:
+        cutoff = time.monotonic() - self.window
+        recent = [at for at in self._failures.get(name, []) if at > cutoff]
+        self._failures[name] = recent
+        return recent
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+_DUMMY_HASH = hash_password("not a password of anyone's", b"firstvalue-dummy")
