@@ -250,7 +250,9 @@ def demo_command(obj: Context, account_count: int, seed: int, today: str | None,
     click.echo(f"\nSimulated {result.accounts} accounts, {result.events} events and "
                f"{result.ticks} ticks in {result.seconds:.1f} s.")
     click.echo(f"Explore it: firstvalue --db sqlite:///{demo_db} accounts --now {result.now}")
-    click.echo(f"Serve it:   firstvalue --db sqlite:///{demo_db} serve")
+    click.echo(f"Serve it:   firstvalue --db sqlite:///{demo_db} users add admin --role admin")
+    click.echo(f"            firstvalue --db sqlite:///{demo_db} serve")
+    click.echo("            then open http://127.0.0.1:8000/ and log in as admin")
 
 
 @cli.command("serve")

@@ -100,6 +100,8 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
     settings = d.context.playbook.loaded.model.handoff
     with d.database.engine.connect() as conn:
         handoff = handoff_json(conn, settings, account_id)
+        if not handoff["submitted_at"]:
+            handoff = {**handoff, **_handoff_trait(conn, account_id, state)}
         contacts = _contacts(conn, account_id)
         snoozed = dict(conn.execute(sa.text(
             "SELECT key, snoozed_until FROM actions WHERE account_id = :a AND kind = 'task' "
@@ -113,6 +115,22 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
                     snoozed={k: isoformat(v) for k, v in snoozed.items()},
                     snooze_days=SNOOZE_DAYS, notice=NOTICES.get(request.query_params.get(
                         "done", "")), back=request.url.path)
+
+
+def _handoff_trait(conn: sa.Connection, account_id: str, state: Any) -> dict[str, Any]:
+    """A handoff sent as the account's `handoff` trait (as a CRM sends it), shown as the deal
+    context when no handoff was submitted to firstvalue itself."""
+    from firstvalue.store.traits import plain_traits
+
+    traits = conn.execute(sa.text("SELECT traits FROM accounts WHERE id = :a"),
+                          {"a": account_id}).scalar()
+    record = plain_traits(msgspec.json.decode(traits)).get("handoff") if traits else None
+    if not isinstance(record, dict):
+        return {}
+    status = state.handoff or {}
+    return {"record": record, "source": "the account's handoff trait",
+            "complete": bool(status.get("complete")), "completed_at": status.get(
+                "completed_at"), "missing": status.get("missing") or []}
 
 
 def _contacts(conn: sa.Connection, account_id: str) -> list[dict[str, Any]]:

@@ -1,0 +1,369 @@
+"""The dashboard over HTTP: logins and roles, CSRF, the pages and what their forms change."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import sqlalchemy as sa
+
+from firstvalue.access import create_api_token, hash_secret
+from firstvalue.api.app import create_app
+from firstvalue.runtime.evaluation import tick
+from firstvalue.store.database import open_database
+from tests.conftest import micros
+from tests.test_sequences import onboarding, simulate, track
+from tests.test_timing_rules import SANDBOX
+from tests.web_helpers import PASSWORDS, TestClient, add_users, csrf_of, log_in
+
+NOW = micros("2026-03-13T12:00:00+01:00")  # day 11: the day-10 session task is open
+TASK = "acme/acme-deal/template_recommendation.session/1"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, playbook):
+    """One simulated store for the module: acme (an open task), and an account named in HTML."""
+    path = tmp_path_factory.mktemp("web") / "store.db"
+    database = open_database(f"sqlite:///{path}")
+    hostile = [(micros("2026-03-01T10:00:00+01:00"), {
+        "type": "group", "messageId": "x-g1", "userId": "x-user", "groupId": "evil",
+        "timestamp": "2026-03-01T09:00:00Z",
+        "traits": {"name": "<script>alert('x')</script> Ltd", "segment": "smb", "tier": 3}})]
+    simulate(database, playbook, [*onboarding("acme"), *hostile], until=NOW, deliver=SANDBOX)
+    add_users(database, NOW, {"csm": "kim"})
+    database.dispose()
+    return path
+
+
+@pytest.fixture
+def store(built, tmp_path):
+    path = tmp_path / "store.db"
+    shutil.copy(built, path)
+    database = open_database(f"sqlite:///{path}")
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def clock():
+    return {"now": NOW}
+
+
+@pytest.fixture
+def client(store, playbook, clock):
+    with TestClient(create_app(store, playbook, clock=lambda: clock["now"])) as test_client:
+        yield test_client
+
+
+def task_row(database, key=TASK):
+    with database.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT * FROM actions WHERE key = :k"), {"k": key}).one()
+
+
+def test_pages_need_a_login_and_only_the_login_page_and_its_assets_answer_anyone(client):
+    for path in ("/portfolio", "/accounts/acme", "/work", "/funnel", "/playbook",
+                 "/deliveries", "/handoff/acme", "/ui/stamp", "/static/vega.js", "/"):
+        answer = client.get(path, follow_redirects=False)
+        assert answer.status_code == 303, path
+        assert answer.headers["location"].startswith("/login?next=")
+    for path in ("/login", "/static/app.css", "/static/app.js", "/health"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_a_login_sets_a_hardened_session_cookie_stored_hashed_and_logout_ends_it(client, store):
+    page = client.get("/login")
+    answer = client.post("/login", data={"csrf_token": csrf_of(page.text), "name": "csm",
+                                         "password": PASSWORDS["csm"]}, follow_redirects=False)
+    assert answer.status_code == 303
+    cookie = next(c for c in answer.headers.get_list("set-cookie")
+                  if c.startswith("fv_session="))
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+    token = cookie.split(";")[0].split("=", 1)[1]
+    with store.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT token_hash FROM web_sessions")).scalars().all()
+        password = conn.execute(sa.text("SELECT password_hash FROM users WHERE name = 'csm'"
+                                        )).scalar()
+    assert stored == [hash_secret(token)]
+    assert PASSWORDS["csm"] not in password and password.startswith("scrypt$")
+    portfolio = client.get("/portfolio")
+    assert portfolio.status_code == 200
+    assert "script-src 'self'" in portfolio.headers["content-security-policy"]
+
+    client.post("/logout", data={"csrf_token": csrf_of(portfolio.text)})
+    assert client.get("/portfolio", follow_redirects=False).status_code == 303
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM web_sessions")).scalar() == 0
+
+
+def test_a_wrong_password_is_refused_and_repeated_failures_lock_the_name(client):
+    page = client.get("/login")
+    token = csrf_of(page.text)
+    for _ in range(5):
+        wrong = client.post("/login", data={"csrf_token": token, "name": "admin",
+                                            "password": "not-the-password"})
+        assert wrong.status_code == 401
+        assert "do not match" in wrong.text
+    locked = client.post("/login", data={"csrf_token": token, "name": "admin",
+                                         "password": PASSWORDS["admin"]})
+    assert locked.status_code == 429
+    assert "fv_session" not in client.cookies
+
+
+def test_the_login_form_and_every_change_need_their_csrf_token(client, store):
+    page = client.get("/login")
+    no_token = client.post("/login", data={"name": "csm", "password": PASSWORDS["csm"]})
+    assert no_token.status_code == 403
+    assert "CSRF" in no_token.text
+    csrf_of(page.text)
+
+    token = log_in(client, "csm")
+    for data in ({"key": TASK}, {"key": TASK, "csrf_token": "forged"},
+                 {"key": TASK, "csrf_token": token + "x"}):
+        refused = client.post("/tasks/done", data=data)
+        assert refused.status_code == 403
+        assert "CSRF" in refused.text
+    assert task_row(store).done_at is None
+
+    # A token is bound to its session: another login's token does not pass.
+    other = TestClient(client.app)
+    other_token = log_in(other, "admin")
+    assert client.post("/tasks/done", data={"key": TASK, "csrf_token": other_token}
+                       ).status_code == 403
+    assert task_row(store).done_at is None
+
+
+def test_a_viewer_changes_nothing_in_the_browser_or_over_the_api(client, store):
+    token = log_in(client, "viewer")
+    page = client.get("/accounts/acme")
+    assert page.status_code == 200
+    assert "/tasks/done" not in page.text  # no buttons shown
+    for path, data in (("/tasks/done", {"key": TASK}), ("/tasks/snooze", {"key": TASK,
+                                                                           "days": "1"}),
+                       ("/actions/cancel", {"key": TASK}), ("/actions/send", {"key": TASK}),
+                       ("/deliveries/retry", {"action": TASK}),
+                       ("/handoff/acme", {"field_use_case": "x"})):
+        refused = client.post(path, data={**data, "csrf_token": token})
+        assert refused.status_code == 403, path
+        assert "viewer" in refused.text
+    assert task_row(store).done_at is None
+    assert task_row(store).snoozed_until is None
+
+    viewer = {"Authorization": f"Bearer {create_api_token(store, 'v', 'viewer', NOW)}"}
+    assert client.post("/api/tasks/done", headers=viewer, json={"key": TASK}).status_code == 403
+    assert client.put("/api/accounts/acme/handoff", headers=viewer,
+                      json={"use_case": "x"}).status_code == 403
+    assert task_row(store).done_at is None
+
+
+def test_a_csm_completes_and_snoozes_tasks_from_the_work_queue(client, store):
+    token = log_in(client, "csm")
+    work = client.get("/work")  # the login's own team member's queue by default
+    assert "My work: kim" in work.text and "No open tasks." in work.text
+    everyone = client.get("/work?owner=")
+    assert "template_recommendation.session" in everyone.text
+
+    snoozed = client.post("/tasks/snooze", data={"csrf_token": token, "key": TASK, "days": "3",
+                                                 "back": "/work?owner="},
+                          follow_redirects=False)
+    assert snoozed.status_code == 303
+    assert snoozed.headers["location"] == "/work?owner=&done=task_snoozed"
+    assert task_row(store).snoozed_until == NOW + 3 * 86_400_000_000
+    assert "template_recommendation.session" not in client.get("/work?owner=").text
+    assert client.post("/tasks/snooze", data={"csrf_token": token, "key": TASK, "days": "99"}
+                       ).status_code == 400
+
+    done = client.post("/tasks/done", data={"csrf_token": token, "key": TASK,
+                                            "back": "/accounts/acme"}, follow_redirects=False)
+    assert done.status_code == 303
+    row = task_row(store)
+    assert row.done_at == NOW and row.changed_by == "csm"
+    again = client.post("/tasks/done", data={"csrf_token": token, "key": TASK})
+    assert again.status_code == 409
+
+
+def test_the_portfolio_filters_sorts_searches_and_pages(client):
+    log_in(client, "viewer")
+    everything = client.get("/portfolio?status=all")
+    assert everything.status_code == 200
+    assert "Acme" in everything.text and "2 accounts" in everything.text
+    by_segment = client.get("/portfolio?status=all&segment=smb")
+    assert "1 account." in by_segment.text and "acme" not in by_segment.text.lower().replace(
+        "search", "")
+    owner = client.get("/portfolio?status=all&owner=csm@example.com")
+    assert "Acme" in owner.text and "1 account." in owner.text
+    search = client.get("/portfolio?status=all&q=ACM")
+    assert "1 account." in search.text
+    paged = client.get("/portfolio?status=all&sort=name&per_page=1&page=2")
+    assert "page 2 of 2" in paged.text
+    assert 'rel="prev"' in paged.text
+    bad = client.get("/portfolio?sort=sideways")
+    assert bad.status_code == 400
+    assert "sort=&#39;sideways&#39;" in bad.text and "risk" in bad.text
+    assert client.get("/portfolio?tier=first").status_code == 400
+
+
+def test_an_account_name_holding_html_is_shown_as_text(client):
+    log_in(client, "admin")
+    for path in ("/portfolio?status=all", "/accounts/evil", "/handoff/evil"):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        assert "<script>alert" not in page.text, path
+        assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; Ltd" in page.text, path
+
+
+def test_the_account_page_shows_the_deal_contacts_milestones_and_reasons(client):
+    log_in(client, "csm")
+    page = client.get("/accounts/acme").text
+    assert "lead_enrichment" in page  # the handoff's use case
+    assert "Kim" in page and "champion" in page  # the contact and their role
+    assert "Account configured" in page or "account_configured" in page
+    assert "Why: rule welcome" in page  # every action's reason
+    assert client.get("/accounts/nobody").status_code == 404
+
+
+def test_the_handoff_form_names_each_field_with_a_problem_and_stores_nothing(client, store,
+                                                                             clock):
+    token = log_in(client, "csm")
+    form = client.get("/handoff/evil")
+    assert form.status_code == 200 and 'name="field_use_case"' in form.text
+    missing = client.post("/handoff/evil", data={
+        "csrf_token": token, "intent": "submit", "field_use_case": "lead_enrichment",
+        "field_stakeholders": "Dana Reyes champion", "field_success_criteria": "",
+        "field_technical_requirements": "crm: hubspot", "field_commitments": "weekly calls"})
+    assert missing.status_code == 400
+    assert 'id="error-stakeholders"' in missing.text and "Name (role)" in missing.text
+    assert 'id="error-success_criteria"' in missing.text and "required" in missing.text
+    assert 'id="error-use_case"' not in missing.text
+    assert 'value="lead_enrichment"' in missing.text  # what was typed is kept
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM handoffs WHERE account_id = 'evil'")
+                            ).scalar() == 0
+
+    saved = client.post("/handoff/evil", data={
+        "csrf_token": token, "intent": "submit", "field_use_case": "lead_enrichment",
+        "field_stakeholders": "Dana Reyes (champion) <dana@example.com>\nLee (economic buyer)",
+        "field_success_criteria": "first enriched lead\nten users",
+        "field_technical_requirements": "crm: hubspot\nsso: okta",
+        "field_commitments": "weekly calls"}, follow_redirects=False)
+    assert saved.status_code == 303
+    assert saved.headers["location"] == "/accounts/evil?done=handoff_saved"
+    answer = client.get("/api/accounts/evil/handoff", headers={
+        "Authorization": f"Bearer {create_api_token(store, 'r', 'viewer', NOW)}"}).json()
+    assert answer["complete"] is True
+    assert answer["record"]["stakeholders"] == [
+        {"name": "Dana Reyes", "role": "champion", "email": "dana@example.com"},
+        {"name": "Lee", "role": "economic buyer"}]
+    assert answer["record"]["technical_requirements"] == {"crm": "hubspot", "sso": "okta"}
+
+
+def test_a_handoff_can_be_saved_incomplete_on_purpose(client, store):
+    token = log_in(client, "csm")
+    saved = client.post("/handoff/evil", data={"csrf_token": token, "intent": "save_incomplete",
+                                               "field_use_case": "lead_enrichment"},
+                        follow_redirects=False)
+    assert saved.headers["location"] == "/accounts/evil?done=handoff_incomplete"
+    with store.engine.connect() as conn:
+        missing = conn.execute(sa.text("SELECT missing FROM handoffs WHERE account_id = 'evil'"
+                                       )).scalar()
+    assert "stakeholders" in missing
+
+
+def test_a_pending_action_is_sent_early_or_cancelled_and_stays_cancelled(client, store,
+                                                                         playbook, clock):
+    # Ticking without dispatching leaves the actions that came due pending.
+    later = NOW + 20 * 86_400_000_000  # no login for two weeks: re-engagement comes due
+    tick(store, playbook, later)
+    with store.engine.connect() as conn:
+        pending = conn.execute(sa.text("SELECT key, rule FROM actions WHERE status = 'pending' "
+                                       "AND account_id = 'acme' ORDER BY key")).all()
+    assert len(pending) >= 2, pending
+    clock["now"] = later
+    token = log_in(client, "csm")
+    page = client.get("/accounts/acme").text
+    assert "Send now" in page and pending[0].rule in page
+
+    sent = client.post("/actions/send", data={"csrf_token": token, "key": pending[0].key,
+                                              "back": "/accounts/acme"}, follow_redirects=False)
+    assert sent.status_code == 303
+    row = task_row(store, pending[0].key)
+    assert row.next_attempt_at == later and row.changed_by == "csm"
+    assert "released early from the dashboard by csm" in row.reason
+
+    cancelled = client.post("/actions/cancel", data={"csrf_token": token,
+                                                     "key": pending[1].key})
+    assert cancelled.status_code == 200  # followed back to the portfolio
+    row = task_row(store, pending[1].key)
+    assert row.status == "cancelled" and row.reason.startswith("cancelled from the dashboard")
+    tick(store, playbook, later + 3_600_000_000)
+    assert task_row(store, pending[1].key).status == "cancelled"
+
+
+def test_the_stamp_moves_when_a_tick_writes_and_the_portfolio_follows(client, store, playbook,
+                                                                     clock):
+    from firstvalue.ingest.service import ingest_messages
+    from tests.conftest import encode
+
+    log_in(client, "viewer")
+    before = client.get("/ui/stamp").json()["stamp"]
+    assert client.get("/ui/stamp").json()["stamp"] == before
+    assert "day 11" in client.get("/portfolio?q=acme").text
+    later = NOW + 86_400_000_000
+    ingest_messages(store, [encode(track("acme", "data", "Data Source Connected",
+                                         "2026-03-14T10:00:00+01:00"))], later,
+                    playbook.anchor_names)
+    tick(store, playbook, later)
+    clock["now"] = later
+    # A day on, the session (12 hours) has ended: the login is asked for again.
+    assert client.get("/ui/stamp", follow_redirects=False).status_code == 303
+    log_in(client, "viewer")
+    assert client.get("/ui/stamp").json()["stamp"] != before
+    page = client.get("/portfolio?q=acme").text
+    assert "day 12" in page
+    assert "Data connected: done" in page
+
+
+def test_funnel_playbook_and_deliveries_pages(client, store):
+    token = log_in(client, "admin")
+    funnel = client.get("/funnel")
+    assert funnel.status_code == 200
+    assert 'type="application/json" id="spec-ttv"' in funnel.text
+    assert 'id="spec-funnel"' in funnel.text and "Phase decomposition" in funnel.text
+    assert "'unsafe-eval'" in funnel.headers["content-security-policy"]
+    assert "/static/vega.js" in funnel.text
+    playbook_page = client.get("/playbook").text
+    assert "default@" in playbook_page and "valid" in playbook_page
+
+    with store.write() as conn:
+        conn.execute(sa.text("UPDATE actions SET status = 'dead', error = 'SMTP refused' "
+                             "WHERE key = :k"), {"k": TASK})
+    deliveries = client.get("/deliveries").text
+    assert "SMTP refused" in deliveries and "1 dead-lettered" in deliveries
+    retried = client.post("/deliveries/retry", data={"csrf_token": token, "action": TASK},
+                          follow_redirects=False)
+    assert retried.headers["location"] == "/deliveries?done=retried"
+    assert task_row(store).status == "pending"
+    assert client.post("/deliveries/retry", data={"csrf_token": token, "action": TASK}
+                       ).status_code == 409
+
+
+def test_the_login_redirect_stays_on_this_site(client):
+    page = client.get("/login?next=//evil.example/x")
+    assert 'name="next" value="/portfolio"' in page.text
+    answer = client.post("/login", data={"csrf_token": csrf_of(page.text), "name": "viewer",
+                                         "password": PASSWORDS["viewer"],
+                                         "next": "https://evil.example/"},
+                         follow_redirects=False)
+    assert answer.headers["location"] == "/portfolio"
+    kept = client.get("/login?next=/accounts/acme")
+    assert 'name="next" value="/accounts/acme"' in kept.text
+
+
+def test_an_oversized_or_malformed_form_is_refused_clearly(client):
+    token = log_in(client, "csm")
+    big = client.post("/tasks/done", content=b"csrf_token=" + token.encode() + b"&key="
+                      + b"x" * 70_000, headers={"content-type":
+                                                "application/x-www-form-urlencoded"})
+    assert big.status_code == 413 and "KiB" in big.text
+    garbled = client.post("/tasks/done", content=b"\xff\xfe", headers={
+        "content-type": "application/x-www-form-urlencoded"})
+    assert garbled.status_code == 400
