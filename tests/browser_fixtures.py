@@ -1,6 +1,7 @@
 """Fixtures for the browser tests, loaded by tests/conftest.py.
 
-- `browser`: Debian's Chromium, launched once per test session (per xdist worker).
+- `browser`: Debian's Chromium, launched when a test first needs it and shared by the tests
+  that follow, closed when the next test needs no browser (see `SharedBrowser` for why).
 - `page`: a fresh browser context and page per test, 1280x900; its screenshot is saved to
   test-results/screenshots/ when the test fails.
 - `served_demo`: a 60-account demo workspace served by `firstvalue serve` on a loopback port,
@@ -20,7 +21,7 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.browser import (
     VIEWPORT,
@@ -58,19 +59,58 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     return report
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    executable = chromium_executable()
-    playwright = sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=executable,
-                                              args=chromium_arguments())
-    except BaseException:
-        playwright.stop()
-        raise
-    yield chromium
-    chromium.close()
-    playwright.stop()
+class SharedBrowser:
+    """Chromium for this process's tests: launched when a test first needs it, closed when the
+    next test does not.
+
+    Not a session fixture, though it is shared like one: between its calls Playwright's sync API
+    leaves its event loop marked as running on the main thread, so while it is alive any other
+    test in the process that calls `asyncio.run()` (or a library that does) fails.
+    """
+
+    def __init__(self) -> None:
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+
+    def get(self) -> Browser:
+        if self._browser is None:
+            executable = chromium_executable()
+            playwright = sync_playwright().start()
+            try:
+                self._browser = playwright.chromium.launch(executable_path=executable,
+                                                           args=chromium_arguments())
+            except BaseException:
+                playwright.stop()
+                raise
+            self._playwright = playwright
+        return self._browser
+
+    def close(self) -> None:
+        if self._browser is not None:
+            self._browser.close()
+            self._browser = None
+        if self._playwright is not None:
+            self._playwright.stop()
+            self._playwright = None
+
+
+_SHARED_BROWSER = SharedBrowser()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # trylast: after the test's own fixtures (its page and context) are torn down.
+    if nextitem is None or not _needs_browser(nextitem):
+        _SHARED_BROWSER.close()
+
+
+def pytest_sessionfinish() -> None:
+    _SHARED_BROWSER.close()
+
+
+@pytest.fixture
+def browser() -> Browser:
+    return _SHARED_BROWSER.get()
 
 
 @pytest.fixture
@@ -106,6 +146,10 @@ def vega_bundle() -> str:
     import vl_convert
 
     return vl_convert.javascript_bundle()
+
+
+def _needs_browser(item: pytest.Item) -> bool:
+    return not {"browser", "page"}.isdisjoint(getattr(item, "fixturenames", ()))
 
 
 def _file_name(test_name: str) -> str:

@@ -7,6 +7,7 @@ dashboard is wrong, not the harness.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -65,6 +66,15 @@ def test_a_screenshot_is_a_full_page_png_under_test_results(page: Page):
     assert data.startswith(PNG_SIGNATURE)
     height = int.from_bytes(data[20:24], "big")  # the IHDR chunk: width, then height
     assert height > 2000
+
+
+# In the xdist group of the browser tests, so that it runs right after the one above.
+@pytest.mark.xdist_group("browser")
+def test_a_test_after_a_browser_test_can_run_an_event_loop():
+    async def answer() -> int:
+        return 42
+
+    assert asyncio.run(answer()) == 42
 
 
 def test_axe_failure_names_the_missing_alt_text_and_the_unlabelled_input(page: Page):
