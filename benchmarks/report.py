@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def main() -> None:
     path = ensure_dataset(args.data, args.accounts, args.events)
     store = args.data / f"bench-report-{args.accounts}a-{args.events}e.db"
     if args.fresh or not store.exists():
-        _prepare(path, store)
+        prepare_store(path, store)
     url = f"sqlite:///{store}"
     load_before = os.getloadavg()
     in_process = _in_process(url)
@@ -53,7 +54,13 @@ def main() -> None:
           .format(*load_before, *load_after))
 
 
-def _prepare(path: Path, store: Path) -> None:
+def prepare_store(path: Path, store: Path,
+                  before_tick: Callable[[str], None] | None = None) -> None:
+    """Import the data set at `path` into a fresh SQLite store and tick it once.
+
+    `before_tick`, given the store's URL, runs between the two (portfolio.py adds a team roster
+    there, so that the tick routes every account to an owner).
+    """
     from firstvalue.engine.compiled import compile_playbook
     from firstvalue.ingest.files import ImportSummary, import_file
     from firstvalue.playbook.loader import load_playbook
@@ -65,6 +72,8 @@ def _prepare(path: Path, store: Path) -> None:
     database = open_database(f"sqlite:///{store}")
     started = time.perf_counter()
     import_file(database, path, NOW, playbook.anchor_names, ImportSummary())
+    if before_tick is not None:
+        before_tick(f"sqlite:///{store}")
     tick(database, playbook, NOW)
     database.dispose()
     print(f"prepared {store} (import and tick) in {time.perf_counter() - started:.1f} s")

@@ -21,6 +21,9 @@ from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
 from firstvalue.playbook.loader import load_playbook
 from firstvalue.store.database import Database, open_database
 
+# The browser fixtures (Chromium, the served demo, dashboard users) live in a plugin of their own.
+pytest_plugins = ["tests.browser_fixtures"]
+
 PG_URL = os.environ.get("FIRSTVALUE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
