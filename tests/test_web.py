@@ -367,3 +367,20 @@ def test_an_oversized_or_malformed_form_is_refused_clearly(client):
     garbled = client.post("/tasks/done", content=b"\xff\xfe", headers={
         "content-type": "application/x-www-form-urlencoded"})
     assert garbled.status_code == 400
+
+
+def test_the_dashboard_reads_and_writes_on_both_stores(database, playbook):
+    """The portfolio's refresh, the stamp and a form's write on SQLite and on PostgreSQL."""
+    simulate(database, playbook, onboarding("acme"), until=NOW, deliver=SANDBOX)
+    add_users(database, NOW)
+    with TestClient(create_app(database, playbook, clock=lambda: NOW)) as client:
+        token = log_in(client, "csm")
+        page = client.get("/portfolio")
+        assert "Acme" in page.text and "day 11" in page.text
+        stamp = client.get("/ui/stamp").json()["stamp"]
+        done = client.post("/tasks/done", data={"csrf_token": token, "key": TASK},
+                           follow_redirects=False)
+        assert done.status_code == 303
+        assert task_row(database).done_at == NOW
+        assert client.get("/ui/stamp").json()["stamp"] != stamp
+        assert client.get("/accounts/acme").status_code == 200
