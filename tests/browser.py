@@ -116,14 +116,17 @@ def build_demo(directory: Path, accounts: int) -> Path:
     return db
 
 
-def start_server(db: Path, directory: Path) -> tuple[subprocess.Popen, ServedDemo]:
-    """Start `firstvalue serve` on `db` with no scheduler ticks; return once /health answers."""
+def start_server(db: Path, directory: Path, settings: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen, ServedDemo]:
+    """Start `firstvalue serve` on `db` with no scheduler ticks (and these FIRSTVALUE_
+    settings); return once /health answers."""
     port = free_port()
     log = directory / "serve.log"
     command = [sys.executable, "-m", "firstvalue", "--db", sqlite_url(db), "serve",
                "--host", "127.0.0.1", "--port", str(port), "--tick-seconds", "0"]
     with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=directory, env=child_environment(),
+        process = subprocess.Popen(command, cwd=directory,
+                                   env={**child_environment(), **(settings or {})},
                                    stdout=output, stderr=subprocess.STDOUT)
     served = ServedDemo(base_url=f"http://127.0.0.1:{port}", db=db, log=log)
     try:
@@ -160,12 +163,13 @@ def stop_server(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
-def add_user(db: Path, name: str, role: str, password: str) -> None:
+def add_user(db: Path, name: str, role: str, password: str, team: str | None = None) -> None:
     """Create a dashboard user through the CLI, the password passed on stdin."""
     # No trailing newline: the password is exactly what is sent, whether the command reads a
     # line or the whole of stdin.
     run_firstvalue(["--db", sqlite_url(db), "users", "add", name, "--role", role,
-                    "--password-stdin"], stdin=password, timeout=60)
+                    "--password-stdin", *(["--team", team] if team else [])],
+                   stdin=password, timeout=60)
 
 
 def log_in(page: Page, served: ServedDemo, user: DashboardUser) -> None:

@@ -10,15 +10,17 @@
   in the served demo through `firstvalue users add`, keyed by role.
 - `vega_bundle`: the Vega-Lite JavaScript bundle of vl-convert-python, built once per session.
 
-A test that takes any of these is marked `browser` and put in the xdist group "browser", so
-that with `--dist loadgroup` (set in pyproject.toml) one worker runs them all and the demo is
-built once.
+A test that takes any of these is marked `browser`. The demo is built once per run (the
+first xdist worker to need it builds it, under a file lock) and each worker serves a copy.
 """
 
 from __future__ import annotations
 
+import fcntl
 import secrets
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
@@ -44,11 +46,9 @@ _CALL_FAILED = pytest.StashKey[bool]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # tryfirst: xdist's worker reads the xdist_group marks in its own collection hook.
     for item in items:
         if BROWSER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.browser)
-            item.add_marker(pytest.mark.xdist_group("browser"))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -126,10 +126,25 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
 @pytest.fixture(scope="session")
 def served_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedDemo]:
     directory = tmp_path_factory.mktemp("served-demo")
-    db = build_demo(directory, DEMO_ACCOUNTS)
-    process, served = start_server(db, directory)
+    db = directory / "demo.db"
+    shutil.copy(_built_demo(tmp_path_factory), db)
+    process, served = start_server(db, directory, {"FIRSTVALUE_REFRESH_SECONDS": "1"})
     yield served
     stop_server(process)
+
+
+def _built_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's database, built once for the whole run: under xdist every worker's temporary
+    folder is beside the others', and the first worker to take the lock builds it there while
+    the others wait, then each serves a copy of its own."""
+    shared = tmp_path_factory.getbasetemp().parent / "served-demo-build"
+    shared.mkdir(exist_ok=True)
+    with (shared / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = shared / "demo.db"
+        if not built.exists():
+            build_demo(shared, DEMO_ACCOUNTS)
+        return built
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +152,8 @@ def dashboard_users(served_demo: ServedDemo) -> dict[str, DashboardUser]:
     users = {role: DashboardUser(name, role, secrets.token_urlsafe(18))
              for role, name in (("admin", "admin"), ("csm", DEMO_CSM), ("viewer", "viewer"))}
     for user in users.values():
-        add_user(served_demo.db, user.name, user.role, user.password)
+        add_user(served_demo.db, user.name, user.role, user.password,
+                 DEMO_CSM if user.role == "csm" else None)
     return users
 
 

@@ -68,8 +68,7 @@ def test_a_screenshot_is_a_full_page_png_under_test_results(page: Page):
     assert height > 2000
 
 
-# In the xdist group of the browser tests, so that it runs right after the one above.
-@pytest.mark.xdist_group("browser")
+# Right after a browser test in file order, on the same worker when run without -n.
 def test_a_test_after_a_browser_test_can_run_an_event_loop():
     async def answer() -> int:
         return 42
