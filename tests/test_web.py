@@ -299,9 +299,11 @@ def test_a_pending_action_is_sent_early_or_cancelled_and_stays_cancelled(client,
 
 
 def test_the_stamp_moves_when_a_tick_writes_and_the_portfolio_follows(client, store, playbook,
-                                                                     clock):
+                                                                     clock, monkeypatch):
     from firstvalue.ingest.service import ingest_messages
     from tests.conftest import encode
+
+    monkeypatch.setattr("firstvalue.web.pages.STAMP_SECONDS", 0.0)  # no second's cache here
 
     log_in(client, "viewer")
     before = client.get("/ui/stamp").json()["stamp"]
@@ -384,3 +386,32 @@ def test_the_dashboard_reads_and_writes_on_both_stores(database, playbook):
         assert task_row(database).done_at == NOW
         assert client.get("/ui/stamp").json()["stamp"] != stamp
         assert client.get("/accounts/acme").status_code == 200
+
+
+def test_the_portfolio_follows_a_tick_run_at_an_earlier_time(store, playbook):
+    """Its refresh reads only what was evaluated since its last look; an account evaluated
+    again at an earlier time (a tick with --now in the past) is caught by its fingerprint."""
+    from firstvalue.ingest.service import ingest_messages
+    from firstvalue.web.portfolio import Portfolio
+    from tests.conftest import encode
+
+    portfolio = Portfolio(store)
+    before = portfolio.get("acme")
+    assert dict((k, m) for k, m, _ in before.marks(NOW))["data_connected"] == "overdue"
+    from firstvalue.clock import isoformat
+
+    with store.engine.connect() as conn:
+        evaluated = conn.execute(sa.text("SELECT evaluated_at FROM accounts WHERE id = 'acme'"
+                                         )).scalar()
+    earlier = evaluated - 60_000_000  # a minute before its last evaluation
+    ingest_messages(store, [encode(track("acme", "data", "Data Source Connected",
+                                         isoformat(earlier - 3_600_000_000)))], earlier,
+                    playbook.anchor_names)
+    tick(store, playbook, earlier)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT evaluated_at FROM accounts WHERE id = 'acme'")
+                            ).scalar() == earlier
+    after = portfolio.get("acme")
+    assert after is not before
+    assert dict((k, m) for k, m, _ in after.marks(NOW))["data_connected"] == "done_late"
+    assert portfolio.get("evil") is not None  # the others are still there

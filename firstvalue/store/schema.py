@@ -53,6 +53,9 @@ accounts = Table(
     Column("playbook_version", Text),
     Column("state", Text),
     Index("ix_accounts_next_wake_at", "next_wake_at"),
+    # The dashboard's portfolio asks every request which accounts were evaluated since: a scan
+    # of this small index instead of the table, whose rows hold the whole stored state.
+    Index("ix_accounts_evaluated", "evaluated_at", "evaluated_seq", "id"),
 )
 
 contacts = Table(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from firstvalue.web.portfolio import MARK_LABELS, Portfolio
 SESSION_COOKIE = "fv_session"
 LOGIN_COOKIE = "fv_login"
 FORM_BYTES = 64 * 1024
+STAMP_SECONDS = 1.0
 # Scripts and styles come from this app only. Vega compiles its expressions with `Function`
 # and sets inline styles on what it draws, so the chart pages alone also allow 'unsafe-eval'
 # for scripts and 'unsafe-inline' for styles.
@@ -66,6 +68,8 @@ class Dashboard:
         self._bundle: bytes | None = None
         self._bundle_lock = threading.Lock()
         self._report: tuple[str, dict[str, Any]] | None = None
+        self._stamp: tuple[float, str] | None = None
+        self._stamp_lock = threading.Lock()
         self._report_lock = threading.Lock()
 
     @property
@@ -125,18 +129,34 @@ class Dashboard:
                            title=refused.title, message=refused.message)
 
     def stamp(self) -> str:
-        """A fingerprint of what the pages show: it moves when a tick or a delivery wrote."""
+        """A fingerprint of what the pages show: it moves when a tick, a delivery or a form
+        wrote. Kept for a second, so that a busy dashboard asks the store once a second."""
+        with self._stamp_lock:
+            at = time.monotonic()
+            if self._stamp is None or at - self._stamp[0] > STAMP_SECONDS:
+                self._stamp = (at, self._read_stamp())
+            return self._stamp[1]
+
+    def forget_stamp(self) -> None:
+        with self._stamp_lock:
+            self._stamp = None
+
+    def _read_stamp(self) -> str:
         with self.database.engine.connect() as conn:
+            # Each query is answered from an index: this runs for every page and every poll.
             accounts = conn.execute(sa.text(
                 "SELECT COUNT(*), COALESCE(SUM(evaluated_seq), 0), "
                 "COALESCE(MAX(evaluated_at), 0) FROM accounts")).one()
-            actions = conn.execute(sa.text(
-                "SELECT COUNT(*), COALESCE(MAX(sent_at), 0), COALESCE(MAX(done_at), 0), "
-                "COALESCE(MAX(resolved_at), 0), COALESCE(SUM(attempts), 0), "
-                "COALESCE(MAX(snoozed_until), 0) FROM actions")).one()
+            statuses = conn.execute(sa.text(
+                "SELECT status, COUNT(*) FROM actions GROUP BY status ORDER BY status")).all()
+            tasks = conn.execute(sa.text(
+                "SELECT COUNT(done_at), COALESCE(MAX(done_at), 0), COALESCE(MAX(snoozed_until), "
+                "0), COALESCE(MAX(id), 0) FROM actions WHERE status = 'sent' AND kind IN "
+                "('task', 'in_app')")).one()
             handoffs = conn.execute(sa.text(
                 "SELECT COUNT(*), COALESCE(MAX(submitted_at), 0) FROM handoffs")).one()
-        text = repr((tuple(accounts), tuple(actions), tuple(handoffs)))
+        text = repr((tuple(accounts), [tuple(r) for r in statuses], tuple(tasks),
+                     tuple(handoffs)))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def vega_bundle(self) -> bytes:
@@ -290,7 +310,11 @@ def install(app: FastAPI, context: Any) -> Dashboard:
         async def run(request: Request) -> Response:
             user = dashboard.require(request)
             fields = await dashboard.form(request, user, change) if form else None
-            return await run_in_threadpool(view, dashboard, request, user, fields)
+            try:
+                return await run_in_threadpool(view, dashboard, request, user, fields)
+            finally:
+                if form:
+                    dashboard.forget_stamp()  # the page it returns to shows the change
         return run
 
     routes = [

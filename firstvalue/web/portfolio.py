@@ -99,6 +99,8 @@ class Row:
     overdue_days: int  # the most days any is past it
     evaluated_at: str | None
     next_scheduled: _Scheduled | None  # the next rule to come due, as last evaluated
+    risk_key: tuple[Any, ...]  # see `risk`
+    name_key: tuple[str, str]
 
     def day(self, now: int) -> int | None:
         if self.day0 is None:
@@ -115,8 +117,7 @@ class Row:
     def risk(self) -> tuple[Any, ...]:
         """Riskiest first: an open stall, then overdue milestones (how many, how late), then a
         lower tier and a larger ARR, as the stall queue orders them."""
-        return (self.stall is None, -self.overdue, -self.overdue_days,
-                self.tier if self.tier is not None else 99, -self.arr, self.id)
+        return self.risk_key
 
 
 MARK_LABELS = {"done_on_time": "done on time", "done_late": "done late", "overdue": "overdue",
@@ -154,7 +155,11 @@ def _row(summary: _Summary) -> Row:
                milestones=tuple(summary.milestones),
                stall=open_stalls[0] if open_stalls else None, overdue=len(overdue),
                overdue_days=max(overdue, default=0), evaluated_at=summary.evaluated_at,
-               next_scheduled=summary.next_scheduled)
+               next_scheduled=summary.next_scheduled,
+               risk_key=(not open_stalls, -len(overdue), -max(overdue, default=0),
+                         summary.tier if summary.tier is not None else 99,
+                         -float(summary.arr or 0), summary.id),
+               name_key=((summary.name or summary.id).lower(), summary.id))
 
 
 @dataclass(frozen=True)
@@ -189,26 +194,56 @@ class Portfolio:
         self._rows: dict[str, Row] = {}
         self._seen: dict[str, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
+        self._choices: dict[str, list[Any]] | None = None
+        self._mark: tuple[Any, ...] | None = None
 
     def refresh(self) -> None:
         with self._lock, self.database.engine.connect() as conn:
-            marks = conn.execute(sa.text(
-                "SELECT id, evaluated_at, evaluated_seq FROM accounts")).all()
-            current = {r[0]: (r[1], r[2]) for r in marks}
-            changed = [i for i, mark in current.items() if self._seen.get(i) != mark]
+            mark = _fingerprint(conn)
+            if mark == self._mark:
+                return
+            if self._mark is None:
+                changed = self._scan(conn, None)
+            else:
+                # What was evaluated since the last look; an account evaluated at an earlier
+                # time than before (a tick run with --now in the past) or removed shows in the
+                # fingerprint only, and costs a whole scan.
+                changed = self._scan(conn, self._mark[3])
+                if self._held_fingerprint() != mark:
+                    changed = self._scan(conn, None)
+            self._load(conn, changed)
+            self._mark = mark
+            if changed or self._choices is None:
+                self._choices = _choices(self._rows.values())
+
+    def _scan(self, conn: sa.Connection, since: int | None) -> list[str]:
+        """The accounts whose (evaluated_at, evaluated_seq) moved, from the index alone."""
+        sql = ("SELECT id, evaluated_at, evaluated_seq FROM accounts WHERE evaluated_at IS NOT "
+               "NULL" + (" AND evaluated_at >= :since" if since is not None else ""))
+        current = {r[0]: (r[1], r[2]) for r in conn.execute(sa.text(sql), {"since": since})}
+        if since is None:
             for gone in set(self._seen) - set(current):
                 self._seen.pop(gone)
                 self._rows.pop(gone, None)
-            from firstvalue.store.events import select_in
+        changed = [i for i, mark in current.items() if self._seen.get(i) != mark]
+        self._seen.update((i, current[i]) for i in changed)
+        return changed
 
-            for account_id, state in select_in(
-                    conn, "SELECT id, state FROM accounts WHERE id IN :ids", changed):
-                summary = _decode(state) if state is not None else None
-                if summary is not None and summary.error is None:
-                    self._rows[account_id] = _row(summary)
-                else:
-                    self._rows.pop(account_id, None)
-            self._seen.update((i, current[i]) for i in changed)
+    def _held_fingerprint(self) -> tuple[Any, ...]:
+        marks = self._seen.values()
+        return (len(self._seen), sum(seq for _, seq in marks),
+                sum(at // 1_000_000 for at, _ in marks), max((at for at, _ in marks), default=0))
+
+    def _load(self, conn: sa.Connection, changed: list[str]) -> None:
+        from firstvalue.store.events import select_in
+
+        for account_id, state in select_in(
+                conn, "SELECT id, state FROM accounts WHERE id IN :ids", changed):
+            summary = _decode(state) if state is not None else None
+            if summary is not None and summary.error is None:
+                self._rows[account_id] = _row(summary)
+            else:
+                self._rows.pop(account_id, None)
 
     def rows(self) -> list[Row]:
         self.refresh()
@@ -220,13 +255,7 @@ class Portfolio:
 
     def page(self, query: Query) -> Page:
         rows = self.rows()
-        choices = {
-            "owner": sorted({r.owner for r in rows if r.owner}),
-            "segment": sorted({r.segment for r in rows if r.segment}),
-            "tier": sorted({r.tier for r in rows if r.tier is not None}),
-            "track": sorted({r.track for r in rows if r.track}),
-            "stall": sorted({r.stall.kind for r in rows if r.stall}),
-        }
+        choices = self._choices or {}
         found = [r for r in rows if _matches(r, query)]
         found.sort(key=_SORT_KEYS[query.sort], reverse=query.descending)
         pages = max(1, -(-len(found) // query.per_page))
@@ -234,6 +263,25 @@ class Portfolio:
         start = (page - 1) * query.per_page
         return Page(found[start:start + query.per_page], len(found), pages,
                     _with_page(query, page), choices)
+
+
+def _fingerprint(conn: sa.Connection) -> tuple[Any, ...]:
+    """Of every evaluated account, from the index: how many, the sum of their sequence numbers
+    and of their evaluation times (in seconds), and the latest evaluation time."""
+    row = conn.execute(sa.text(
+        "SELECT COUNT(evaluated_at), COALESCE(SUM(evaluated_seq), 0), "
+        "COALESCE(SUM(evaluated_at / 1000000), 0), COALESCE(MAX(evaluated_at), 0) "
+        "FROM accounts WHERE evaluated_at IS NOT NULL")).one()
+    return tuple(int(value) for value in row)
+
+
+def _choices(rows: Any) -> dict[str, list[Any]]:
+    rows = list(rows)
+    return {"owner": sorted({r.owner for r in rows if r.owner}),
+            "segment": sorted({r.segment for r in rows if r.segment}),
+            "tier": sorted({r.tier for r in rows if r.tier is not None}),
+            "track": sorted({r.track for r in rows if r.track}),
+            "stall": sorted({r.stall.kind for r in rows if r.stall})}
 
 
 def _matches(row: Row, query: Query) -> bool:
@@ -264,8 +312,8 @@ def _with_page(query: Query, page: int) -> Query:
 
 
 _SORT_KEYS = {
-    "risk": Row.risk,
-    "name": lambda r: (r.name.lower(), r.id),
+    "risk": lambda r: r.risk_key,
+    "name": lambda r: r.name_key,
     "day": lambda r: (r.day0 is None, r.day0 or date.max, r.id),
     "owner": lambda r: (r.owner is None, r.owner or "", r.name.lower()),
     "tier": lambda r: (r.tier is None, r.tier or 0, r.name.lower()),
@@ -279,8 +327,12 @@ def next_actions(database: Database, account_ids: list[str]) -> dict[str, dict[s
 
     found: dict[str, dict[str, Any]] = {}
     with database.engine.connect() as conn:
-        for row in select_in(conn, "SELECT account_id, key, rule, kind, recipient, due_at, "
-                                   "next_attempt_at FROM actions WHERE status = 'pending' "
-                                   "AND account_id IN :ids ORDER BY due_at, key", account_ids):
-            found.setdefault(row.account_id, dict(row._mapping))
+        # By account (its index), the status read here: given `status = 'pending'`, SQLite
+        # walks every pending row of the store instead.
+        rows = select_in(conn, "SELECT account_id, key, rule, kind, recipient, status, due_at, "
+                               "next_attempt_at FROM actions WHERE account_id IN :ids",
+                         account_ids)
+    for row in sorted((r for r in rows if r.status == "pending"),
+                      key=lambda r: (r.due_at, r.key)):
+        found.setdefault(row.account_id, dict(row._mapping))
     return found

@@ -1,4 +1,5 @@
-"""The dashboard: its users and their sessions, snoozed tasks, and who changed an action.
+"""The dashboard: its users and their sessions, snoozed tasks, who changed an action, and an
+index of when each account was evaluated.
 
 Revision ID: 0007
 Revises: 0006
@@ -30,6 +31,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_web_sessions_user", "web_sessions", ["user_name"])
+    op.create_index("ix_accounts_evaluated", "accounts", ["evaluated_at", "evaluated_seq", "id"])
     op.add_column("actions", sa.Column("snoozed_until", sa.BigInteger))
     op.add_column("actions", sa.Column("changed_by", sa.Text))
 
@@ -38,6 +40,7 @@ def downgrade() -> None:
     with op.batch_alter_table("actions") as batch:
         batch.drop_column("changed_by")
         batch.drop_column("snoozed_until")
+    op.drop_index("ix_accounts_evaluated", "accounts")
     op.drop_index("ix_web_sessions_user", "web_sessions")
     op.drop_table("web_sessions")
     op.drop_table("users")
