@@ -60,8 +60,12 @@ class Scheduler:
 def build_server_app(database: Database, playbook: CompiledPlaybook,
                      tick_seconds: float) -> FastAPI:
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(database, playbook, tick_seconds) if tick_seconds > 0 else None
+        # The dashboard's portfolio reads every account's stored state once (about half a
+        # second for 10,000): done now, so that the first page need not wait for it.
+        threading.Thread(target=_warm_dashboard, args=(app,), name="firstvalue-warm-up",
+                         daemon=True).start()
         if scheduler:
             scheduler.start()
         try:
@@ -71,6 +75,14 @@ def build_server_app(database: Database, playbook: CompiledPlaybook,
                 scheduler.stop()
 
     return create_app(database, playbook, lifespan=lifespan)
+
+
+def _warm_dashboard(app: FastAPI) -> None:
+    try:
+        app.state.dashboard.portfolio.refresh()
+    except Exception:
+        log.exception("Reading the accounts for the dashboard failed; its first page will "
+                      "read them instead.")
 
 
 def serve(database: Database, playbook: CompiledPlaybook, host: str, port: int,
