@@ -63,9 +63,10 @@ def build_server_app(database: Database, playbook: CompiledPlaybook,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(database, playbook, tick_seconds) if tick_seconds > 0 else None
         # The dashboard's portfolio reads every account's stored state once (about half a
-        # second for 10,000): done now, so that the first page need not wait for it.
-        threading.Thread(target=_warm_dashboard, args=(app,), name="firstvalue-warm-up",
-                         daemon=True).start()
+        # second for 10,000): done before the server answers, so no page waits for it.
+        from fastapi.concurrency import run_in_threadpool
+
+        await run_in_threadpool(_warm_dashboard, app)
         if scheduler:
             scheduler.start()
         try:
