@@ -96,7 +96,12 @@ def serve(database: Database, playbook: CompiledPlaybook, host: str, port: int,
     if not environment_write_keys() and not stored_write_key_count(database):
         print("Warning: no write key is set, so ingest will refuse every event; set "
               "FIRSTVALUE_WRITE_KEYS or run `firstvalue keys create NAME`.", flush=True)
+    from firstvalue.web.auth import list_users
+
+    if not list_users(database):
+        print("Warning: no dashboard user yet, so nobody can log in at /; add one with "
+              "`firstvalue users add NAME --role admin`.", flush=True)
     log.info("Serving on http://%s:%d with playbook %s.", host, port, playbook.version)
-    print(f"firstvalue serving on http://{host}:{port} (playbook {playbook.version})",
-          flush=True)
+    print(f"firstvalue serving on http://{host}:{port} (playbook {playbook.version}); "
+          f"the dashboard is at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
