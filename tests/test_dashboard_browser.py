@@ -113,8 +113,26 @@ def test_a_viewer_is_refused_in_the_browser(page: Page, served_demo: ServedDemo,
     assert page.get_by_role("button", name=re.compile(r"^(Done|Snooze)")).count() == 0
     [(account,)] = demo_rows(served_demo, "SELECT id FROM accounts ORDER BY id LIMIT 1")
     page.goto(served_demo.url(f"/handoff/{account}"))
-    page.get_by_label("Use case (required)").fill("lead_enrichment")
-    page.get_by_role("button", name="Save as incomplete").click()
+    expect(page.get_by_text("You are logged in as a viewer")).to_be_visible()
+    assert page.get_by_role("button", name="Submit the handoff").count() == 0
+    checked(page, "handoff-viewer")
+
+    # The form posted anyway, with this session's own CSRF token, is refused: the page the
+    # browser is sent to says why.
+    page.evaluate("""(account) => {
+        const form = document.createElement('form');
+        form.method = 'post';
+        form.action = '/handoff/' + encodeURIComponent(account);
+        for (const [name, value] of [['csrf_token',
+                document.querySelector('input[name=csrf_token]').value],
+                ['field_use_case', 'lead_enrichment'], ['intent', 'save_incomplete']]) {
+            const input = document.createElement('input');
+            input.type = 'hidden'; input.name = name; input.value = value;
+            form.appendChild(input);
+        }
+        document.body.appendChild(form);
+        form.submit();
+    }""", account)
     expect(page.get_by_role("heading", level=1)).to_have_text("Not allowed")
     expect(page.get_by_role("alert")).to_contain_text("viewer")
     checked(page, "viewer-refused")

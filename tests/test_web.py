@@ -30,6 +30,10 @@ def built(tmp_path_factory, playbook):
         "timestamp": "2026-03-01T09:00:00Z",
         "traits": {"name": "<script>alert('x')</script> Ltd", "segment": "smb", "tier": 3}})]
     simulate(database, playbook, [*onboarding("acme"), *hostile], until=NOW, deliver=SANDBOX)
+    from firstvalue.runtime.routing import save_member
+
+    with database.write() as conn:  # the CSM's login is Kim, whose address acme's tasks went to
+        save_member(conn, "kim", "csm@example.com", "csm", 10, "Europe/Berlin", "Kim", NOW)
     add_users(database, NOW, {"csm": "kim"})
     database.dispose()
     return path
@@ -158,7 +162,10 @@ def test_a_viewer_changes_nothing_in_the_browser_or_over_the_api(client, store):
 def test_a_csm_completes_and_snoozes_tasks_from_the_work_queue(client, store):
     token = log_in(client, "csm")
     work = client.get("/work")  # the login's own team member's queue by default
-    assert "My work: kim" in work.text and "No open tasks." in work.text
+    assert "My work: kim" in work.text and "template_recommendation.session" in work.text
+    nobody = client.get("/work?owner=nobody")
+    assert "No team member or account owner is called nobody" in nobody.text
+    assert "No open tasks." in nobody.text
     everyone = client.get("/work?owner=")
     assert "template_recommendation.session" in everyone.text
 
@@ -270,32 +277,47 @@ def test_a_handoff_can_be_saved_incomplete_on_purpose(client, store):
 
 def test_a_pending_action_is_sent_early_or_cancelled_and_stays_cancelled(client, store,
                                                                          playbook, clock):
-    # Ticking without dispatching leaves the actions that came due pending.
-    later = NOW + 20 * 86_400_000_000  # no login for two weeks: re-engagement comes due
+    from firstvalue.actions.dispatch import Dispatcher
+
+    # No login for two weeks: re-engagement comes due at night, outside the send window.
+    later = micros("2026-04-02T03:00:00+02:00")
     tick(store, playbook, later)
     with store.engine.connect() as conn:
-        pending = conn.execute(sa.text("SELECT key, rule FROM actions WHERE status = 'pending' "
-                                       "AND account_id = 'acme' ORDER BY key")).all()
-    assert len(pending) >= 2, pending
+        pending = {r.rule: r.key for r in conn.execute(sa.text(
+            "SELECT key, rule FROM actions WHERE status = 'pending' AND account_id = 'acme'"))}
+    assert {"re_engagement", "re_engagement.manager"} <= set(pending), pending
     clock["now"] = later
     token = log_in(client, "csm")
-    page = client.get("/accounts/acme").text
-    assert "Send now" in page and pending[0].rule in page
 
-    sent = client.post("/actions/send", data={"csrf_token": token, "key": pending[0].key,
+    # Cancel one while it is due: it stays cancelled when the engine looks again.
+    cancelled = client.post("/actions/cancel", data={"csrf_token": token,
+                                                     "key": pending["re_engagement.manager"]})
+    assert cancelled.status_code == 200  # followed back to the portfolio
+    row = task_row(store, pending["re_engagement.manager"])
+    assert row.status == "cancelled" and row.reason.startswith("cancelled from the dashboard")
+    assert row.changed_by == "csm"
+
+    # The email waits for the contact's send window; Send now makes it due at once.
+    Dispatcher(store, playbook, SANDBOX).run_once(later)
+    waiting = task_row(store, pending["re_engagement"])
+    assert waiting.status == "pending" and waiting.next_attempt_at > later
+    page = client.get("/accounts/acme").text
+    assert "Send now" in page and "the next attempt is at" in page
+    sent = client.post("/actions/send", data={"csrf_token": token, "key": pending["re_engagement"],
                                               "back": "/accounts/acme"}, follow_redirects=False)
     assert sent.status_code == 303
-    row = task_row(store, pending[0].key)
+    row = task_row(store, pending["re_engagement"])
     assert row.next_attempt_at == later and row.changed_by == "csm"
-    assert "released early from the dashboard by csm" in row.reason
+    assert row.reason.endswith("; released early from the dashboard by csm")
+    again = client.post("/actions/send", data={"csrf_token": token,
+                                               "key": pending["re_engagement"]})
+    assert again.status_code == 409 and "due already" in again.text
+    assert task_row(store, pending["re_engagement"]).reason == row.reason  # not noted twice
 
-    cancelled = client.post("/actions/cancel", data={"csrf_token": token,
-                                                     "key": pending[1].key})
-    assert cancelled.status_code == 200  # followed back to the portfolio
-    row = task_row(store, pending[1].key)
-    assert row.status == "cancelled" and row.reason.startswith("cancelled from the dashboard")
     tick(store, playbook, later + 3_600_000_000)
-    assert task_row(store, pending[1].key).status == "cancelled"
+    assert task_row(store, pending["re_engagement.manager"]).status == "cancelled"
+    timeline = client.get("/accounts/acme").text
+    assert "Why: cancelled from the dashboard by csm" in timeline
 
 
 def test_the_stamp_moves_when_a_tick_writes_and_the_portfolio_follows(client, store, playbook,
@@ -415,3 +437,39 @@ def test_the_portfolio_follows_a_tick_run_at_an_earlier_time(store, playbook):
     assert after is not before
     assert dict((k, m) for k, m, _ in after.marks(NOW))["data_connected"] == "done_late"
     assert portfolio.get("evil") is not None  # the others are still there
+
+
+def test_the_stall_filter_matches_any_open_stall_of_an_account(client, store):
+    from firstvalue.web.portfolio import Portfolio
+
+    log_in(client, "viewer")
+    [acme] = [r for r in Portfolio(store).rows() if r.id == "acme"]
+    assert acme.stall_kinds, "acme has an open stall by day 11"
+    for kind in acme.stall_kinds:  # every kind it has finds it, not only the one shown
+        assert "Acme" in client.get(f"/portfolio?stall={kind}").text
+    missing = {"inactivity", "overdue", "missed_calls", "champion_silent"} - acme.stall_kinds
+    for kind in missing:
+        assert "Acme" not in client.get(f"/portfolio?stall={kind}").text
+    refused = client.get("/portfolio?stall=bogus")
+    assert refused.status_code == 400 and "stall=&#39;bogus&#39;" in refused.text
+    assert "Acme" in client.get("/portfolio?owner=csm@example.com").text
+    assert "Acme" not in client.get("/portfolio?owner=(none)&status=all").text
+    assert "Ltd" in client.get("/portfolio?owner=(none)&status=all").text  # evil has no owner
+
+
+def test_a_viewer_reads_the_handoff_without_a_form(client):
+    log_in(client, "viewer")
+    page = client.get("/handoff/acme")
+    assert page.status_code == 200
+    assert "<form method=\"post\" action=\"/handoff" not in page.text
+    assert "You are logged in as a viewer" in page.text
+
+
+def test_a_login_can_only_be_linked_to_a_team_member_on_the_roster(store):
+    from firstvalue.errors import ConfigError
+    from firstvalue.web.auth import save_user
+
+    with pytest.raises(ConfigError, match="no team member 'ghost'"):
+        save_user(store, "ghost", "csm", "ghost-password-1", "ghost", NOW)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1 FROM users WHERE name = 'ghost'")).first() is None

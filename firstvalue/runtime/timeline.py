@@ -68,8 +68,11 @@ def _timeline(state: AccountState, events: list[Any],
             what += " (late)"
         if action["resolved_at"] and action["status"] == "sent":
             what += f", resolved {_local(action['resolved_at'], tz)}"
+        # A cancelled action's reason says why it was cancelled; an error before that is past.
+        reason = action["reason"] if action["status"] == "cancelled" else (
+            action["error"] or action["reason"])
         entries.append({"at": at, "type": kind, "what": what, "actor": action["recipient"],
-                        "reason": action["error"] or action["reason"], "ref": action["key"]})
+                        "reason": reason, "ref": action["key"]})
     entries.sort(key=lambda entry: (_sortable(entry["at"]), entry["type"]))
     return entries
 

@@ -80,6 +80,11 @@ def save_user(database: Database, name: str, role: str, password: str,
     """Add the user, or change their role, password and team member; True when new."""
     check_new_user(name, role, password)
     with database.write() as conn:
+        known = team_handle is None or conn.execute(sa.text(
+            "SELECT 1 FROM team_members WHERE handle = :h"), {"h": team_handle}).first()
+        if not known:
+            raise ConfigError(f"no team member {team_handle!r}; add them first with `firstvalue "
+                              "team add`, or see `firstvalue team list`")
         found = conn.execute(sa.text("SELECT 1 FROM users WHERE name = :n"), {"n": name}).first()
         params = {"n": name, "r": role, "h": hash_password(password), "t": team_handle,
                   "at": now}

@@ -9,6 +9,7 @@ stored state of the accounts whose pair moved since the last one: the engine's t
 from __future__ import annotations
 
 import threading
+import typing
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -18,12 +19,15 @@ import msgspec
 import sqlalchemy as sa
 
 from firstvalue.engine.days import zone
+from firstvalue.playbook.model import StallKind
 from firstvalue.store.database import Database
 
 DUE_SOON_DAYS = 3  # an open milestone whose target day is this close is "due"
 PAGE_SIZES = (25, 50, 100, 200)
 SORTS = ("risk", "name", "day", "owner", "tier", "segment")
 STATUSES = ("onboarding", "finished", "not_started", "all")
+UNOWNED = "(none)"  # the owner filter's value for accounts without an owner
+STALL_KINDS: tuple[str, ...] = typing.get_args(StallKind)
 
 
 class _Milestone(msgspec.Struct):
@@ -94,7 +98,9 @@ class Row:
     day0: date | None
     tz: zoneinfo.ZoneInfo
     milestones: tuple[_Milestone, ...]
-    stall: _Stall | None  # the open stall, if any (the first opened)
+    stall: _Stall | None  # the first open stall, if any
+    stall_kinds: frozenset[str]  # the kinds of all its open stalls
+    open_stalls: int
     overdue: int  # open milestones past their target day
     overdue_days: int  # the most days any is past it
     evaluated_at: str | None
@@ -153,7 +159,9 @@ def _row(summary: _Summary) -> Row:
                day0=date.fromisoformat(summary.day0) if summary.day0 else None,
                tz=zone(summary.timezone) or zoneinfo.ZoneInfo("UTC"),
                milestones=tuple(summary.milestones),
-               stall=open_stalls[0] if open_stalls else None, overdue=len(overdue),
+               stall=open_stalls[0] if open_stalls else None,
+               stall_kinds=frozenset(s.kind for s in open_stalls), open_stalls=len(open_stalls),
+               overdue=len(overdue),
                overdue_days=max(overdue, default=0), evaluated_at=summary.evaluated_at,
                next_scheduled=summary.next_scheduled,
                risk_key=(not open_stalls, -len(overdue), -max(overdue, default=0),
@@ -281,13 +289,13 @@ def _choices(rows: Any) -> dict[str, list[Any]]:
             "segment": sorted({r.segment for r in rows if r.segment}),
             "tier": sorted({r.tier for r in rows if r.tier is not None}),
             "track": sorted({r.track for r in rows if r.track}),
-            "stall": sorted({r.stall.kind for r in rows if r.stall})}
+            "stall": sorted({kind for r in rows for kind in r.stall_kinds})}
 
 
 def _matches(row: Row, query: Query) -> bool:
     if query.status != "all" and row.status != query.status:
         return False
-    if query.owner is not None and (row.owner or "") != query.owner:
+    if query.owner is not None and (row.owner or UNOWNED) != query.owner:
         return False
     if query.segment is not None and row.segment != query.segment:
         return False
@@ -299,8 +307,7 @@ def _matches(row: Row, query: Query) -> bool:
         return False
     if query.stall == "none" and row.stall is not None:
         return False
-    if query.stall not in (None, "open", "none") and (row.stall is None
-                                                      or row.stall.kind != query.stall):
+    if query.stall not in (None, "open", "none") and query.stall not in row.stall_kinds:
         return False
     return not query.q or query.q.lower() in row.search
 

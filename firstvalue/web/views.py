@@ -17,9 +17,18 @@ from fastapi.responses import Response
 from firstvalue.clock import isoformat
 from firstvalue.web.auth import WebUser
 from firstvalue.web.pages import Dashboard, Redirect, Refused
-from firstvalue.web.portfolio import PAGE_SIZES, SORTS, STATUSES, Query, next_actions
+from firstvalue.web.portfolio import (
+    PAGE_SIZES,
+    SORTS,
+    STALL_KINDS,
+    STATUSES,
+    UNOWNED,
+    Query,
+    next_actions,
+)
 
 DAY = 86_400_000_000
+WORK_PAGE = 100  # tasks a page of the work queue
 SNOOZE_DAYS = (1, 3, 7)
 NOTICES = {  # what a finished change says on the page it returns to (never the request's text)
     "task_done": "The task is marked done.",
@@ -39,7 +48,8 @@ def portfolio_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Res
     actions = next_actions(d.database, [row.id for row in page.rows])
     now = d.now
     return d.render(request, "portfolio.html", user, page=page, actions=actions, now=now,
-                    sorts=SORTS, statuses=STATUSES, page_sizes=PAGE_SIZES,
+                    sorts=SORTS, statuses=STATUSES, page_sizes=PAGE_SIZES, unowned=UNOWNED,
+                    stall_kinds=STALL_KINDS,
                     link=lambda **changes: _link("/portfolio", query, changes))
 
 
@@ -65,9 +75,12 @@ def _portfolio_query(params: Any) -> Query:
         return value
 
     per_page = number("per_page", 50, 1, max(PAGE_SIZES))
+    stall = params.get("stall") or None
+    if stall is not None:
+        choice("stall", ("open", "none", *STALL_KINDS), "open")
     return Query(owner=params.get("owner") or None, segment=params.get("segment") or None,
                  tier=number("tier", None, 0, 99), track=params.get("track") or None,
-                 stall=params.get("stall") or None,
+                 stall=stall,
                  status=choice("status", STATUSES, "onboarding"),
                  q=(params.get("q") or "")[:200], sort=choice("sort", SORTS, "risk"),
                  descending=params.get("order") == "desc",
@@ -106,6 +119,9 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
         snoozed = dict(conn.execute(sa.text(
             "SELECT key, snoozed_until FROM actions WHERE account_id = :a AND kind = 'task' "
             "AND snoozed_until IS NOT NULL"), {"a": account_id}).all())
+        waits = {key: at for key, at in conn.execute(sa.text(
+            "SELECT key, next_attempt_at FROM actions WHERE account_id = :a AND status IN "
+            "('pending', 'failed')"), {"a": account_id}).all() if at is not None and at > now}
     actions = view["actions"]
     pending = [a for a in actions if a["status"] in ("pending", "failed")]
     tasks = [a for a in actions if a["kind"] == "task" and a["status"] == "sent"]
@@ -113,6 +129,7 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
     return d.render(request, "account.html", user, state=state, view=view, handoff=handoff,
                     handoff_fields=fields, contacts=contacts, pending=pending, tasks=tasks,
                     snoozed={k: isoformat(v) for k, v in snoozed.items()},
+                    waits={k: isoformat(v) for k, v in waits.items()},
                     snooze_days=SNOOZE_DAYS, notice=NOTICES.get(request.query_params.get(
                         "done", "")), back=request.url.path)
 
@@ -173,7 +190,7 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
             "AND done_at IS NULL ORDER BY sent_at, key")).all()
     tasks, snoozed = [], 0
     for task in task_rows:
-        if owner and task.account_id not in mine and task.assignee != email:
+        if owner and task.account_id not in mine and (email is None or task.assignee != email):
             continue
         if task.snoozed_until is not None and task.snoozed_until > now:
             snoozed += 1
@@ -183,7 +200,21 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
                               if t.account_id in rows else (), t.sent_at or 0, t.key))
     stalled = sorted((row for i, row in rows.items() if i in mine and row.stall is not None
                       and row.status == "onboarding"), key=lambda r: r.risk())
+    total = len(tasks)
+    pages = max(1, -(-total // WORK_PAGE))
+    try:
+        page = min(max(1, int(request.query_params.get("page") or 1)), pages)
+    except ValueError:
+        raise Refused(400, "Unknown page", f"page={request.query_params.get('page')!r} must "
+                      "be a whole number from 1.") from None
+    tasks = tasks[(page - 1) * WORK_PAGE:page * WORK_PAGE]
+    stalled_total = len(stalled)
+    stalled = stalled[:WORK_PAGE]
+    known = owner in owners or owner == "" or email is not None
+    base = "/work?" + urllib.parse.urlencode({"owner": owner})
     return d.render(request, "work.html", user, owner=owner, owners=owners, tasks=tasks,
+                    task_total=total, page=page, pages=pages, base=base, known_owner=known,
+                    stalled_total=stalled_total,
                     snoozed_count=snoozed, stalled=stalled, rows=rows, now=now,
                     snooze_days=SNOOZE_DAYS,
                     notice=NOTICES.get(request.query_params.get("done", "")),
@@ -286,9 +317,17 @@ def send_action(d: Dashboard, request: Request, user: WebUser,
     with d.database.write() as conn:
         changed = conn.execute(sa.text(
             "UPDATE actions SET next_attempt_at = :now, changed_by = :u, "
-            "reason = reason || :note WHERE key = :k AND status IN ('pending', 'failed')"),
+            "reason = reason || :note WHERE key = :k AND status IN ('pending', 'failed') "
+            "AND next_attempt_at > :now"),
             {"now": d.now, "u": user.name, "k": key,
              "note": f"; released early from the dashboard by {user.name}"}).rowcount
+        if not changed:
+            due = conn.execute(sa.text(
+                "SELECT 1 FROM actions WHERE key = :k AND status IN ('pending', 'failed')"),
+                {"k": key}).first()
+            if due:
+                raise Refused(409, "Already due", "That action is due already: the dispatcher "
+                              "takes it on its next round. Reload the page to see it sent.")
     return _back(d, fields, key, changed, "sent")
 
 
