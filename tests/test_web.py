@@ -473,3 +473,82 @@ def test_a_login_can_only_be_linked_to_a_team_member_on_the_roster(store):
         save_user(store, "ghost", "csm", "ghost-password-1", "ghost", NOW)
     with store.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT 1 FROM users WHERE name = 'ghost'")).first() is None
+
+
+def test_hostile_handoff_input_gets_an_error_by_its_field_and_holds_nobody_up(client, store):
+    token = log_in(client, "csm")
+    cases = {
+        # A line of spaces once took a backtracking pattern seconds, holding every request.
+        "field_stakeholders": "a" + " " * 40_000 + "a",
+        "field_technical_requirements": '{"a":' + "[" * 3000 + "]" * 3000 + "}",
+        "field_success_criteria": "",
+    }
+    answer = client.post("/handoff/acme", data={"csrf_token": token, "intent": "submit",
+                                                "field_use_case": "x", **cases})
+    assert answer.status_code == 400
+    assert 'id="error-stakeholders"' in answer.text
+    assert "nested too deeply" in answer.text
+    nul = client.post("/handoff/acme", data={"csrf_token": token, "intent": "save_incomplete",
+                                             "field_technical_requirements": '{"a": "x\\u0000y"}'})
+    assert nul.status_code == 400 and "NUL" in nul.text
+    assert client.post("/handoff/acme", content=b"csrf_token=" + token.encode(),
+                       headers={"content-type": "text/plain"}).status_code == 415
+
+
+def test_a_handoff_trait_of_any_shape_shows_on_the_account_page(client, store, playbook):
+    from firstvalue.ingest.service import ingest_messages
+    from tests.conftest import encode
+
+    ingest_messages(store, [encode({
+        "type": "group", "messageId": "odd-handoff", "userId": "x-user", "groupId": "evil",
+        "timestamp": "2026-03-12T09:00:00Z",
+        "traits": {"handoff": {"notes": 1, "goals": None, "nested": {"a": [1, {"b": "<i>"}]},
+                               "people": [{"name": "Dee", "role": "buyer", "title": "VP"}]}}})],
+        NOW, playbook.anchor_names)
+    log_in(client, "viewer")
+    page = client.get("/accounts/evil")
+    assert page.status_code == 200
+    assert "Dee (buyer), VP" in page.text and "<i>" not in page.text
+
+
+def test_the_login_throttle_counts_guesses_sent_at_once(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from firstvalue.web.auth import LoginThrottle
+
+    throttle = LoginThrottle(limit=5)
+    with ThreadPoolExecutor(8) as pool:
+        allowed = list(pool.map(lambda _: throttle.attempt("racer"), range(60)))
+    assert allowed.count(True) == 5
+    small = LoginThrottle(limit=2, names=10)
+    assert small.attempt("locked") and small.attempt("locked") and not small.attempt("locked")
+    for n in range(50):  # a flood of other names does not free the refused one
+        small.attempt(f"spray{n}")
+    assert not small.attempt("locked")
+    assert len(small._attempts) <= 11
+
+
+def test_an_account_id_with_slashes_and_dots_links_to_itself(client, store, playbook):
+    from firstvalue.ingest.service import ingest_messages
+    from tests.conftest import encode
+
+    ingest_messages(store, [encode({
+        "type": "group", "messageId": "slashy", "userId": "s-user", "groupId": "org/42/../..",
+        "timestamp": "2026-03-12T09:00:00Z", "traits": {"name": "Slashy"}})],
+        NOW, playbook.anchor_names)
+    tick(store, playbook, NOW)
+    log_in(client, "viewer")
+    portfolio = client.get("/portfolio?status=all&q=slashy").text
+    assert 'href="/accounts/org%2F42%2F..%2F.."' in portfolio
+    assert client.get("/accounts/org%2F42%2F..%2F..").status_code == 200
+
+
+def test_people_are_read_from_the_right_in_one_pass():
+    from firstvalue.engine.handoff import parse_person
+
+    assert parse_person("Dana Reyes (champion) <dana@example.com>") == {
+        "name": "Dana Reyes", "role": "champion", "email": "dana@example.com"}
+    assert parse_person("  Lee (economic buyer) ") == {"name": "Lee", "role": "economic buyer"}
+    for bad in ("Dana Reyes champion", "(champion)", "Dana ()", "Dana (a) (b)", "Dana <x>",
+                "Da(na (champion)", "Dana (champion) <>", "a" + " " * 40_000 + "a"):
+        assert parse_person(bad) is None, bad

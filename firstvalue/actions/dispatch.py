@@ -157,6 +157,11 @@ class Dispatcher:
             result.dead += 1
             return
         except DeliveryError as exc:
+            if row["kind"] == "slack" and kind == "email" and exc.unset:
+                # The alert fell back to email: name both settings that would send it.
+                exc = DeliveryError(f"no Slack webhook is set (FIRSTVALUE_SLACK_WEBHOOK_URL), "
+                                    f"so it goes by email, and {exc}", exc.retry_after,
+                                    exc.gone, exc.unset)
             self._failed(row, kind, exc, now, result)
             return
 

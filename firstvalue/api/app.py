@@ -71,7 +71,11 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         if "\x00" in request.url.path or "%00" in request.url.query:
             return error_response(400, "invalid_request", "a NUL character (%00) is not "
                                   "allowed in a path or query", request.url.path)
-        return await call_next(request)
+        response = await call_next(request)
+        # Every answer, the API's errors included, is read as what its type says only.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
 
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem) -> JSONResponse:

@@ -23,6 +23,33 @@ class HandoffError(FirstvalueError):
         super().__init__("; ".join(f"{name}: {why}" for name, why in problems))
 
 
+def parse_person(text: str) -> dict[str, str] | None:
+    """`Name (role)` or `Name (role) <email>` as `{name, role[, email]}`, else None.
+
+    Read from the right in one pass (no regular expression, whose backtracking on a long line
+    of spaces would hold the interpreter for seconds)."""
+    rest = text.strip()
+    if len(rest) > MAX_TEXT:
+        return None
+    email = None
+    if rest.endswith(">"):
+        start = rest.rfind("<")
+        if start < 0:
+            return None
+        email, rest = rest[start + 1:-1].strip(), rest[:start].rstrip()
+        if not email or "<" in email:
+            return None
+    if not rest.endswith(")"):
+        return None
+    start = rest.rfind("(")
+    if start < 0:
+        return None
+    role, name = rest[start + 1:-1].strip(), rest[:start].strip()
+    if not role or not name or any(c in name for c in "()<>;") or "(" in role:
+        return None
+    return {"name": name, "role": role, **({"email": email} if email else {})}
+
+
 def check_handoff(settings: HandoffSettings, submitted: Any) -> tuple[dict[str, Any], list[str]]:
     """The record to store and the required fields it lacks; HandoffError when any field is
     unknown or malformed."""

@@ -9,14 +9,13 @@ every required field holds a value, and `completed_at` keeps when that first hap
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
 
-from firstvalue.engine.handoff import HandoffError, check_handoff, missing_fields
+from firstvalue.engine.handoff import HandoffError, check_handoff, missing_fields, parse_person
 from firstvalue.errors import UnknownAccount
 from firstvalue.playbook.model import HandoffSettings
 from firstvalue.store import events as event_store
@@ -111,9 +110,6 @@ def handoff_rows(settings: HandoffSettings, text: str) -> list[tuple[int, str, d
     return rows
 
 
-_PERSON = re.compile(r"^(?P<name>[^()<>;]+?)\s*\((?P<role>[^()]+)\)\s*(?:<(?P<email>[^<>]+)>)?$")
-
-
 def _cell(kind: str, cell: str) -> Any:
     if kind == "object":
         try:
@@ -125,10 +121,10 @@ def _cell(kind: str, cell: str) -> Any:
     parts = [part.strip() for part in cell.split(";") if part.strip()]
     if kind == "list":
         return parts
-    people = [_PERSON.match(part) for part in parts]
+    people = [parse_person(part) for part in parts]
     if not all(people):
         return cell
-    return [{k: v.strip() for k, v in m.groupdict().items() if v} for m in people if m]
+    return people
 
 
 def import_handoffs(conn: sa.Connection, settings: HandoffSettings, text: str, now: int,

@@ -164,36 +164,51 @@ def csrf_matches(secret: str | None, offered: str | None) -> bool:
 
 
 class LoginThrottle:
-    """At most `limit` failed logins per user name in `window` seconds; then the name is
-    refused until the window has passed, whatever the password (against guessing)."""
+    """At most `limit` login attempts per user name in `window` seconds, until one succeeds;
+    then the name is refused until the window has passed, whatever the password (against
+    guessing). An attempt counts before its password is checked, so guesses sent all at once
+    count too."""
 
-    def __init__(self, limit: int = 5, window: float = 900.0) -> None:
+    def __init__(self, limit: int = 5, window: float = 900.0, names: int = 10_000) -> None:
         self.limit = limit
         self.window = window
-        self._failures: dict[str, list[float]] = {}
+        self.names = names
+        self._attempts: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
-    def blocked(self, name: str) -> bool:
+    def attempt(self, name: str) -> bool:
+        """Count an attempt for `name`; False (and not counted) when the name is refused."""
+        name = name[:MAX_NAME + 1]  # a longer name is no user's: it needs no more room
         with self._lock:
             recent = self._recent(name)
-            return len(recent) >= self.limit
-
-    def failed(self, name: str) -> None:
-        with self._lock:
-            self._recent(name).append(time.monotonic())
-            if len(self._failures) > 10_000:  # bounded: forget the oldest names
-                for stale in list(self._failures)[:5_000]:
-                    del self._failures[stale]
+            if len(recent) >= self.limit:
+                return False
+            recent.append(time.monotonic())
+            if len(self._attempts) > self.names:
+                self._forget()
+            return True
 
     def succeeded(self, name: str) -> None:
         with self._lock:
-            self._failures.pop(name, None)
+            self._attempts.pop(name[:MAX_NAME + 1], None)
 
     def _recent(self, name: str) -> list[float]:
         cutoff = time.monotonic() - self.window
-        recent = [at for at in self._failures.get(name, []) if at > cutoff]
-        self._failures[name] = recent
+        recent = [at for at in self._attempts.get(name, []) if at > cutoff]
+        self._attempts[name] = recent
         return recent
+
+    def _forget(self) -> None:
+        """Bounded memory: names whose attempts are past go first, then the oldest names not
+        refused now. A refused name is never forgotten early."""
+        cutoff = time.monotonic() - self.window
+        for name in [n for n, times in self._attempts.items() if all(t <= cutoff for t in times)]:
+            del self._attempts[name]
+        extra = len(self._attempts) - self.names
+        if extra > 0:
+            for name in [n for n, times in self._attempts.items()
+                         if len(times) < self.limit][:extra]:
+                del self._attempts[name]
 
 
 def _b64(data: bytes) -> str:

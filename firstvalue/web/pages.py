@@ -64,6 +64,7 @@ class Dashboard:
             lstrip_blocks=True)
         self.templates.filters["when"] = _when
         self.templates.filters["spec"] = _spec_json
+        self.templates.filters["idpath"] = lambda value: urllib.parse.quote(str(value), safe="")
         self.templates.globals["MARK_LABELS"] = MARK_LABELS
         self._bundle: bytes | None = None
         self._bundle_lock = threading.Lock()
@@ -85,12 +86,19 @@ class Dashboard:
         user = self.user(request)
         if user is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            if request.method != "GET":
+                target = "/portfolio"  # a form's address answers only its POST
             raise Redirect("/login?" + urllib.parse.urlencode({"next": target}))
         return user
 
     async def form(self, request: Request, user: auth.WebUser | None,
                    change: bool = True) -> dict[str, str]:
         """The posted form, once its CSRF token is checked, and, for a change, the role."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/x-www-form-urlencoded":
+            raise Refused(415, "Not a form", f"The request's body is {kind or 'untyped'!r}; "
+                          "the dashboard takes its own forms only "
+                          "(application/x-www-form-urlencoded).")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -255,14 +263,13 @@ def install(app: FastAPI, context: Any) -> Dashboard:
         fields = await dashboard.form(request, None)
         name, password = fields.get("name", "").strip(), fields.get("password", "")
         next_path = _safe_next(fields.get("next"))
-        if dashboard.throttle.blocked(name):
+        if not dashboard.throttle.attempt(name):
             return await run_in_threadpool(
                 _login_form, dashboard, request, 429, "Too many failed logins for this name; "
                 "wait 15 minutes and try again.", name, next_path)
         token = await run_in_threadpool(auth.log_in, dashboard.database, name, password,
                                         dashboard.now)
         if token is None:
-            dashboard.throttle.failed(name)
             return await run_in_threadpool(
                 _login_form, dashboard, request, 401, "That name and password do not match "
                 "a user. Users are added with `firstvalue users add`.", name, next_path)
@@ -339,7 +346,9 @@ def install(app: FastAPI, context: Any) -> Dashboard:
         ("/accounts/{account_id:path}", handler(views.account_page), ["GET"]),
     ]
     for path, endpoint, methods in routes:
-        app.add_api_route(path, endpoint, methods=methods, include_in_schema=False)
+        app.add_api_route(path, endpoint, methods=methods + (["HEAD"] if methods == ["GET"]
+                                                             else []),
+                          include_in_schema=False)
     app.add_api_route("/favicon.ico", _no_icon, methods=["GET"], include_in_schema=False)
     for name in ("app.css", "app.js"):
         app.add_api_route(f"/static/{name}", _static(name), methods=["GET"],

@@ -131,7 +131,7 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
                     snoozed={k: isoformat(v) for k, v in snoozed.items()},
                     waits={k: isoformat(v) for k, v in waits.items()},
                     snooze_days=SNOOZE_DAYS, notice=NOTICES.get(request.query_params.get(
-                        "done", "")), back=request.url.path)
+                        "done", "")), back=account_path(account_id))
 
 
 def _handoff_trait(conn: sa.Connection, account_id: str, state: Any) -> dict[str, Any]:
@@ -148,6 +148,11 @@ def _handoff_trait(conn: sa.Connection, account_id: str, state: Any) -> dict[str
     return {"record": record, "source": "the account's handoff trait",
             "complete": bool(status.get("complete")), "completed_at": status.get(
                 "completed_at"), "missing": status.get("missing") or []}
+
+
+def account_path(account_id: str) -> str:
+    """The account page's path, its id quoted whole: an id may hold `/`, `?` or `..`."""
+    return "/accounts/" + urllib.parse.quote(account_id, safe="")
 
 
 def _contacts(conn: sa.Connection, account_id: str) -> list[dict[str, Any]]:
@@ -420,12 +425,20 @@ def handoff_post(d: Dashboard, request: Request, user: WebUser,
 
     account_id = request.path_params["account_id"]
     settings = d.context.playbook.loaded.model.handoff
+    with d.database.engine.connect() as conn:
+        try:
+            before = handoff_json(conn, settings, account_id)["record"]
+        except UnknownAccount:
+            raise Refused(404, "No such account", f"There is no account {account_id!r}."
+                          ) from None
     values = {f.key: fields.get(f"field_{f.key}", "") for f in settings.fields}
     submitted, errors = {}, {}
     for field in settings.fields:
         parsed, why = _parse_field(field.kind, values[field.key])
         if why:
             errors[field.key] = why
+        elif field.kind == "people" and parsed:
+            submitted[field.key] = _keep_titles(parsed, before.get(field.key))
         else:
             submitted[field.key] = parsed
     incomplete = fields.get("intent") == "save_incomplete"
@@ -446,7 +459,7 @@ def handoff_post(d: Dashboard, request: Request, user: WebUser,
             errors = {name: why for name, why in exc.problems}
         else:
             done = "handoff_saved" if result["complete"] else "handoff_incomplete"
-            raise Redirect(f"/accounts/{urllib.parse.quote(account_id)}?done={done}")
+            raise Redirect(f"{account_path(account_id)}?done={done}")
     with d.database.engine.connect() as conn:
         try:
             stored = handoff_json(conn, settings, account_id)
@@ -480,9 +493,11 @@ def _blank(value: Any) -> bool:
 
 def _parse_field(kind: str, text: str) -> tuple[Any, str | None]:
     """A form field's text as its kind's value, or why it does not read as one."""
-    import re
+    from firstvalue.engine.handoff import parse_person
 
     text = text.strip()
+    if "\\u0000" in text:
+        return None, "a NUL character (\\u0000) is not allowed"
     if kind == "text" or not text:
         return text, None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -491,19 +506,19 @@ def _parse_field(kind: str, text: str) -> tuple[Any, str | None]:
     if kind == "people":
         people = []
         for number, line in enumerate(lines, start=1):
-            found = re.fullmatch(r"(?P<name>[^()<>]+?)\s*\((?P<role>[^()]+)\)\s*"
-                                 r"(?:<(?P<email>[^<>]+)>)?", line)
-            if not found:
+            person = parse_person(line)
+            if person is None:
                 return None, (f"line {number} ({line[:60]!r}) does not read as "
                               "Name (role) <email>; write e.g. Dana Reyes (champion) "
                               "<dana@example.com>")
-            people.append({k: v.strip() for k, v in found.groupdict().items() if v})
+            people.append(person)
         return people, None
     if text.startswith("{"):
         try:
             value = msgspec.json.decode(text)
-        except msgspec.DecodeError as exc:
-            return None, f"not valid JSON ({exc}); write one key: value per line instead"
+        except (msgspec.DecodeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            return None, f"not valid JSON ({why}); write one key: value per line instead"
         return value, None
     found_object: dict[str, str] = {}
     for number, line in enumerate(lines, start=1):
@@ -513,6 +528,14 @@ def _parse_field(kind: str, text: str) -> tuple[Any, str | None]:
                           "crm: salesforce")
         found_object[key.strip()] = value.strip()
     return found_object, None
+
+
+def _keep_titles(parsed: list[dict[str, str]], stored: Any) -> list[dict[str, str]]:
+    """The form has no place for a stakeholder's title: keep the one stored for that name."""
+    titles = {p.get("name"): p["title"] for p in stored or [] if isinstance(p, dict)
+              and isinstance(p.get("title"), str)}
+    return [{**person, "title": titles[person["name"]]} if person["name"] in titles
+            and "title" not in person else person for person in parsed]
 
 
 def _as_text(kind: str, value: Any) -> str:
