@@ -225,6 +225,7 @@ def test_the_account_page_shows_the_deal_contacts_milestones_and_reasons(client)
     assert "Kim" in page and "champion" in page  # the contact and their role
     assert "Account configured" in page or "account_configured" in page
     assert "Why: rule welcome" in page  # every action's reason
+    assert "Stakeholders named in the handoff" in page
     assert client.get("/accounts/nobody").status_code == 404
 
 

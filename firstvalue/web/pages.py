@@ -208,12 +208,15 @@ def _secure_cookie(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def _when(value: Any, with_time: bool = True) -> str:
-    """An ISO time (or microseconds) as `2026-12-04 14:05 UTC+01:00`, in its own offset."""
+def _when(value: Any, with_time: bool = True, tz: Any = None) -> str:
+    """An ISO time (or microseconds) as `2026-12-04 14:05 UTC+01:00`, in its own offset, or in
+    the timezone `tz` when given."""
     if value is None or value == "":
         return "—"
     moment = (datetime.fromtimestamp(value / 1_000_000, UTC) if isinstance(value, int)
               else datetime.fromisoformat(value))
+    if tz is not None:
+        moment = moment.astimezone(tz)
     if not with_time:
         return moment.date().isoformat()
     offset = moment.strftime("%z")

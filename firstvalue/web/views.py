@@ -126,7 +126,14 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
     pending = [a for a in actions if a["status"] in ("pending", "failed")]
     tasks = [a for a in actions if a["kind"] == "task" and a["status"] == "sent"]
     fields = {f.key: f for f in settings.fields}
+    row = d.portfolio.get(account_id)
+    marks = {key: label for key, _, label in row.marks(now)} if row else {}
+    stakeholders = [p for value in (handoff.get("record") or {}).values()
+                    if isinstance(value, list) for p in value
+                    if isinstance(p, dict) and isinstance(p.get("name"), str)
+                    and isinstance(p.get("role"), str)]
     return d.render(request, "account.html", user, state=state, view=view, handoff=handoff,
+                    marks=marks, stakeholders=stakeholders,
                     handoff_fields=fields, contacts=contacts, pending=pending, tasks=tasks,
                     snoozed={k: isoformat(v) for k, v in snoozed.items()},
                     waits={k: isoformat(v) for k, v in waits.items()},
@@ -291,7 +298,8 @@ def deliveries_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Re
         disabled = conn.execute(sa.text(
             "SELECT name, disabled_at, reason FROM endpoints WHERE disabled_at IS NOT NULL "
             "ORDER BY name")).all()
-    return d.render(request, "deliveries.html", user, counts=counts, actions=rows,
+    names = {r.id: r.name for r in d.portfolio.rows()}
+    return d.render(request, "deliveries.html", user, counts=counts, actions=rows, names=names,
                     crm_rows=list_rows(d.database), crm_status=sync_status(d.database),
                     disabled=disabled, notice=NOTICES.get(request.query_params.get("done", "")))
 
