@@ -553,3 +553,21 @@ def test_people_are_read_from_the_right_in_one_pass():
     for bad in ("Dana Reyes champion", "(champion)", "Dana ()", "Dana (a) (b)", "Dana <x>",
                 "Da(na (champion)", "Dana (champion) <>", "a" + " " * 40_000 + "a"):
         assert parse_person(bad) is None, bad
+
+
+def test_a_dead_crm_row_is_retried_from_the_deliveries_page(client, store):
+    with store.write() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO crm_sync (connector, record_type, record_id, account_id, desired, "
+            "status, attempts, error, changed_at) VALUES ('hubspot', 'company', 'acme', 'acme', "
+            "'{}', 'dead', 8, 'HTTP 400: property missing', :now)"), {"now": NOW})
+    token = log_in(client, "admin")
+    page = client.get("/deliveries").text
+    assert "HTTP 400: property missing" in page and "Retry" in page
+    retried = client.post("/deliveries/retry", data={"csrf_token": token, "connector": "hubspot",
+                                                     "record": "acme"}, follow_redirects=False)
+    assert retried.headers["location"] == "/deliveries?done=retried"
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT status, attempts FROM crm_sync")).one()
+    assert tuple(row) == ("pending", 0)
+    assert client.post("/deliveries/retry", data={"csrf_token": token}).status_code == 400
