@@ -1,0 +1,212 @@
+"""Evaluating many accounts in worker processes.
+
+The engine is pure and no account's evaluation needs another's, so a large tick or read is
+spread over the machine's cores: each worker process opens its own connection to the store,
+reads the facts of a part of the accounts and evaluates them, and the calling process takes
+the results back in account id order, exactly the order it would have evaluated them in
+itself. Everything that writes stays in the calling process, in the tick's one transaction.
+
+A worker reads what the store has committed, so it does not see what the tick itself wrote
+before evaluating (held events attached, owners routed). Both bump the account's
+`change_seq`; a worker reports the `change_seq` it saw, and the tick evaluates in process any
+account for which it differs from its own (see `runtime.evaluation`). Experiment variants are
+assigned by the tick alone, in account id order as before: a worker evaluates with the
+variants already recorded and says which it used.
+
+Small evaluations stay in the calling process: starting workers costs more than they save.
+Workers are started with the `forkserver` method, never by forking the caller, whose
+connections, threads and locks a forked child would share.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from multiprocessing.util import Finalize
+from typing import Any, NamedTuple
+
+import msgspec
+
+from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
+from firstvalue.engine.evaluate import AccountState
+from firstvalue.engine.rules import PlannedAction
+from firstvalue.engine.stalls import Episode
+from firstvalue.playbook.loader import LoadedPlaybook
+from firstvalue.settings import get_int_setting, get_setting
+from firstvalue.store import events as event_store
+from firstvalue.store.database import Database, open_database
+
+log = logging.getLogger(__name__)
+
+_encode = msgspec.json.encode
+
+
+@dataclass(frozen=True)
+class EvaluatedState:
+    """What a tick keeps of an account's state: its stored JSON and what the writes read."""
+
+    text: str
+    planned: tuple[PlannedAction, ...]
+    episodes: tuple[Episode, ...]
+    run: dict[str, Any] | None
+    track: str | None
+    owner: str | None
+    next_wake_at: int | None
+
+    @classmethod
+    def of(cls, state: AccountState) -> EvaluatedState:
+        return cls(_encode(state.as_json()).decode(), state.planned, state.episodes, state.run,
+                   state.track, state.owner, state.next_wake_at)
+
+
+class Basis(NamedTuple):
+    """What experiment assignment reads of the state evaluated with the base playbook."""
+
+    run: dict[str, Any] | None
+    track: str | None
+    tier: int | None
+
+
+class WorkerResult(NamedTuple):
+    """One account as a worker evaluated it."""
+
+    account_id: str
+    seq: int  # the account's change_seq as the worker saw it
+    state: Any  # AccountState for a read, EvaluatedState for a tick, None when it failed
+    variants: tuple[tuple[str, str], ...]  # the recorded variants it was evaluated with
+    basis: Basis | None  # with experiments only
+    traits: dict[str, list[Any]] | None  # with experiments only
+
+
+def worker_count(accounts: int, database: Database) -> int:
+    """How many worker processes evaluate `accounts` accounts: 0 for in process.
+
+    Workers need a store they can open themselves: a file or a server, not SQLite in memory.
+    """
+    if accounts < get_int_setting("parallel_accounts") or not _shareable(database.url):
+        return 0
+    raw = get_setting("evaluation_workers")
+    workers = get_int_setting("evaluation_workers") if raw else (os.cpu_count() or 1)
+    return workers if workers > 1 else 0
+
+
+def _shareable(url: str) -> bool:
+    if not url.startswith("sqlite"):
+        return True
+    return url not in ("sqlite://", "sqlite:///:memory:") and "mode=memory" not in url
+
+
+class InWorkers:
+    """The accounts evaluated by worker processes, part by part in the given order.
+
+    Iterating yields each part's ids and results (a list of `WorkerResult`, in the order the
+    worker read the accounts: `load_facts`'s order for those ids). The parts are handed out
+    a few ahead of the caller, more than there are workers but not all of them, so that
+    memory stays bounded while the caller works through the results.
+    """
+
+    def __init__(self, database: Database, playbook: CompiledPlaybook,
+                 parts: Iterable[Sequence[str]], now: int, for_tick: bool,
+                 workers: int) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker,
+            initargs=(database.url, playbook.loaded, playbook.relevant_names))
+        self.parts = deque(list(part) for part in parts)
+        self.pending: deque[tuple[list[str], Future[list[WorkerResult]]]] = deque()
+        self.ahead = 2 * workers + 1
+        self.now = now
+        self.for_tick = for_tick
+        self._hand_out()
+
+    def __iter__(self) -> Iterator[tuple[list[str], list[WorkerResult]]]:
+        while self.pending:
+            ids, future = self.pending.popleft()
+            results = future.result()
+            self._hand_out()
+            yield ids, results
+
+    def __enter__(self) -> InWorkers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _hand_out(self) -> None:
+        while self.parts and len(self.pending) < self.ahead:
+            ids = self.parts.popleft()
+            future = self.pool.submit(_evaluate_part, ids, self.now, self.for_tick)
+            self.pending.append((ids, future))
+
+
+@dataclass
+class _Worker:
+    database: Database
+    playbook: CompiledPlaybook
+
+
+_worker: _Worker | None = None
+
+
+def _start_worker(url: str, loaded: LoadedPlaybook, relevant_names: frozenset[str]) -> None:
+    global _worker
+    # The worker lives for one evaluation: the collector would only rescan what it keeps
+    # until the end (see runtime.evaluation.collector_paused).
+    gc.disable()
+    compiled = compile_playbook(loaded)
+    # The facts are read with the caller's names, so that both read the same events.
+    playbook = CompiledPlaybook(**{**compiled.__dict__, "relevant_names": relevant_names})
+    database = open_database(url, migrate=False)
+    # Closed at the worker's exit, so that PostgreSQL sees the connection end cleanly.
+    Finalize(database, database.dispose, exitpriority=10)
+    _worker = _Worker(database, playbook)
+
+
+def _evaluate_part(ids: list[str], now: int, for_tick: bool) -> list[WorkerResult]:
+    from firstvalue.runtime.evaluation import evaluate_safely, load_facts
+    from firstvalue.runtime.experiments import Assignments, variant_playbook
+
+    assert _worker is not None, "the worker was not started"
+    playbook = _worker.playbook
+    results = []
+    with _worker.database.engine.connect() as conn:
+        # The change_seq before the facts: facts read after it are at least that new.
+        seqs = dict(event_store.select_in(
+            conn, "SELECT id, change_seq FROM accounts WHERE id IN :ids", ids))
+        variants = Assignments(conn, playbook, ids, now, write=False)
+        for facts in load_facts(conn, playbook, ids):
+            base = evaluate_safely(facts, playbook, now)
+            chosen: tuple[tuple[str, str], ...] = ()
+            basis = traits = None
+            state = base
+            if base is not None and variants.experiments:
+                chosen = variants.effective(variants.choose(facts.account_id, facts.traits,
+                                                            base))
+                if chosen:
+                    state = evaluate_safely(facts, variant_playbook(playbook, chosen), now)
+                basis, traits = Basis(base.run, base.track, base.tier), facts.traits
+            results.append(WorkerResult(facts.account_id, seqs[facts.account_id],
+                                        _portable(state, for_tick), chosen, basis, traits))
+    return results
+
+
+def _portable(state: AccountState | None, for_tick: bool) -> Any:
+    """The state in a form that crosses to the caller: its planned actions' reasons and
+    facts are worked out here (they are functions until needed, and functions do not
+    pickle), and a tick gets only what it writes."""
+    if state is None:
+        return None
+    planned = tuple(replace(action, reason_source=action.reason, facts_source=action.facts)
+                    for action in state.planned)
+    state = replace(state, planned=planned)
+    return EvaluatedState.of(state) if for_tick else state
