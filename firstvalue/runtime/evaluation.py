@@ -26,7 +26,7 @@ from firstvalue.runtime.experiments import Assignments, variant_playbook
 from firstvalue.runtime.handoff import load_handoffs
 from firstvalue.runtime.routing import load_team, release_finished, route_accounts
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
-from firstvalue.runtime.workers import EvaluatedState, InWorkers, WorkerResult, worker_count
+from firstvalue.runtime.workers import InWorkers, WorkerResult, worker_count
 from firstvalue.store import events as event_store
 from firstvalue.store.database import Database, execute_many
 from firstvalue.store.traits import plain_traits
@@ -197,40 +197,17 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
         seqs = dict(due)  # type: ignore[arg-type]
         # Accounts in an experiment: assigned once, then evaluated with their variant.
         variants = Assignments(conn, playbook, seqs, now, write=True)
-        # The workers, if any, start before the reads below, which they need not wait for.
-        with _tick_states(database, conn, playbook, seqs, variants, now) as states:
-            late_limit = playbook.loaded.model.late_limit_hours
-            outbox = existing_actions(conn, seqs)
-            history = recorded_stalls(conn, seqs)
+        # The workers, if any, start before the read below, which they need not wait for.
+        with _tick_writes(database, conn, playbook, seqs, variants, now) as planned:
             owners = previous_owners(conn, seqs)
             writes = _TickWrites(now=now)
-            for account_id, state in states:
-                seq = seqs[account_id]
-                if state is None:
-                    # Kept out of the way until its events change, retried hourly meanwhile.
-                    writes.states.append({"id": account_id, "state": _encode(
-                        {"id": account_id, "error": "the engine could not evaluate this "
-                         "account; the log has the details"}).decode(),
-                        "wake": now + 3_600_000_000, "seq": seq, "at": now,
-                        "version": playbook.version})
-                    continue
-                # The actions go into the outbox in the transaction that stores the state which
-                # caused them (shared/DESIGN.md "Outbox").
-                reconcile(writes.outbox, account_id, state.planned, playbook.version,
-                          late_limit, now, outbox.get(account_id, {}), state.track)
-                run = state.run["number"] if state.run else None
-                record_stalls(writes.stalls, account_id, run, state.episodes,
-                              history.get(account_id, {}), now)
-                if state.run is not None and state.run["status"] != "active":
-                    writes.finished.append(account_id)
-                before = owners.get(account_id)
-                if before is not None and state.owner is not None and state.owner != before:
+            for account_id, account_writes in planned:
+                writes.add(account_id, account_writes)
+                before, after = owners.get(account_id), account_writes.owner
+                if before is not None and after is not None and after != before:
                     # A new owner takes over the open tasks (shared/DESIGN.md "Accounts, runs
                     # and anchors"); those already done stay with whoever did them.
-                    writes.handovers.append({"a": account_id, "to": state.owner})
-                writes.states.append({"id": account_id, "state": state.text,
-                                      "wake": state.next_wake_at, "seq": seq, "at": now,
-                                      "version": playbook.version})
+                    writes.handovers.append({"a": account_id, "to": after})
                 if len(writes.states) >= BATCH:
                     writes.apply(conn)
             writes.apply(conn)
@@ -240,54 +217,90 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
     return TickResult(updates, attached, playbook.version)
 
 
-Evaluated = Iterator[tuple[str, EvaluatedState | None]]
+@dataclass
+class AccountWrites:
+    """What a tick writes for one account (`plan_writes`)."""
+
+    state: dict[str, Any]  # the parameters of its accounts row's update
+    outbox: OutboxChanges = field(default_factory=OutboxChanges)
+    stalls: StallChanges = field(default_factory=StallChanges)
+    finished: bool = False  # its run ended: its owner's load goes down
+    owner: str | None = None
+
+
+def plan_writes(account_id: str, seq: int, state: AccountState | None,
+                existing: dict[str, Any], recorded: dict[tuple[int, str], Any],
+                playbook: CompiledPlaybook, now: int) -> AccountWrites:
+    """What the tick writes for one account evaluated at `now`: its state, its outbox rows
+    (compared with the `existing` ones) and its stall history (with the `recorded` one)."""
+    writes = AccountWrites({"id": account_id, "wake": now + 3_600_000_000, "seq": seq,
+                            "at": now, "version": playbook.version})
+    if state is None:
+        # Kept out of the way until its events change, retried hourly meanwhile.
+        writes.state["state"] = _encode({"id": account_id, "error": "the engine could not "
+                                         "evaluate this account; the log has the details"}
+                                        ).decode()
+        return writes
+    writes.state |= {"state": _encode(state.as_json()).decode(), "wake": state.next_wake_at}
+    # The actions go into the outbox in the transaction that stores the state which caused
+    # them (shared/DESIGN.md "Outbox").
+    reconcile(writes.outbox, account_id, state.planned, playbook.version,
+              playbook.loaded.model.late_limit_hours, now, existing, state.track)
+    run = state.run["number"] if state.run else None
+    record_stalls(writes.stalls, account_id, run, state.episodes, recorded, now)
+    writes.finished = state.run is not None and state.run["status"] != "active"
+    writes.owner = state.owner
+    return writes
+
+
+Planned = Iterator[tuple[str, AccountWrites]]
 
 
 @contextmanager
-def _tick_states(database: Database, conn: sa.Connection, playbook: CompiledPlaybook,
-                 seqs: dict[str, int], variants: Assignments, now: int) -> Iterator[Evaluated]:
-    """The due accounts' states, in `load_facts` order: in worker processes for a large
-    tick (see runtime.workers), else here."""
+def _tick_writes(database: Database, conn: sa.Connection, playbook: CompiledPlaybook,
+                 seqs: dict[str, int], variants: Assignments, now: int) -> Iterator[Planned]:
+    """The due accounts' writes, in `load_facts` order: planned in worker processes for a
+    large tick (see runtime.workers), else here."""
     parts = _parts(conn, list(seqs))
     workers = worker_count(len(seqs), database)
     if not workers:
-        yield _states_here(conn, playbook, seqs, variants, now)
+        yield _writes_here(conn, playbook, seqs, seqs, variants, now)
         return
     with InWorkers(database, playbook, parts, now, True, workers) as evaluated:
         yield (settled for ids, results in evaluated
                for settled in _settle(conn, playbook, ids, results, seqs, variants, now))
 
 
-def _states_here(conn: sa.Connection, playbook: CompiledPlaybook, account_ids: Iterable[str],
-                 variants: Assignments, now: int) -> Evaluated:
+def _writes_here(conn: sa.Connection, playbook: CompiledPlaybook, account_ids: Iterable[str],
+                 seqs: dict[str, int], variants: Assignments, now: int) -> Planned:
+    outbox = existing_actions(conn, account_ids)
+    history = recorded_stalls(conn, account_ids)
     for facts in load_facts(conn, playbook, account_ids):
         state = variants.evaluate(facts, evaluate_safely(facts, playbook, now),
                                   evaluate_safely)
-        yield facts.account_id, None if state is None else EvaluatedState.of(state)
+        yield facts.account_id, plan_writes(
+            facts.account_id, seqs[facts.account_id], state,
+            outbox.get(facts.account_id, {}), history.get(facts.account_id, {}), playbook, now)
 
 
 def _settle(conn: sa.Connection, playbook: CompiledPlaybook, ids: list[str],
             results: list[WorkerResult], seqs: dict[str, int], variants: Assignments,
-            now: int) -> list[tuple[str, EvaluatedState | None]]:
-    """A part the workers evaluated, as this transaction would have evaluated it itself.
+            now: int) -> list[tuple[str, AccountWrites]]:
+    """A part the workers planned, as this transaction would have planned it itself.
 
     A worker does not see this transaction's writes: an account whose change_seq it saw
     otherwise is evaluated here. Variants are assigned here, in the order of the part; an
     account that a new (or another) variant gives other rules is evaluated here again.
     """
     if {result.account_id for result in results} != set(ids):
-        return list(_states_here(conn, playbook, ids, variants, now))
+        return list(_writes_here(conn, playbook, ids, seqs, variants, now))
     stale = [result.account_id for result in results if result.seq != seqs[result.account_id]]
-    here = {facts.account_id: facts for facts in load_facts(conn, playbook, stale)}
-    settled: list[tuple[str, EvaluatedState | None]] = []
+    here = dict(_writes_here(conn, playbook, stale, seqs, variants, now)) if stale else {}
+    settled: list[tuple[str, AccountWrites]] = []
     again: dict[str, tuple[tuple[str, str], ...]] = {}
     for result in results:
-        facts = here.get(result.account_id)
-        if facts is not None:
-            state = variants.evaluate(facts, evaluate_safely(facts, playbook, now),
-                                      evaluate_safely)
-            settled.append((result.account_id,
-                            None if state is None else EvaluatedState.of(state)))
+        if result.account_id in here:
+            settled.append((result.account_id, here[result.account_id]))
             continue
         if result.basis is not None and result.traits is not None:
             chosen = variants.effective(variants.choose(result.account_id, result.traits,
@@ -296,15 +309,24 @@ def _settle(conn: sa.Connection, playbook: CompiledPlaybook, ids: list[str],
                 again[result.account_id] = chosen
         settled.append((result.account_id, result.state))
     if again:
-        redone = {}
-        for facts in load_facts(conn, playbook, again):
-            chosen = again[facts.account_id]
-            state = evaluate_safely(
-                facts, variant_playbook(playbook, chosen) if chosen else playbook, now)
-            redone[facts.account_id] = None if state is None else EvaluatedState.of(state)
-        settled = [(account_id, redone.get(account_id, state) if account_id in again
-                    else state) for account_id, state in settled]
+        redone = dict(_variants_here(conn, playbook, again, seqs, now))
+        settled = [(account_id, redone.get(account_id, writes)) for account_id, writes in settled]
     return settled
+
+
+def _variants_here(conn: sa.Connection, playbook: CompiledPlaybook,
+                   chosen: dict[str, tuple[tuple[str, str], ...]], seqs: dict[str, int],
+                   now: int) -> Planned:
+    """The accounts evaluated here with the variants just `chosen` for them."""
+    outbox = existing_actions(conn, chosen)
+    history = recorded_stalls(conn, chosen)
+    for facts in load_facts(conn, playbook, chosen):
+        variants = chosen[facts.account_id]
+        state = evaluate_safely(
+            facts, variant_playbook(playbook, variants) if variants else playbook, now)
+        yield facts.account_id, plan_writes(
+            facts.account_id, seqs[facts.account_id], state,
+            outbox.get(facts.account_id, {}), history.get(facts.account_id, {}), playbook, now)
 
 
 @dataclass
@@ -320,6 +342,17 @@ class _TickWrites:
     handovers: list[dict[str, Any]] = field(default_factory=list)  # owner changed
     evaluated: int = 0
     now: int = 0
+
+    def add(self, account_id: str, writes: AccountWrites) -> None:
+        self.outbox.inserts += writes.outbox.inserts
+        self.outbox.cancels += writes.outbox.cancels
+        self.outbox.resolutions += writes.outbox.resolutions
+        self.stalls.inserts += writes.stalls.inserts
+        self.stalls.closes += writes.stalls.closes
+        self.stalls.retractions += writes.stalls.retractions
+        if writes.finished:
+            self.finished.append(account_id)
+        self.states.append(writes.state)
 
     def apply(self, conn: sa.Connection) -> None:
         self.outbox.apply(conn)

@@ -31,12 +31,8 @@ from dataclasses import dataclass, replace
 from multiprocessing.util import Finalize
 from typing import Any, NamedTuple
 
-import msgspec
-
 from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
 from firstvalue.engine.evaluate import AccountState
-from firstvalue.engine.rules import PlannedAction
-from firstvalue.engine.stalls import Episode
 from firstvalue.playbook.loader import LoadedPlaybook
 from firstvalue.settings import get_int_setting, get_setting
 from firstvalue.store import events as event_store
@@ -44,25 +40,6 @@ from firstvalue.store.database import Database, open_database
 
 log = logging.getLogger(__name__)
 
-_encode = msgspec.json.encode
-
-
-@dataclass(frozen=True)
-class EvaluatedState:
-    """What a tick keeps of an account's state: its stored JSON and what the writes read."""
-
-    text: str
-    planned: tuple[PlannedAction, ...]
-    episodes: tuple[Episode, ...]
-    run: dict[str, Any] | None
-    track: str | None
-    owner: str | None
-    next_wake_at: int | None
-
-    @classmethod
-    def of(cls, state: AccountState) -> EvaluatedState:
-        return cls(_encode(state.as_json()).decode(), state.planned, state.episodes, state.run,
-                   state.track, state.owner, state.next_wake_at)
 
 
 class Basis(NamedTuple):
@@ -78,7 +55,7 @@ class WorkerResult(NamedTuple):
 
     account_id: str
     seq: int  # the account's change_seq as the worker saw it
-    state: Any  # AccountState for a read, EvaluatedState for a tick, None when it failed
+    state: Any  # for a read the AccountState (None when it failed), for a tick AccountWrites
     variants: tuple[tuple[str, str], ...]  # the recorded variants it was evaluated with
     basis: Basis | None  # with experiments only
     traits: dict[str, list[Any]] | None  # with experiments only
@@ -173,8 +150,10 @@ def _start_worker(url: str, loaded: LoadedPlaybook, relevant_names: frozenset[st
 
 
 def _evaluate_part(ids: list[str], now: int, for_tick: bool) -> list[WorkerResult]:
-    from firstvalue.runtime.evaluation import evaluate_safely, load_facts
+    from firstvalue.actions.outbox import existing_actions
+    from firstvalue.runtime.evaluation import evaluate_safely, load_facts, plan_writes
     from firstvalue.runtime.experiments import Assignments, variant_playbook
+    from firstvalue.runtime.stall_history import recorded_stalls
 
     assert _worker is not None, "the worker was not started"
     playbook = _worker.playbook
@@ -184,6 +163,10 @@ def _evaluate_part(ids: list[str], now: int, for_tick: bool) -> list[WorkerResul
         seqs = dict(event_store.select_in(
             conn, "SELECT id, change_seq FROM accounts WHERE id IN :ids", ids))
         variants = Assignments(conn, playbook, ids, now, write=False)
+        # The tick writes none of the engine's outbox rows or stalls before evaluating, so
+        # what is committed is what it would read itself.
+        outbox = existing_actions(conn, ids) if for_tick else {}
+        history = recorded_stalls(conn, ids) if for_tick else {}
         for facts in load_facts(conn, playbook, ids):
             base = evaluate_safely(facts, playbook, now)
             chosen: tuple[tuple[str, str], ...] = ()
@@ -195,18 +178,22 @@ def _evaluate_part(ids: list[str], now: int, for_tick: bool) -> list[WorkerResul
                 if chosen:
                     state = evaluate_safely(facts, variant_playbook(playbook, chosen), now)
                 basis, traits = Basis(base.run, base.track, base.tier), facts.traits
-            results.append(WorkerResult(facts.account_id, seqs[facts.account_id],
-                                        _portable(state, for_tick), chosen, basis, traits))
+            account_id, seq = facts.account_id, seqs[facts.account_id]
+            if for_tick:
+                kept = plan_writes(account_id, seq, state, outbox.get(account_id, {}),
+                                   history.get(account_id, {}), playbook, now)
+            else:
+                kept = _portable(state)
+            results.append(WorkerResult(account_id, seq, kept, chosen, basis, traits))
     return results
 
 
-def _portable(state: AccountState | None, for_tick: bool) -> Any:
+def _portable(state: AccountState | None) -> AccountState | None:
     """The state in a form that crosses to the caller: its planned actions' reasons and
     facts are worked out here (they are functions until needed, and functions do not
-    pickle), and a tick gets only what it writes."""
+    pickle)."""
     if state is None:
         return None
     planned = tuple(replace(action, reason_source=action.reason, facts_source=action.facts)
                     for action in state.planned)
-    state = replace(state, planned=planned)
-    return EvaluatedState.of(state) if for_tick else state
+    return replace(state, planned=planned)
