@@ -201,13 +201,13 @@ def measure_evaluation(url: str) -> dict[str, Any]:
 
     playbook = compile_playbook(load_playbook())
     database = open_database(url)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_used()
     full = tick(database, playbook, RECEIVED_AT)
-    full_s = time.perf_counter() - started
+    full_s, full_cpu = time.perf_counter() - started, _cpu_used() - cpu
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_used()
     states = evaluate_accounts(database, playbook, RECEIVED_AT)
-    read_s = time.perf_counter() - started
+    read_s, read_cpu = time.perf_counter() - started, _cpu_used() - cpu
 
     later = RECEIVED_AT + 60_000_000
     with database.engine.connect() as conn:
@@ -218,13 +218,23 @@ def measure_evaluation(url: str) -> dict[str, Any]:
         "messageId": f"bm-changed-{account}", "context": {"groupId": account},
         "timestamp": "2026-06-01T00:30:00.000Z", "properties": {}}) for account in ids]
     ingest_messages(database, messages, later, playbook.anchor_names)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_used()
     changed = tick(database, playbook, later)
-    changed_s = time.perf_counter() - started
+    changed_s, changed_cpu = time.perf_counter() - started, _cpu_used() - cpu
     database.dispose()
-    return {"tick_s": round(full_s, 2), "tick_accounts": full.evaluated,
-            "read_s": round(read_s, 2), "read_accounts": len(states),
-            "changed_tick_s": round(changed_s, 3), "changed_tick_accounts": changed.evaluated}
+    return {"tick_s": round(full_s, 2), "tick_cpu_s": round(full_cpu, 2),
+            "tick_accounts": full.evaluated,
+            "read_s": round(read_s, 2), "read_cpu_s": round(read_cpu, 2),
+            "read_accounts": len(states),
+            "changed_tick_s": round(changed_s, 3), "changed_tick_cpu_s": round(changed_cpu, 3),
+            "changed_tick_accounts": changed.evaluated}
+
+
+def _cpu_used() -> float:
+    """CPU time of this process and of the evaluation's worker processes."""
+    from firstvalue.runtime.workers import worker_cpu_seconds
+
+    return time.process_time() + worker_cpu_seconds()
 
 
 def _print_table(results: dict[str, dict[str, Any]], lines: int) -> None:
@@ -240,11 +250,16 @@ def _print_table(results: dict[str, dict[str, Any]], lines: int) -> None:
                             for r in results.values()], ""),
         ("full tick, seconds (accounts)",
          [f"{r['tick_s']:.2f} ({r['tick_accounts']:,})" for r in results.values()], "<= 5 s"),
+        ("  CPU seconds, caller + workers", [f"{r['tick_cpu_s']:.2f}" for r in results.values()],
+         ""),
         ("evaluate_accounts, seconds (accounts)",
          [f"{r['read_s']:.2f} ({r['read_accounts']:,})" for r in results.values()], "<= 5 s"),
+        ("  CPU seconds, caller + workers", [f"{r['read_cpu_s']:.2f}" for r in results.values()],
+         ""),
         (f"tick after {CHANGED_ACCOUNTS} changed, seconds (accounts)",
          [f"{r['changed_tick_s']:.3f} ({r['changed_tick_accounts']})"
           for r in results.values()], "<= 0.2 s"),
+        ("  CPU seconds", [f"{r['changed_tick_cpu_s']:.3f}" for r in results.values()], ""),
         ("peak RSS of the import process, MB",
          [str(r["import_peak_mb"]) for r in results.values()], "< 1024"),
         ("peak RSS of the evaluation process, MB",

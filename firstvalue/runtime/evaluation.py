@@ -302,9 +302,9 @@ def _settle(conn: sa.Connection, playbook: CompiledPlaybook, ids: list[str],
         if result.account_id in here:
             settled.append((result.account_id, here[result.account_id]))
             continue
-        if result.basis is not None and result.traits is not None:
-            chosen = variants.effective(variants.choose(result.account_id, result.traits,
-                                                        result.basis))
+        if result.basis is not None:
+            chosen = variants.effective(variants.choose(result.account_id, result.basis,
+                                                        result.fitting))
             if chosen != result.variants:
                 again[result.account_id] = chosen
         settled.append((result.account_id, result.state))

@@ -24,6 +24,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -58,7 +59,7 @@ class WorkerResult(NamedTuple):
     state: Any  # for a read the AccountState (None when it failed), for a tick AccountWrites
     variants: tuple[tuple[str, str], ...]  # the recorded variants it was evaluated with
     basis: Basis | None  # with experiments only
-    traits: dict[str, list[Any]] | None  # with experiments only
+    fitting: tuple[str, ...]  # the experiments it fits (for a tick, with experiments only)
 
 
 def worker_count(accounts: int, database: Database) -> int:
@@ -104,9 +105,11 @@ class InWorkers:
         self._hand_out()
 
     def __iter__(self) -> Iterator[tuple[list[str], list[WorkerResult]]]:
+        global _cpu_seconds
         while self.pending:
             ids, future = self.pending.popleft()
-            results = future.result()
+            results, cpu = future.result()
+            _cpu_seconds += cpu
             self._hand_out()
             yield ids, results
 
@@ -124,6 +127,15 @@ class InWorkers:
             ids = self.parts.popleft()
             future = self.pool.submit(_evaluate_part, ids, self.now, self.for_tick)
             self.pending.append((ids, future))
+
+
+_cpu_seconds = 0.0
+
+
+def worker_cpu_seconds() -> float:
+    """The CPU time the worker processes of this process have used so far (their start
+    included), for measurements: `time.process_time()` counts the caller's only."""
+    return _cpu_seconds
 
 
 @dataclass
@@ -149,7 +161,19 @@ def _start_worker(url: str, loaded: LoadedPlaybook, relevant_names: frozenset[st
     _worker = _Worker(database, playbook)
 
 
-def _evaluate_part(ids: list[str], now: int, for_tick: bool) -> list[WorkerResult]:
+def _evaluate_part(ids: list[str], now: int,
+                   for_tick: bool) -> tuple[list[WorkerResult], float]:
+    """The part's results, and the CPU time this worker used since its last part."""
+    global _reported_cpu
+    results = _evaluated(ids, now, for_tick)
+    cpu, _reported_cpu = time.process_time() - _reported_cpu, time.process_time()
+    return results, cpu
+
+
+_reported_cpu = 0.0
+
+
+def _evaluated(ids: list[str], now: int, for_tick: bool) -> list[WorkerResult]:
     from firstvalue.actions.outbox import existing_actions
     from firstvalue.runtime.evaluation import evaluate_safely, load_facts, plan_writes
     from firstvalue.runtime.experiments import Assignments, variant_playbook
@@ -170,21 +194,20 @@ def _evaluate_part(ids: list[str], now: int, for_tick: bool) -> list[WorkerResul
         for facts in load_facts(conn, playbook, ids):
             base = evaluate_safely(facts, playbook, now)
             chosen: tuple[tuple[str, str], ...] = ()
-            basis = traits = None
-            state = base
+            basis, fitting, state = None, (), base
             if base is not None and variants.experiments:
-                chosen = variants.effective(variants.choose(facts.account_id, facts.traits,
-                                                            base))
+                chosen = variants.effective(variants.choose(facts.account_id, base, ()))
                 if chosen:
                     state = evaluate_safely(facts, variant_playbook(playbook, chosen), now)
-                basis, traits = Basis(base.run, base.track, base.tier), facts.traits
+                basis = Basis(base.run, base.track, base.tier)
+                fitting = variants.fitting(facts.traits, base) if for_tick else ()
             account_id, seq = facts.account_id, seqs[facts.account_id]
             if for_tick:
                 kept = plan_writes(account_id, seq, state, outbox.get(account_id, {}),
                                    history.get(account_id, {}), playbook, now)
             else:
                 kept = _portable(state)
-            results.append(WorkerResult(account_id, seq, kept, chosen, basis, traits))
+            results.append(WorkerResult(account_id, seq, kept, chosen, basis, fitting))
     return results
 
 
