@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -104,16 +105,22 @@ def _run_postgresql(path: Path, pg: str) -> dict[str, Any]:
 
 
 def _in_child(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """Run one measurement in a fresh process; its figures and its peak memory."""
+    """Run one measurement in a fresh process; its figures and its peak memory. (Not a
+    `multiprocessing.Pool`: its processes are daemonic, and may not start the evaluation's
+    worker processes.)"""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(_measured, (function, *args))
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_measured, function, *args).result()
 
 
 def _measured(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    from firstvalue.runtime.workers import worker_peak_mb
+
     figures = function(*args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures[f"{function.__name__.removeprefix('measure_')}_peak_mb"] = round(peak_mb)
+    figures[f"{function.__name__.removeprefix('measure_')}_worker_peak_mb"] = round(
+        worker_peak_mb())
     return figures
 
 
@@ -264,6 +271,8 @@ def _print_table(results: dict[str, dict[str, Any]], lines: int) -> None:
          [str(r["import_peak_mb"]) for r in results.values()], "< 1024"),
         ("peak RSS of the evaluation process, MB",
          [str(r["evaluation_peak_mb"]) for r in results.values()], "< 1024"),
+        ("  and of one of its workers, MB",
+         [str(r["evaluation_worker_peak_mb"]) for r in results.values()], "< 1024"),
         ("stored rows (held track events)",
          [f"{r['stored']:,} ({r['held']:,})" for r in results.values()], f"{lines:,} lines"),
     ]

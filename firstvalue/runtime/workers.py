@@ -24,6 +24,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import resource
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -65,9 +66,13 @@ class WorkerResult(NamedTuple):
 def worker_count(accounts: int, database: Database) -> int:
     """How many worker processes evaluate `accounts` accounts: 0 for in process.
 
-    Workers need a store they can open themselves: a file or a server, not SQLite in memory.
+    Workers need a store they can open themselves (a file or a server, not SQLite in
+    memory), and a caller that may start processes (a daemonic process, such as a worker of
+    a `multiprocessing.Pool`, may not).
     """
     if accounts < get_int_setting("parallel_accounts") or not _shareable(database.url):
+        return 0
+    if multiprocessing.current_process().daemon:
         return 0
     raw = get_setting("evaluation_workers")
     workers = get_int_setting("evaluation_workers") if raw else (os.cpu_count() or 1)
@@ -105,11 +110,12 @@ class InWorkers:
         self._hand_out()
 
     def __iter__(self) -> Iterator[tuple[list[str], list[WorkerResult]]]:
-        global _cpu_seconds
+        global _cpu_seconds, _peak_mb
         while self.pending:
             ids, future = self.pending.popleft()
-            results, cpu = future.result()
+            results, cpu, peak_mb = future.result()
             _cpu_seconds += cpu
+            _peak_mb = max(_peak_mb, peak_mb)
             self._hand_out()
             yield ids, results
 
@@ -130,12 +136,18 @@ class InWorkers:
 
 
 _cpu_seconds = 0.0
+_peak_mb = 0.0
 
 
 def worker_cpu_seconds() -> float:
     """The CPU time the worker processes of this process have used so far (their start
     included), for measurements: `time.process_time()` counts the caller's only."""
     return _cpu_seconds
+
+
+def worker_peak_mb() -> float:
+    """The largest peak memory (resident set, MB) of one worker process so far."""
+    return _peak_mb
 
 
 @dataclass
@@ -162,12 +174,13 @@ def _start_worker(url: str, loaded: LoadedPlaybook, relevant_names: frozenset[st
 
 
 def _evaluate_part(ids: list[str], now: int,
-                   for_tick: bool) -> tuple[list[WorkerResult], float]:
-    """The part's results, and the CPU time this worker used since its last part."""
+                   for_tick: bool) -> tuple[list[WorkerResult], float, float]:
+    """The part's results, the CPU time this worker used since its last part and its peak
+    memory in MB."""
     global _reported_cpu
     results = _evaluated(ids, now, for_tick)
     cpu, _reported_cpu = time.process_time() - _reported_cpu, time.process_time()
-    return results, cpu
+    return results, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 _reported_cpu = 0.0
