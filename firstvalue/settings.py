@@ -70,8 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hold_days", "FIRSTVALUE_HOLD_DAYS", "7",
             "Days after which held events still without an account are reported."),
     Setting("evaluation_workers", "FIRSTVALUE_EVALUATION_WORKERS", None,
-            "Worker processes that large ticks and reads evaluate accounts in; one per CPU "
-            "when unset, 1 to evaluate in the calling process only."),
+            "Worker processes that large ticks and reads evaluate accounts in, beside the "
+            "calling process; one fewer than the CPUs when unset, 0 to evaluate in the "
+            "calling process only."),
     Setting("parallel_accounts", "FIRSTVALUE_PARALLEL_ACCOUNTS", "1000",
             "Ticks and reads of at least this many accounts use the worker processes; "
             "smaller ones evaluate in the calling process."),

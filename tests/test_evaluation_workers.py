@@ -116,9 +116,9 @@ def test_workers_write_and_read_what_the_process_itself_would(kind, tmp_path, da
         # Given the same stores, ticked twice (the second tick after the variants are
         # recorded and three days have passed), in process and in workers,
         for now in (NOW, NOW + 3 * 86_400_000_000):
-            monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
+            monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
             in_process = tick(here, playbook, now)
-            monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "2")
+            monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
             monkeypatch.setenv("FIRSTVALUE_PARALLEL_ACCOUNTS", "50")
             in_workers = tick(there, playbook, now)
             monkeypatch.delenv("FIRSTVALUE_PARALLEL_ACCOUNTS")
@@ -129,9 +129,9 @@ def test_workers_write_and_read_what_the_process_itself_would(kind, tmp_path, da
 
         # And the read path gives the same states.
         later = NOW + 5 * 86_400_000_000
-        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
         read_here = [state.as_json() for state in evaluate_accounts(here, playbook, later)]
-        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "2")
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
         monkeypatch.setenv("FIRSTVALUE_PARALLEL_ACCOUNTS", "50")
         read_there = [state.as_json() for state in evaluate_accounts(there, playbook, later)]
         assert read_there == read_here

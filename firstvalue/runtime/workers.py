@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import resource
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -64,7 +63,8 @@ class WorkerResult(NamedTuple):
 
 
 def worker_count(accounts: int, database: Database) -> int:
-    """How many worker processes evaluate `accounts` accounts: 0 for in process.
+    """How many worker processes evaluate `accounts` accounts beside the caller: 0 for in
+    process.
 
     Workers need a store they can open themselves (a file or a server, not SQLite in
     memory), and a caller that may start processes (a daemonic process, such as a worker of
@@ -75,8 +75,9 @@ def worker_count(accounts: int, database: Database) -> int:
     if multiprocessing.current_process().daemon:
         return 0
     raw = get_setting("evaluation_workers")
-    workers = get_int_setting("evaluation_workers") if raw else (os.cpu_count() or 1)
-    return workers if workers > 1 else 0
+    # The caller evaluates too: one worker fewer than there are CPUs.
+    workers = get_int_setting("evaluation_workers") if raw else (os.cpu_count() or 1) - 1
+    return max(workers, 0)
 
 
 def _shareable(url: str) -> bool:
@@ -86,38 +87,50 @@ def _shareable(url: str) -> bool:
 
 
 class InWorkers:
-    """The accounts evaluated by worker processes, part by part in the given order.
+    """The accounts evaluated by worker processes and by the caller, part by part.
 
     Iterating yields each part's ids and results (a list of `WorkerResult`, in the order the
-    worker read the accounts: `load_facts`'s order for those ids). The parts are handed out
-    a few ahead of the caller, more than there are workers but not all of them, so that
-    memory stays bounded while the caller works through the results.
+    worker read the accounts: `load_facts`'s order for those ids), in the order of the parts.
+    The workers take parts from the front, one more each than they are working on; while
+    the caller waits for the next part, it evaluates one from the back itself, the same way
+    (its own connection, what is committed), and keeps it until its turn comes. So the
+    caller's core works too, and no part is pickled twice that need not be.
     """
 
     def __init__(self, database: Database, playbook: CompiledPlaybook,
                  parts: Iterable[Sequence[str]], now: int, for_tick: bool,
                  workers: int) -> None:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload([__name__, "firstvalue.runtime.evaluation"])
         self.pool = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_start_worker,
             initargs=(database.url, playbook.loaded, playbook.relevant_names))
-        self.parts = deque(list(part) for part in parts)
-        self.pending: deque[tuple[list[str], Future[list[WorkerResult]]]] = deque()
-        self.ahead = 2 * workers + 1
+        self.caller = _Worker(database, playbook)
+        self.parts = [list(part) for part in parts]
+        self.futures: dict[int, Future[tuple[list[WorkerResult], float, float]]] = {}
+        self.done: dict[int, list[WorkerResult]] = {}
+        self.front = 0  # the next part to hand to a worker
+        self.back = len(self.parts)  # parts from here on are the caller's
+        self.ahead = 2 * workers
         self.now = now
         self.for_tick = for_tick
         self._hand_out()
 
     def __iter__(self) -> Iterator[tuple[list[str], list[WorkerResult]]]:
-        global _cpu_seconds, _peak_mb
-        while self.pending:
-            ids, future = self.pending.popleft()
-            results, cpu, peak_mb = future.result()
-            _cpu_seconds += cpu
-            _peak_mb = max(_peak_mb, peak_mb)
+        for index, ids in enumerate(self.parts):
+            while index not in self.done:
+                future = self.futures.get(index)
+                if future is None:
+                    # Not handed out: the caller's to evaluate.
+                    self.front = max(self.front, index + 1)
+                    self.done[index] = self._evaluate_here(ids)
+                elif not future.done() and self.back > self.front:
+                    self.back -= 1
+                    self.done[self.back] = self._evaluate_here(self.parts[self.back])
+                else:
+                    self.done[index] = self._take(self.futures.pop(index))
             self._hand_out()
-            yield ids, results
+            yield ids, self.done.pop(index)
 
     def __enter__(self) -> InWorkers:
         return self
@@ -129,10 +142,22 @@ class InWorkers:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _hand_out(self) -> None:
-        while self.parts and len(self.pending) < self.ahead:
-            ids = self.parts.popleft()
-            future = self.pool.submit(_evaluate_part, ids, self.now, self.for_tick)
-            self.pending.append((ids, future))
+        while self.front < self.back and len(self.futures) < self.ahead:
+            future = self.pool.submit(_evaluate_part, self.parts[self.front], self.now,
+                                      self.for_tick)
+            self.futures[self.front] = future
+            self.front += 1
+
+    def _evaluate_here(self, ids: list[str]) -> list[WorkerResult]:
+        return _evaluated(self.caller, ids, self.now, self.for_tick, portable=False)
+
+    def _take(self, future: Future[tuple[list[WorkerResult], float, float]]
+              ) -> list[WorkerResult]:
+        global _cpu_seconds, _peak_mb
+        results, cpu, peak_mb = future.result()
+        _cpu_seconds += cpu
+        _peak_mb = max(_peak_mb, peak_mb)
+        return results
 
 
 _cpu_seconds = 0.0
@@ -178,7 +203,8 @@ def _evaluate_part(ids: list[str], now: int,
     """The part's results, the CPU time this worker used since its last part and its peak
     memory in MB."""
     global _reported_cpu
-    results = _evaluated(ids, now, for_tick)
+    assert _worker is not None, "the worker was not started"
+    results = _evaluated(_worker, ids, now, for_tick, portable=True)
     cpu, _reported_cpu = time.process_time() - _reported_cpu, time.process_time()
     return results, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -186,16 +212,16 @@ def _evaluate_part(ids: list[str], now: int,
 _reported_cpu = 0.0
 
 
-def _evaluated(ids: list[str], now: int, for_tick: bool) -> list[WorkerResult]:
+def _evaluated(worker: _Worker, ids: list[str], now: int, for_tick: bool,
+               portable: bool) -> list[WorkerResult]:
     from firstvalue.actions.outbox import existing_actions
     from firstvalue.runtime.evaluation import evaluate_safely, load_facts, plan_writes
     from firstvalue.runtime.experiments import Assignments, variant_playbook
     from firstvalue.runtime.stall_history import recorded_stalls
 
-    assert _worker is not None, "the worker was not started"
-    playbook = _worker.playbook
+    playbook = worker.playbook
     results = []
-    with _worker.database.engine.connect() as conn:
+    with worker.database.engine.connect() as conn:
         # The change_seq before the facts: facts read after it are at least that new.
         seqs = dict(event_store.select_in(
             conn, "SELECT id, change_seq FROM accounts WHERE id IN :ids", ids))
@@ -219,7 +245,7 @@ def _evaluated(ids: list[str], now: int, for_tick: bool) -> list[WorkerResult]:
                 kept = plan_writes(account_id, seq, state, outbox.get(account_id, {}),
                                    history.get(account_id, {}), playbook, now)
             else:
-                kept = _portable(state)
+                kept = _portable(state) if portable else state
             results.append(WorkerResult(account_id, seq, kept, chosen, basis, fitting))
     return results
 
