@@ -111,7 +111,7 @@ class InWorkers:
         self.done: dict[int, list[WorkerResult]] = {}
         self.front = 0  # the next part to hand to a worker
         self.back = len(self.parts)  # parts from here on are the caller's
-        self.ahead = 2 * workers
+        self.ahead = 4 * workers
         self.now = now
         self.for_tick = for_tick
         self._hand_out()
