@@ -67,12 +67,14 @@ def worker_count(accounts: int, database: Database) -> int:
     process.
 
     Workers need a store they can open themselves (a file or a server, not SQLite in
-    memory), and a caller that may start processes (a daemonic process, such as a worker of
-    a `multiprocessing.Pool`, may not).
+    memory), a caller that may start processes (a daemonic process, such as a worker of a
+    `multiprocessing.Pool`, may not) and the `forkserver` start method (not on Windows).
     """
     if accounts < get_int_setting("parallel_accounts") or not _shareable(database.url):
         return 0
     if multiprocessing.current_process().daemon:
+        return 0
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
         return 0
     raw = get_setting("evaluation_workers")
     # The caller evaluates too: one worker fewer than there are CPUs.
