@@ -21,7 +21,6 @@ connections, threads and locks a forked child would share.
 from __future__ import annotations
 
 import gc
-import logging
 import multiprocessing
 import os
 import resource
@@ -38,9 +37,6 @@ from firstvalue.playbook.loader import LoadedPlaybook
 from firstvalue.settings import get_int_setting, get_setting
 from firstvalue.store import events as event_store
 from firstvalue.store.database import Database, open_database
-
-log = logging.getLogger(__name__)
-
 
 
 class Basis(NamedTuple):
