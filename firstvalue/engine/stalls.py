@@ -140,13 +140,9 @@ def _events(context: StallContext, *meanings: str) -> list[EventFact]:
         found = groups[0]  # each name's events come in time order already
     else:
         found = [e for group in groups for e in group]
-        found.sort(key=_order)
+        found.sort(key=by_order)
     context._by_meanings[meanings] = found
     return found
-
-
-def _order(event: EventFact) -> tuple[int, str]:
-    return (event.ts, event.message_id)
 
 
 def _inactivity(rule: StallRule, context: StallContext) -> Iterator[tuple[Any, ...]]:
