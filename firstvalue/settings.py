@@ -69,6 +69,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between two ticks of the scheduler in `serve`."),
     Setting("hold_days", "FIRSTVALUE_HOLD_DAYS", "7",
             "Days after which held events still without an account are reported."),
+    Setting("evaluation_workers", "FIRSTVALUE_EVALUATION_WORKERS", None,
+            "Worker processes that large ticks and reads evaluate accounts in, beside the "
+            "calling process; one fewer than the CPUs when unset, 0 to evaluate in the "
+            "calling process only."),
+    Setting("parallel_accounts", "FIRSTVALUE_PARALLEL_ACCOUNTS", "1000",
+            "Ticks and reads of at least this many accounts use the worker processes; "
+            "smaller ones evaluate in the calling process."),
     Setting("smtp_host", "FIRSTVALUE_SMTP_HOST", None,
             "SMTP server for emails; without it emails wait, undelivered, until one is set."),
     Setting("smtp_port", "FIRSTVALUE_SMTP_PORT", "25", "SMTP server port."),

@@ -11,7 +11,7 @@ from typing import Any
 from firstvalue.clock import to_micros
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.days import start_of_local_day
-from firstvalue.engine.facts import EventFact
+from firstvalue.engine.facts import EventFact, by_order
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def find_runs(events: Mapping[str, Sequence[EventFact]], traits: Mapping[str, li
     seen_deals: set[str] = set()
 
     contracts = sorted((e for n in playbook.contract_names for e in events.get(n, ())),
-                       key=lambda e: e.order)
+                       key=by_order)
     for event in contracts:
         deal = event.properties.get(anchor.deal_property)
         deal_id = None if deal is None else str(deal)
@@ -117,7 +117,7 @@ def find_kickoff(events: Mapping[str, Sequence[EventFact]], traits: Mapping[str,
     completed = [e for n in playbook.kickoff_completed_names for e in events.get(n, ())
                  if in_run(e.ts)]
     if completed:
-        first = min(completed, key=lambda e: e.order)
+        first = min(completed, key=by_order)
         return Kickoff(first.ts, "completed", first.message_id)
 
     # A booking is (when it was booked, its id, the meeting time, where it came from).

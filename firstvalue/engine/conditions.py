@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from firstvalue.engine.facts import EventFact
+from firstvalue.engine.facts import EventFact, by_order
 from firstvalue.playbook.model import (
     AllOf,
     AnyOf,
@@ -134,7 +134,7 @@ def _in_order(events: EventsByName, names: frozenset[str]) -> Sequence[EventFact
     if len(lists) == 1:
         return lists[0]
     merged = [event for group in lists for event in group]
-    merged.sort(key=lambda event: (event.ts, event.message_id))
+    merged.sort(key=by_order)
     return merged
 
 

@@ -18,7 +18,7 @@ from firstvalue.engine.days import (
     start_of_local_day,
 )
 from firstvalue.engine.days import zone as find_zone
-from firstvalue.engine.facts import AccountFacts, EventFact
+from firstvalue.engine.facts import AccountFacts, EventFact, by_order
 from firstvalue.engine.handoff import HandoffError, check_handoff, missing_fields
 from firstvalue.engine.rules import PlannedAction, RuleContext, RulePlan, plan_rules
 from firstvalue.engine.stalls import Episode, StallContext, detect_stalls, plan_interventions
@@ -422,7 +422,7 @@ def _index_events(events: tuple[EventFact, ...], now: int) -> dict[str, list[Eve
         if event.ts <= now:
             by_name[event.name].append(event)
     for group in by_name.values():
-        group.sort(key=lambda e: (e.ts, e.message_id))
+        group.sort(key=by_order)
     return by_name
 
 

@@ -20,7 +20,7 @@ from firstvalue.clock import to_micros
 from firstvalue.engine.anchors import Kickoff, Run
 from firstvalue.engine.compiled import traits_match
 from firstvalue.engine.days import local_date, local_isoformat
-from firstvalue.engine.facts import EventFact
+from firstvalue.engine.facts import EventFact, by_order
 from firstvalue.playbook.model import WEEKDAYS, DayTrigger, Happening, Rule, SendWindow
 
 HOUR = 3_600_000_000
@@ -238,7 +238,7 @@ def _matching_events(happening: Happening, context: RuleContext) -> list[EventFa
     names = context.meanings.get(happening.meaning, []) if happening.meaning else \
         [happening.event]
     found = [e for name in names for e in context.events.get(name or "", ())]
-    found.sort(key=lambda e: (e.ts, e.message_id))
+    found.sort(key=by_order)
     return found
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from firstvalue.engine.compiled import traits_match
 from firstvalue.engine.days import local_date, local_isoformat, start_of_local_day
-from firstvalue.engine.facts import EventFact
+from firstvalue.engine.facts import EventFact, by_order
 from firstvalue.engine.rules import PlannedAction, nth_business_day
 from firstvalue.playbook.model import Intervention, Playbook, StallRule
 
@@ -119,7 +119,7 @@ def _custom(rule: StallRule, context: StallContext) -> Iterator[tuple[Any, ...]]
             names = (context.model.meanings.get(rule.until.meaning or "", [])
                      if rule.until.meaning else [rule.until.event or ""])
             later = sorted((e for n in names for e in context.events.get(n, ())
-                            if e.ts > found.ts), key=lambda e: (e.ts, e.message_id))
+                            if e.ts > found.ts), key=by_order)
             closing = later[0] if later else None
     yield (None, found.ts, closing.ts if closing else None,
            {"evidence": found.message_id, "closed_by": closing.message_id if closing else None})
@@ -140,13 +140,9 @@ def _events(context: StallContext, *meanings: str) -> list[EventFact]:
         found = groups[0]  # each name's events come in time order already
     else:
         found = [e for group in groups for e in group]
-        found.sort(key=_order)
+        found.sort(key=by_order)
     context._by_meanings[meanings] = found
     return found
-
-
-def _order(event: EventFact) -> tuple[int, str]:
-    return (event.ts, event.message_id)
 
 
 def _inactivity(rule: StallRule, context: StallContext) -> Iterator[tuple[Any, ...]]:
@@ -270,7 +266,7 @@ def _champion_silent(rule: StallRule, context: StallContext) -> Iterator[tuple[A
     if not champions:
         return
     activity = sorted(champion_activity(rule, context, champions),
-                      key=lambda e: (e.ts, e.message_id))
+                      key=by_order)
     floor = start_of_local_day(day0, tz)
     close = _no_gap_within(days + 1)
     reference, last_ref, position = day0, None, 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +22,11 @@ from firstvalue.actions.outbox import OutboxChanges, existing_actions, reconcile
 from firstvalue.engine import AccountFacts, EventFact, evaluate_account
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
-from firstvalue.runtime.experiments import Assignments
+from firstvalue.runtime.experiments import Assignments, variant_playbook
 from firstvalue.runtime.handoff import load_handoffs
 from firstvalue.runtime.routing import load_team, release_finished, route_accounts
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
+from firstvalue.runtime.workers import InWorkers, WorkerResult, worker_count
 from firstvalue.store import events as event_store
 from firstvalue.store.database import Database, execute_many
 from firstvalue.store.traits import plain_traits
@@ -162,11 +163,25 @@ def evaluate_accounts(database: Database, playbook: CompiledPlaybook, now: int,
     with collector_paused(), database.engine.connect() as conn:
         # Accounts in an experiment are shown as evaluated with their recorded variant.
         ids = None if account_ids is None else list(account_ids)
+        parts = _parts(conn, ids)
+        workers = worker_count(sum(len(part) for part in parts), database)
+        if workers:
+            with InWorkers(database, playbook, parts, now, False, workers) as evaluated:
+                return [result.state for _, results in evaluated for result in results
+                        if result.state is not None]
         variants = Assignments(conn, playbook, ids, now, write=False)
         states = [variants.evaluate(facts, evaluate_safely(facts, playbook, now),
                                     evaluate_safely)
                   for facts in load_facts(conn, playbook, ids)]
     return [state for state in states if state is not None]
+
+
+def _parts(conn: sa.Connection, ids: list[str] | None) -> list[Sequence[str]]:
+    """The accounts in the parts `load_facts` reads them in (all accounts when None)."""
+    if ids is None:
+        ids = conn.execute(sa.text("SELECT id FROM accounts ORDER BY id")).scalars().all()
+        return list(event_store.chunks(ids, BATCH))
+    return list(event_store.chunks(sorted(set(ids)), BATCH))
 
 
 def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult:
@@ -180,49 +195,138 @@ def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult
             "OR next_wake_at <= :now OR playbook_version IS NULL OR playbook_version <> :version"
         ), {"now": now, "version": playbook.version}).all()
         seqs = dict(due)  # type: ignore[arg-type]
-        late_limit = playbook.loaded.model.late_limit_hours
-        outbox = existing_actions(conn, seqs)
-        history = recorded_stalls(conn, seqs)
-        owners = previous_owners(conn, seqs)
-        writes = _TickWrites(now=now)
+        # Accounts in an experiment: assigned once, then evaluated with their variant.
         variants = Assignments(conn, playbook, seqs, now, write=True)
-        for facts in load_facts(conn, playbook, seqs):
-            # Accounts in an experiment: assigned once, then evaluated with their variant.
-            state = variants.evaluate(facts, evaluate_safely(facts, playbook, now),
-                                      evaluate_safely)
-            seq = seqs[facts.account_id]
-            if state is None:
-                # Kept out of the way until its events change, retried hourly meanwhile.
-                writes.states.append({"id": facts.account_id, "state": _encode(
-                    {"id": facts.account_id, "error": "the engine could not evaluate this "
-                     "account; the log has the details"}).decode(), "wake": now + 3_600_000_000,
-                    "seq": seq, "at": now, "version": playbook.version})
-                continue
-            # The actions go into the outbox in the transaction that stores the state which
-            # caused them (shared/DESIGN.md "Outbox").
-            reconcile(writes.outbox, facts.account_id, state.planned, playbook.version,
-                      late_limit, now, outbox.get(facts.account_id, {}), state.track)
-            run = state.run["number"] if state.run else None
-            record_stalls(writes.stalls, facts.account_id, run, state.episodes,
-                          history.get(facts.account_id, {}), now)
-            if state.run is not None and state.run["status"] != "active":
-                writes.finished.append(facts.account_id)
-            before = owners.get(facts.account_id)
-            if before is not None and state.owner is not None and state.owner != before:
-                # A new owner takes over the open tasks (shared/DESIGN.md "Accounts, runs and
-                # anchors"); those already done stay with whoever did them.
-                writes.handovers.append({"a": facts.account_id, "to": state.owner})
-            writes.states.append({"id": facts.account_id,
-                                  "state": _encode(state.as_json()).decode(),
-                                  "wake": state.next_wake_at, "seq": seq, "at": now,
-                                  "version": playbook.version})
-            if len(writes.states) >= BATCH:
-                writes.apply(conn)
-        writes.apply(conn)
+        # The workers, if any, start before the read below, which they need not wait for.
+        with _tick_writes(database, conn, playbook, seqs, variants, now) as planned:
+            owners = previous_owners(conn, seqs)
+            writes = _TickWrites(now=now)
+            for account_id, account_writes in planned:
+                writes.add(account_id, account_writes)
+                before, after = owners.get(account_id), account_writes.owner
+                if before is not None and after is not None and after != before:
+                    # A new owner takes over the open tasks (shared/DESIGN.md "Accounts, runs
+                    # and anchors"); those already done stay with whoever did them.
+                    writes.handovers.append({"a": account_id, "to": after})
+                if len(writes.states) >= BATCH:
+                    writes.apply(conn)
+            writes.apply(conn)
         updates = writes.evaluated
     if updates:
         log.info("Tick evaluated %d account(s).", updates)
     return TickResult(updates, attached, playbook.version)
+
+
+@dataclass
+class AccountWrites:
+    """What a tick writes for one account (`plan_writes`)."""
+
+    state: dict[str, Any]  # the parameters of its accounts row's update
+    outbox: OutboxChanges = field(default_factory=OutboxChanges)
+    stalls: StallChanges = field(default_factory=StallChanges)
+    finished: bool = False  # its run ended: its owner's load goes down
+    owner: str | None = None
+
+
+def plan_writes(account_id: str, seq: int, state: AccountState | None,
+                existing: dict[str, Any], recorded: dict[tuple[int, str], Any],
+                playbook: CompiledPlaybook, now: int) -> AccountWrites:
+    """What the tick writes for one account evaluated at `now`: its state, its outbox rows
+    (compared with the `existing` ones) and its stall history (with the `recorded` one)."""
+    writes = AccountWrites({"id": account_id, "wake": now + 3_600_000_000, "seq": seq,
+                            "at": now, "version": playbook.version})
+    if state is None:
+        # Kept out of the way until its events change, retried hourly meanwhile.
+        writes.state["state"] = _encode({"id": account_id, "error": "the engine could not "
+                                         "evaluate this account; the log has the details"}
+                                        ).decode()
+        return writes
+    writes.state |= {"state": _encode(state.as_json()).decode(), "wake": state.next_wake_at}
+    # The actions go into the outbox in the transaction that stores the state which caused
+    # them (shared/DESIGN.md "Outbox").
+    reconcile(writes.outbox, account_id, state.planned, playbook.version,
+              playbook.loaded.model.late_limit_hours, now, existing, state.track)
+    run = state.run["number"] if state.run else None
+    record_stalls(writes.stalls, account_id, run, state.episodes, recorded, now)
+    writes.finished = state.run is not None and state.run["status"] != "active"
+    writes.owner = state.owner
+    return writes
+
+
+Planned = Iterator[tuple[str, AccountWrites]]
+
+
+@contextmanager
+def _tick_writes(database: Database, conn: sa.Connection, playbook: CompiledPlaybook,
+                 seqs: dict[str, int], variants: Assignments, now: int) -> Iterator[Planned]:
+    """The due accounts' writes, in `load_facts` order: planned in worker processes for a
+    large tick (see runtime.workers), else here."""
+    parts = _parts(conn, list(seqs))
+    workers = worker_count(len(seqs), database)
+    if not workers:
+        yield _writes_here(conn, playbook, seqs, seqs, variants, now)
+        return
+    with InWorkers(database, playbook, parts, now, True, workers) as evaluated:
+        yield (settled for ids, results in evaluated
+               for settled in _settle(conn, playbook, ids, results, seqs, variants, now))
+
+
+def _writes_here(conn: sa.Connection, playbook: CompiledPlaybook, account_ids: Iterable[str],
+                 seqs: dict[str, int], variants: Assignments, now: int) -> Planned:
+    outbox = existing_actions(conn, account_ids)
+    history = recorded_stalls(conn, account_ids)
+    for facts in load_facts(conn, playbook, account_ids):
+        state = variants.evaluate(facts, evaluate_safely(facts, playbook, now),
+                                  evaluate_safely)
+        yield facts.account_id, plan_writes(
+            facts.account_id, seqs[facts.account_id], state,
+            outbox.get(facts.account_id, {}), history.get(facts.account_id, {}), playbook, now)
+
+
+def _settle(conn: sa.Connection, playbook: CompiledPlaybook, ids: list[str],
+            results: list[WorkerResult], seqs: dict[str, int], variants: Assignments,
+            now: int) -> list[tuple[str, AccountWrites]]:
+    """A part the workers planned, as this transaction would have planned it itself.
+
+    A worker does not see this transaction's writes: an account whose change_seq it saw
+    otherwise is evaluated here. Variants are assigned here, in the order of the part; an
+    account that a new (or another) variant gives other rules is evaluated here again.
+    """
+    if {result.account_id for result in results} != set(ids):
+        return list(_writes_here(conn, playbook, ids, seqs, variants, now))
+    stale = [result.account_id for result in results if result.seq != seqs[result.account_id]]
+    here = dict(_writes_here(conn, playbook, stale, seqs, variants, now)) if stale else {}
+    settled: list[tuple[str, AccountWrites]] = []
+    again: dict[str, tuple[tuple[str, str], ...]] = {}
+    for result in results:
+        if result.account_id in here:
+            settled.append((result.account_id, here[result.account_id]))
+            continue
+        if result.basis is not None:
+            chosen = variants.effective(variants.choose(result.account_id, result.basis,
+                                                        result.fitting))
+            if chosen != result.variants:
+                again[result.account_id] = chosen
+        settled.append((result.account_id, result.state))
+    if again:
+        redone = dict(_variants_here(conn, playbook, again, seqs, now))
+        settled = [(account_id, redone.get(account_id, writes)) for account_id, writes in settled]
+    return settled
+
+
+def _variants_here(conn: sa.Connection, playbook: CompiledPlaybook,
+                   chosen: dict[str, tuple[tuple[str, str], ...]], seqs: dict[str, int],
+                   now: int) -> Planned:
+    """The accounts evaluated here with the variants just `chosen` for them."""
+    outbox = existing_actions(conn, chosen)
+    history = recorded_stalls(conn, chosen)
+    for facts in load_facts(conn, playbook, chosen):
+        variants = chosen[facts.account_id]
+        state = evaluate_safely(
+            facts, variant_playbook(playbook, variants) if variants else playbook, now)
+        yield facts.account_id, plan_writes(
+            facts.account_id, seqs[facts.account_id], state,
+            outbox.get(facts.account_id, {}), history.get(facts.account_id, {}), playbook, now)
 
 
 @dataclass
@@ -238,6 +342,17 @@ class _TickWrites:
     handovers: list[dict[str, Any]] = field(default_factory=list)  # owner changed
     evaluated: int = 0
     now: int = 0
+
+    def add(self, account_id: str, writes: AccountWrites) -> None:
+        self.outbox.inserts += writes.outbox.inserts
+        self.outbox.cancels += writes.outbox.cancels
+        self.outbox.resolutions += writes.outbox.resolutions
+        self.stalls.inserts += writes.stalls.inserts
+        self.stalls.closes += writes.stalls.closes
+        self.stalls.retractions += writes.stalls.retractions
+        if writes.finished:
+            self.finished.append(account_id)
+        self.states.append(writes.state)
 
     def apply(self, conn: sa.Connection) -> None:
         self.outbox.apply(conn)

@@ -92,22 +92,38 @@ class Assignments:
         a tick); the state unchanged for an account in no variant."""
         if not self.experiments or state is None:
             return state
-        chosen = self._chosen(facts, state)
-        if not any(self._overrides(e, v) for e, v in chosen):
+        fitting = self.fitting(facts.traits, state) if self.write else ()
+        chosen = self.effective(self.choose(facts.account_id, state, fitting))
+        if not chosen:
             return state
         return evaluate(facts, variant_playbook(self.playbook, chosen), self.now)
 
-    def _chosen(self, facts: AccountFacts, state: AccountState) -> tuple[tuple[str, str], ...]:
-        mine = self.recorded.setdefault(facts.account_id, {})
+    def fitting(self, traits: dict[str, list[Any]], state: AccountState) -> tuple[str, ...]:
+        """The experiments an account with a run fits at `now` (their `where`)."""
+        if state.run is None:
+            return ()
+        now_traits = {k: v[0] for k, v in traits_at(traits, self.now).items()}
+        return tuple(e.key for e in self.experiments
+                     if traits_match(e.where, now_traits, state.track))
+
+    def choose(self, account_id: str, state: AccountState | Any,
+               fitting: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        """The account's variants; when this is a tick, first assigned in the `fitting`
+        experiments it is not in yet. `state` is the one evaluated with the base playbook,
+        or what a worker kept of it (`run`, `track` and `tier`)."""
+        mine = self.recorded.setdefault(account_id, {})
         if self.write and state.run is not None:
-            traits = {k: v[0] for k, v in traits_at(facts.traits, self.now).items()}
             for experiment in self.experiments:
-                if experiment.key not in mine and traits_match(experiment.where, traits,
-                                                               state.track):
-                    mine[experiment.key] = self._assign(experiment, facts.account_id, state)
+                if experiment.key not in mine and experiment.key in fitting:
+                    mine[experiment.key] = self._assign(experiment, account_id, state)
         return tuple((e.key, mine[e.key]) for e in self.experiments if e.key in mine)
 
-    def _assign(self, experiment: Experiment, account_id: str, state: AccountState) -> str:
+    def effective(self, chosen: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """The variants to evaluate with: `chosen` when one of them changes rules or
+        templates, else none (the base playbook)."""
+        return chosen if any(self._overrides(e, v) for e, v in chosen) else ()
+
+    def _assign(self, experiment: Experiment, account_id: str, state: Any) -> str:
         stratum = stratum_of(state)
         position = self.filled.get((experiment.key, stratum), 0)
         self.filled[(experiment.key, stratum)] = position + 1

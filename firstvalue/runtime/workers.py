@@ -1,0 +1,259 @@
+"""Evaluating many accounts in worker processes.
+
+The engine is pure and no account's evaluation needs another's, so a large tick or read is
+spread over the machine's cores: each worker process opens its own connection to the store,
+reads the facts of a part of the accounts and evaluates them, and the calling process takes
+the results back in account id order, exactly the order it would have evaluated them in
+itself. Everything that writes stays in the calling process, in the tick's one transaction.
+
+A worker reads what the store has committed, so it does not see what the tick itself wrote
+before evaluating (held events attached, owners routed). Both bump the account's
+`change_seq`; a worker reports the `change_seq` it saw, and the tick evaluates in process any
+account for which it differs from its own (see `runtime.evaluation`). Experiment variants are
+assigned by the tick alone, in account id order as before: a worker evaluates with the
+variants already recorded and says which it used.
+
+Small evaluations stay in the calling process: starting workers costs more than they save.
+Workers are started with the `forkserver` method, never by forking the caller, whose
+connections, threads and locks a forked child would share.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import resource
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from multiprocessing.util import Finalize
+from typing import Any, NamedTuple
+
+from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
+from firstvalue.engine.evaluate import AccountState
+from firstvalue.playbook.loader import LoadedPlaybook
+from firstvalue.settings import get_int_setting, get_setting
+from firstvalue.store import events as event_store
+from firstvalue.store.database import Database, open_database
+
+
+class Basis(NamedTuple):
+    """What experiment assignment reads of the state evaluated with the base playbook."""
+
+    run: dict[str, Any] | None
+    track: str | None
+    tier: int | None
+
+
+class WorkerResult(NamedTuple):
+    """One account as a worker evaluated it."""
+
+    account_id: str
+    seq: int  # the account's change_seq as the worker saw it
+    state: Any  # for a read the AccountState (None when it failed), for a tick AccountWrites
+    variants: tuple[tuple[str, str], ...]  # the recorded variants it was evaluated with
+    basis: Basis | None  # with experiments only
+    fitting: tuple[str, ...]  # the experiments it fits (for a tick, with experiments only)
+
+
+def worker_count(accounts: int, database: Database) -> int:
+    """How many worker processes evaluate `accounts` accounts beside the caller: 0 for in
+    process.
+
+    Workers need a store they can open themselves (a file or a server, not SQLite in
+    memory), a caller that may start processes (a daemonic process, such as a worker of a
+    `multiprocessing.Pool`, may not) and the `forkserver` start method (not on Windows).
+    """
+    if accounts < get_int_setting("parallel_accounts") or not _shareable(database.url):
+        return 0
+    if multiprocessing.current_process().daemon:
+        return 0
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
+        return 0
+    raw = get_setting("evaluation_workers")
+    # The caller evaluates too: one worker fewer than there are CPUs.
+    workers = get_int_setting("evaluation_workers") if raw else (os.cpu_count() or 1) - 1
+    return max(workers, 0)
+
+
+def _shareable(url: str) -> bool:
+    if not url.startswith("sqlite"):
+        return True
+    return url not in ("sqlite://", "sqlite:///:memory:") and "mode=memory" not in url
+
+
+class InWorkers:
+    """The accounts evaluated by worker processes and by the caller, part by part.
+
+    Iterating yields each part's ids and results (a list of `WorkerResult`, in the order the
+    worker read the accounts: `load_facts`'s order for those ids), in the order of the parts.
+    The workers take parts from the front, one more each than they are working on; while
+    the caller waits for the next part, it evaluates one from the back itself, the same way
+    (its own connection, what is committed), and keeps it until its turn comes. So the
+    caller's core works too, and no part is pickled twice that need not be.
+    """
+
+    def __init__(self, database: Database, playbook: CompiledPlaybook,
+                 parts: Iterable[Sequence[str]], now: int, for_tick: bool,
+                 workers: int) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__, "firstvalue.runtime.evaluation"])
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker,
+            initargs=(database.url, playbook.loaded, playbook.relevant_names))
+        self.caller = _Worker(database, playbook)
+        self.parts = [list(part) for part in parts]
+        self.futures: dict[int, Future[tuple[list[WorkerResult], float, float]]] = {}
+        self.done: dict[int, list[WorkerResult]] = {}
+        self.front = 0  # the next part to hand to a worker
+        self.back = len(self.parts)  # parts from here on are the caller's
+        self.ahead = 4 * workers
+        self.now = now
+        self.for_tick = for_tick
+        self._hand_out()
+
+    def __iter__(self) -> Iterator[tuple[list[str], list[WorkerResult]]]:
+        for index, ids in enumerate(self.parts):
+            while index not in self.done:
+                future = self.futures.get(index)
+                if future is None:
+                    # Not handed out: the caller's to evaluate.
+                    self.front = max(self.front, index + 1)
+                    self.done[index] = self._evaluate_here(ids)
+                elif not future.done() and self.back > self.front:
+                    self.back -= 1
+                    self.done[self.back] = self._evaluate_here(self.parts[self.back])
+                else:
+                    self.done[index] = self._take(self.futures.pop(index))
+            self._hand_out()
+            yield ids, self.done.pop(index)
+
+    def __enter__(self) -> InWorkers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _hand_out(self) -> None:
+        while self.front < self.back and len(self.futures) < self.ahead:
+            future = self.pool.submit(_evaluate_part, self.parts[self.front], self.now,
+                                      self.for_tick)
+            self.futures[self.front] = future
+            self.front += 1
+
+    def _evaluate_here(self, ids: list[str]) -> list[WorkerResult]:
+        return _evaluated(self.caller, ids, self.now, self.for_tick, portable=False)
+
+    def _take(self, future: Future[tuple[list[WorkerResult], float, float]]
+              ) -> list[WorkerResult]:
+        global _cpu_seconds, _peak_mb
+        results, cpu, peak_mb = future.result()
+        _cpu_seconds += cpu
+        _peak_mb = max(_peak_mb, peak_mb)
+        return results
+
+
+_cpu_seconds = 0.0
+_peak_mb = 0.0
+
+
+def worker_cpu_seconds() -> float:
+    """The CPU time the worker processes of this process have used so far (their start
+    included), for measurements: `time.process_time()` counts the caller's only."""
+    return _cpu_seconds
+
+
+def worker_peak_mb() -> float:
+    """The largest peak memory (resident set, MB) of one worker process so far."""
+    return _peak_mb
+
+
+@dataclass
+class _Worker:
+    database: Database
+    playbook: CompiledPlaybook
+
+
+_worker: _Worker | None = None
+
+
+def _start_worker(url: str, loaded: LoadedPlaybook, relevant_names: frozenset[str]) -> None:
+    global _worker
+    # The worker lives for one evaluation: the collector would only rescan what it keeps
+    # until the end (see runtime.evaluation.collector_paused).
+    gc.disable()
+    compiled = compile_playbook(loaded)
+    # The facts are read with the caller's names, so that both read the same events.
+    playbook = CompiledPlaybook(**{**compiled.__dict__, "relevant_names": relevant_names})
+    database = open_database(url, migrate=False)
+    # Closed at the worker's exit, so that PostgreSQL sees the connection end cleanly.
+    Finalize(database, database.dispose, exitpriority=10)
+    _worker = _Worker(database, playbook)
+
+
+def _evaluate_part(ids: list[str], now: int,
+                   for_tick: bool) -> tuple[list[WorkerResult], float, float]:
+    """The part's results, the CPU time this worker used since its last part and its peak
+    memory in MB."""
+    global _reported_cpu
+    assert _worker is not None, "the worker was not started"
+    results = _evaluated(_worker, ids, now, for_tick, portable=True)
+    cpu, _reported_cpu = time.process_time() - _reported_cpu, time.process_time()
+    return results, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_reported_cpu = 0.0
+
+
+def _evaluated(worker: _Worker, ids: list[str], now: int, for_tick: bool,
+               portable: bool) -> list[WorkerResult]:
+    from firstvalue.actions.outbox import existing_actions
+    from firstvalue.runtime.evaluation import evaluate_safely, load_facts, plan_writes
+    from firstvalue.runtime.experiments import Assignments, variant_playbook
+    from firstvalue.runtime.stall_history import recorded_stalls
+
+    playbook = worker.playbook
+    results = []
+    with worker.database.engine.connect() as conn:
+        # The change_seq before the facts: facts read after it are at least that new.
+        seqs = dict(event_store.select_in(
+            conn, "SELECT id, change_seq FROM accounts WHERE id IN :ids", ids))
+        variants = Assignments(conn, playbook, ids, now, write=False)
+        # The tick writes none of the engine's outbox rows or stalls before evaluating, so
+        # what is committed is what it would read itself.
+        outbox = existing_actions(conn, ids) if for_tick else {}
+        history = recorded_stalls(conn, ids) if for_tick else {}
+        for facts in load_facts(conn, playbook, ids):
+            base = evaluate_safely(facts, playbook, now)
+            chosen: tuple[tuple[str, str], ...] = ()
+            basis, fitting, state = None, (), base
+            if base is not None and variants.experiments:
+                chosen = variants.effective(variants.choose(facts.account_id, base, ()))
+                if chosen:
+                    state = evaluate_safely(facts, variant_playbook(playbook, chosen), now)
+                basis = Basis(base.run, base.track, base.tier)
+                fitting = variants.fitting(facts.traits, base) if for_tick else ()
+            account_id, seq = facts.account_id, seqs[facts.account_id]
+            if for_tick:
+                kept = plan_writes(account_id, seq, state, outbox.get(account_id, {}),
+                                   history.get(account_id, {}), playbook, now)
+            else:
+                kept = _portable(state) if portable else state
+            results.append(WorkerResult(account_id, seq, kept, chosen, basis, fitting))
+    return results
+
+
+def _portable(state: AccountState | None) -> AccountState | None:
+    """The state in a form that crosses to the caller: its planned actions' reasons and
+    facts are worked out here (they are functions until needed, and functions do not
+    pickle)."""
+    if state is None:
+        return None
+    planned = tuple(replace(action, reason_source=action.reason, facts_source=action.facts)
+                    for action in state.planned)
+    return replace(state, planned=planned)

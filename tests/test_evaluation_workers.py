@@ -1,0 +1,146 @@
+"""Evaluating in worker processes gives what evaluating in process gives, on both stores.
+
+The same data set (the benchmark's generator, a few hundred accounts, a third of them in the
+default playbook's experiment, a roster so that the tick routes owners before it evaluates) is
+imported into two stores; one is ticked in process, the other with the worker processes forced
+on by a low threshold, and every row the tick writes, and every state the read path gives,
+must be the same.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+import sqlalchemy as sa
+
+from firstvalue.clock import to_micros
+from firstvalue.ingest.files import ImportSummary, import_file
+from firstvalue.runtime import evaluation
+from firstvalue.runtime.evaluation import evaluate_accounts, tick
+from firstvalue.runtime.routing import save_member
+from firstvalue.store.database import Database, open_database
+
+from .conftest import fresh_postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNTS = 300
+MESSAGES = 24_000
+
+_spec = importlib.util.spec_from_file_location("bench_dataset", ROOT / "benchmarks" / "dataset.py")
+assert _spec is not None and _spec.loader is not None
+dataset = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dataset)
+NOW = to_micros(dataset.END + timedelta(hours=1))
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    """The benchmark's messages, and `group` calls putting every third account in the
+    experiment's use case."""
+    directory = tmp_path_factory.mktemp("workers")
+    path = dataset.ensure_dataset(directory, ACCOUNTS, MESSAGES)
+    moment = (dataset.END - timedelta(days=200)).isoformat().replace("+00:00", "Z")
+    extra = [msgspec.json.encode({
+        "type": "group", "userId": f"acct-{n:05d}-u1", "groupId": f"acct-{n:05d}",
+        "messageId": f"use-case-{n}", "timestamp": moment,
+        "traits": {"use_case": "pipeline_visibility"}}) for n in range(0, ACCOUNTS, 3)]
+    with path.open("ab") as out:
+        out.write(b"\n".join(extra) + b"\n")
+    return path
+
+
+@contextmanager
+def stores(kind: str, tmp_path: Path) -> Iterator[tuple[Database, Database]]:
+    if kind == "sqlite":
+        here = open_database(f"sqlite:///{tmp_path / 'here.db'}")
+        there = open_database(f"sqlite:///{tmp_path / 'workers.db'}")
+        try:
+            yield here, there
+        finally:
+            here.dispose()
+            there.dispose()
+        return
+    with fresh_postgres() as here, fresh_postgres() as there:
+        yield here, there
+
+
+def load(database: Database, path: Path, playbook) -> None:
+    import_file(database, path, NOW - 60_000_000, playbook.anchor_names, ImportSummary())
+    with database.write() as conn:
+        # Capacity for some accounts only: the others wait, and the team lead is alerted.
+        save_member(conn, "ana", "ana@team.example", "csm", 40, "Europe/Berlin", None, NOW)
+        save_member(conn, "ivo", "ivo@team.example", "implementation_manager", 10,
+                    "America/New_York", None, NOW)
+
+
+TABLES = {
+    "accounts": "SELECT id, traits, state, next_wake_at, evaluated_seq, change_seq, "
+                "playbook_version FROM accounts ORDER BY id",
+    "actions": "SELECT key, account_id, run, rule, kind, recipient, contact, template, status, "
+               "due_at, reason, facts, assignee, resolved_at FROM actions ORDER BY key",
+    "stalls": "SELECT account_id, run, identity, rule, status, opened_at, closed_at, evidence, "
+              "retracted_at FROM stalls ORDER BY account_id, run, identity",
+    "experiment_assignments": "SELECT experiment, account_id, variant, stratum, position, run "
+                              "FROM experiment_assignments ORDER BY experiment, account_id",
+    "assignments": "SELECT account_id, status, owner FROM assignments ORDER BY account_id",
+}
+
+
+def written(database: Database) -> dict[str, list[tuple]]:
+    with database.engine.connect() as conn:
+        return {name: [tuple(row) for row in conn.execute(sa.text(sql))]
+                for name, sql in TABLES.items()}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql",
+                                                         marks=pytest.mark.postgres)])
+def test_workers_write_and_read_what_the_process_itself_would(kind, tmp_path, data_file,
+                                                              playbook, monkeypatch):
+    started = []
+
+    class Counted(evaluation.InWorkers):
+        def __init__(self, *args, **kwargs):
+            started.append(args[4])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "InWorkers", Counted)
+    with stores(kind, tmp_path) as (here, there):
+        load(here, data_file, playbook)
+        load(there, data_file, playbook)
+        # Given the same stores, ticked twice (the second tick after the variants are
+        # recorded and three days have passed), in process and in workers,
+        for now in (NOW, NOW + 3 * 86_400_000_000):
+            monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
+            in_process = tick(here, playbook, now)
+            monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
+            monkeypatch.setenv("FIRSTVALUE_PARALLEL_ACCOUNTS", "50")
+            in_workers = tick(there, playbook, now)
+            monkeypatch.delenv("FIRSTVALUE_PARALLEL_ACCOUNTS")
+            # then both evaluated the same accounts and wrote the same rows.
+            assert in_workers == in_process
+            assert written(there) == written(here)
+        assert in_process.evaluated > 50, "the second tick must be large enough for workers"
+
+        # And the read path gives the same states.
+        later = NOW + 5 * 86_400_000_000
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
+        read_here = [state.as_json() for state in evaluate_accounts(here, playbook, later)]
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
+        monkeypatch.setenv("FIRSTVALUE_PARALLEL_ACCOUNTS", "50")
+        read_there = [state.as_json() for state in evaluate_accounts(there, playbook, later)]
+        assert read_there == read_here
+        assert len(read_here) == ACCOUNTS
+
+        assert started == [True, True, False], "the ticks and the read used the workers"
+        with here.engine.connect() as conn:
+            variants = conn.execute(sa.text(
+                "SELECT COUNT(*) FROM experiment_assignments")).scalar()
+            routed = conn.execute(sa.text(
+                "SELECT COUNT(*) FROM assignments WHERE status = 'assigned'")).scalar()
+        assert variants > 50 and routed > 10, "the data set exercises experiments and routing"
