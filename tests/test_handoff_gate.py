@@ -53,10 +53,14 @@ def test_no_customer_message_before_the_handoff_then_they_go_when_it_completes(
     assert (reminder["status"], reminder["due_at"]) == ("sent", CONTRACT + 24 * HOUR)
     assert (escalation["status"], escalation["due_at"]) == ("sent", CONTRACT + 72 * HOUR)
     assert reminder["recipient"] == "ae" and escalation["recipient"] == "manager"
+    assert reminder["resolved_at"] is None
 
     with database.write() as conn:
         submit_handoff(conn, gated.loaded.model.handoff, "acme", COMPLETE, day4, "test")
     simulate(database, gated, [], until=day4 + 2 * HOUR, start=day4, deliver=SANDBOX)
+    # The reminders were sent; now that the handoff is in, they are resolved.
+    assert action(database, "acme/acme-deal/handoff.ae_reminder/1")["resolved_at"] == day4
+    assert action(database, "acme/acme-deal/handoff.manager/1")["resolved_at"] == day4
     sent = customer_messages(database)
     assert ("welcome", "sent") in sent and ("integration_tutorial", "sent") in sent
     welcome = action(database, "acme/acme-deal/welcome/1")

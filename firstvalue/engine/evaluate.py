@@ -337,7 +337,10 @@ def _handoff_reminders(facts: AccountFacts, playbook: CompiledPlaybook, run: Run
         planned.append(PlannedAction(
             f"{facts.account_id}/{run.key}/{key}/1", key, "task", to, template, due,
             max(due, run.started_at), "cancelled" if done else "due", why,
-            {"handoff_due_hours": hours}, run=run.number))
+            {"handoff_due_hours": hours}, run=run.number,
+            # Sent, and the handoff came in since: the task is resolved, as an alert whose
+            # condition cleared.
+            cleared=not done and completed_at is not None and completed_at <= now))
     return planned, upcoming
 
 
