@@ -313,7 +313,14 @@ def test_a_pending_action_is_sent_early_or_cancelled_and_stays_cancelled(client,
     again = client.post("/actions/send", data={"csrf_token": token,
                                                "key": pending["re_engagement"]})
     assert again.status_code == 409 and "due already" in again.text
-    assert task_row(store, pending["re_engagement"]).reason == row.reason  # not noted twice
+    assert task_row(store, pending["re_engagement"]).reason == row.reason
+    # Still night: the dispatcher defers it again; a second release does not grow the reason.
+    Dispatcher(store, playbook, SANDBOX).run_once(later)
+    assert task_row(store, pending["re_engagement"]).next_attempt_at > later
+    assert client.post("/actions/send", data={"csrf_token": token,
+                                              "key": pending["re_engagement"]},
+                       follow_redirects=False).status_code == 303
+    assert task_row(store, pending["re_engagement"]).reason == row.reason
 
     tick(store, playbook, later + 3_600_000_000)
     assert task_row(store, pending["re_engagement.manager"]).status == "cancelled"
@@ -571,3 +578,38 @@ def test_a_dead_crm_row_is_retried_from_the_deliveries_page(client, store):
         row = conn.execute(sa.text("SELECT status, attempts FROM crm_sync")).one()
     assert tuple(row) == ("pending", 0)
     assert client.post("/deliveries/retry", data={"csrf_token": token}).status_code == 400
+
+
+def test_an_account_id_of_dots_is_reached_through_the_query(client, store, playbook):
+    from firstvalue.ingest.service import ingest_messages
+    from tests.conftest import encode
+
+    ingest_messages(store, [encode({
+        "type": "group", "messageId": f"dots-{n}", "userId": "d-user", "groupId": dots,
+        "timestamp": "2026-03-12T09:00:00Z", "traits": {"name": f"Dots {n}"}})
+        for n, dots in enumerate((".", ".."))], NOW, playbook.anchor_names)
+    tick(store, playbook, NOW)
+    token = log_in(client, "csm")
+    portfolio = client.get("/portfolio?status=all&q=dots").text
+    assert 'href="/accounts?id=."' in portfolio and 'href="/accounts?id=.."' in portfolio
+    page = client.get("/accounts?id=..")
+    assert page.status_code == 200 and "Dots 1" in page.text
+    assert 'href="/handoff?id=.."' in page.text
+    saved = client.post("/handoff?id=..", data={"csrf_token": token, "intent": "save_incomplete",
+                                               "field_use_case": "lead_enrichment"},
+                        follow_redirects=False)
+    assert saved.headers["location"] == "/accounts?id=..&done=handoff_incomplete"
+    assert client.get("/accounts").status_code == 404
+
+
+def test_a_handoff_nested_too_deeply_is_refused_by_its_field_on_every_path(client, store):
+    deep = '{"a":' + "[" * 990 + "]" * 990 + "}"
+    token = log_in(client, "csm")
+    answer = client.post("/handoff/acme", data={"csrf_token": token, "intent": "save_incomplete",
+                                                "field_technical_requirements": deep})
+    assert answer.status_code == 400 and "nested deeper than 16 levels" in answer.text
+    api = client.put("/api/accounts/acme/handoff", content=deep.replace('{"a":', '{"commitments":'),
+                     headers={"Authorization": "Bearer "
+                              + create_api_token(store, "w", "csm", NOW)})
+    assert api.status_code == 400 and "nested deeper" in api.text
+    assert client.get("/accounts/acme").status_code == 200

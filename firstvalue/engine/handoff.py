@@ -13,6 +13,7 @@ from firstvalue.playbook.model import HandoffField, HandoffSettings
 _encode = msgspec.json.encode
 MAX_TEXT = 2000
 MAX_ITEMS = 50
+MAX_DEPTH = 16  # levels of nesting in a field's value: reading deeper ones back needs a deep stack
 
 
 class HandoffError(FirstvalueError):
@@ -80,7 +81,23 @@ def _empty(value: Any) -> bool:
     return value is None or value == [] or value == {}
 
 
+def _depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests, counted no further than `limit` + 1 (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((child, depth + 1)
+                         for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _shape_problem(field: HandoffField, value: Any) -> str | None:
+    if _depth(value, MAX_DEPTH) > MAX_DEPTH:
+        return f"nested deeper than {MAX_DEPTH} levels; send a flatter value"
     if field.kind == "text":
         if not isinstance(value, str):
             return f"must be text, not {type(value).__name__}"

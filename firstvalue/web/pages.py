@@ -64,7 +64,9 @@ class Dashboard:
             lstrip_blocks=True)
         self.templates.filters["when"] = _when
         self.templates.filters["spec"] = _spec_json
-        self.templates.filters["idpath"] = lambda value: urllib.parse.quote(str(value), safe="")
+        from firstvalue.web.views import account_path
+
+        self.templates.globals["account_url"] = account_path
         self.templates.globals["MARK_LABELS"] = MARK_LABELS
         self._bundle: bytes | None = None
         self._bundle_lock = threading.Lock()
@@ -347,6 +349,10 @@ def install(app: FastAPI, context: Any) -> Dashboard:
         ("/handoff/{account_id:path}", handler(views.handoff_page), ["GET"]),
         ("/handoff/{account_id:path}", handler(views.handoff_post, True, True), ["POST"]),
         ("/accounts/{account_id:path}", handler(views.account_page), ["GET"]),
+        # The same, for ids that are all dots (see views.account_path).
+        ("/handoff", handler(views.handoff_page), ["GET"]),
+        ("/handoff", handler(views.handoff_post, True, True), ["POST"]),
+        ("/accounts", handler(views.account_page), ["GET"]),
     ]
     for path, endpoint, methods in routes:
         app.add_api_route(path, endpoint, methods=methods + (["HEAD"] if methods == ["GET"]

@@ -102,7 +102,7 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
     from firstvalue.runtime.handoff import handoff_json
     from firstvalue.runtime.timeline import account_view
 
-    account_id = request.path_params["account_id"]
+    account_id = _account_id(request)
     now = d.now
     states = evaluate_accounts(d.database, d.context.playbook, now, [account_id])
     if not states:
@@ -157,9 +157,23 @@ def _handoff_trait(conn: sa.Connection, account_id: str, state: Any) -> dict[str
                 "completed_at"), "missing": status.get("missing") or []}
 
 
-def account_path(account_id: str) -> str:
-    """The account page's path, its id quoted whole: an id may hold `/`, `?` or `..`."""
-    return "/accounts/" + urllib.parse.quote(account_id, safe="")
+def account_path(account_id: str, page: str = "accounts") -> str:
+    """The account page's path (or its handoff form's), the id quoted whole: an id may hold
+    `/`, `?` or `..`. An id that is all dots would be a path's `.` or `..`, which browsers
+    resolve away, so it goes in the query instead."""
+    if account_id.strip(".") == "":
+        return f"/{page}?" + urllib.parse.urlencode({"id": account_id})
+    return f"/{page}/" + urllib.parse.quote(account_id, safe="")
+
+
+def _account_id(request: Request) -> str:
+    found = request.path_params.get("account_id")
+    if found is None:
+        found = request.query_params.get("id")
+    if not found:
+        raise Refused(404, "No such account", "The address names no account; open one from "
+                      "the portfolio.")
+    return found
 
 
 def _contacts(conn: sa.Connection, account_id: str) -> list[dict[str, Any]]:
@@ -329,9 +343,10 @@ def send_action(d: Dashboard, request: Request, user: WebUser,
     key = _key(fields)
     with d.database.write() as conn:
         changed = conn.execute(sa.text(
-            "UPDATE actions SET next_attempt_at = :now, changed_by = :u, "
-            "reason = reason || :note WHERE key = :k AND status IN ('pending', 'failed') "
-            "AND next_attempt_at > :now"),
+            # The reason notes the first release only: a reason must not grow with each one.
+            "UPDATE actions SET next_attempt_at = :now, reason = CASE WHEN changed_by IS NULL "
+            "THEN reason || :note ELSE reason END, changed_by = :u WHERE key = :k AND status "
+            "IN ('pending', 'failed') AND next_attempt_at > :now"),
             {"now": d.now, "u": user.name, "k": key,
              "note": f"; released early from the dashboard by {user.name}"}).rowcount
         if not changed:
@@ -413,7 +428,7 @@ def handoff_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
     from firstvalue.errors import UnknownAccount
     from firstvalue.runtime.handoff import handoff_json
 
-    account_id = request.path_params["account_id"]
+    account_id = _account_id(request)
     settings = d.context.playbook.loaded.model.handoff
     with d.database.engine.connect() as conn:
         try:
@@ -431,7 +446,7 @@ def handoff_post(d: Dashboard, request: Request, user: WebUser,
     from firstvalue.errors import UnknownAccount
     from firstvalue.runtime.handoff import handoff_json, submit_handoff
 
-    account_id = request.path_params["account_id"]
+    account_id = _account_id(request)
     settings = d.context.playbook.loaded.model.handoff
     with d.database.engine.connect() as conn:
         try:
@@ -467,7 +482,8 @@ def handoff_post(d: Dashboard, request: Request, user: WebUser,
             errors = {name: why for name, why in exc.problems}
         else:
             done = "handoff_saved" if result["complete"] else "handoff_incomplete"
-            raise Redirect(f"{account_path(account_id)}?done={done}")
+            path = account_path(account_id)
+            raise Redirect(f"{path}{'&' if '?' in path else '?'}done={done}")
     with d.database.engine.connect() as conn:
         try:
             stored = handoff_json(conn, settings, account_id)
