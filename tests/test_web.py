@@ -184,8 +184,10 @@ def test_a_csm_completes_and_snoozes_tasks_from_the_work_queue(client, store):
     assert done.status_code == 303
     row = task_row(store)
     assert row.done_at == NOW and row.changed_by == "csm"
-    again = client.post("/tasks/done", data={"csrf_token": token, "key": TASK})
+    again = client.post("/tasks/done", data={"csrf_token": token, "key": TASK,
+                                             "back": "/accounts/acme"})
     assert again.status_code == 409
+    assert '<a href="/accounts/acme">Back to the page you came from</a>' in again.text
 
 
 def test_the_portfolio_filters_sorts_searches_and_pages(client):
@@ -613,3 +615,15 @@ def test_a_handoff_nested_too_deeply_is_refused_by_its_field_on_every_path(clien
                               + create_api_token(store, "w", "csm", NOW)})
     assert api.status_code == 400 and "nested deeper" in api.text
     assert client.get("/accounts/acme").status_code == 200
+
+
+def test_a_finished_runs_unreached_milestone_is_missed_not_overdue():
+    from datetime import date
+
+    from firstvalue.web.portfolio import _mark, _Milestone
+
+    late = _Milestone(key="first_value", status="open", due_on="2026-01-10", overdue_days=30)
+    assert _mark(late, date(2026, 2, 9)) == "overdue"
+    assert _mark(late, date(2026, 2, 9), ended=True) == "missed"
+    done = _Milestone(key="first_value", status="done", on_time=False)
+    assert _mark(done, date(2026, 2, 9), ended=True) == "done_late"

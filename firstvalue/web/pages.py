@@ -46,10 +46,11 @@ class Redirect(Exception):
 class Refused(Exception):
     """A request the dashboard answers with an error page: its status and what to do."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(self, status: int, title: str, message: str, back: str | None = None) -> None:
         self.status = status
         self.title = title
         self.message = message
+        self.back = back  # the page to go back to, when not the portfolio
 
 
 class Dashboard:
@@ -136,7 +137,7 @@ class Dashboard:
 
     def refusal(self, request: Request, refused: Refused) -> HTMLResponse:
         return self.render(request, "error.html", self.user(request), status=refused.status,
-                           title=refused.title, message=refused.message)
+                           title=refused.title, message=refused.message, back=refused.back)
 
     def stamp(self) -> str:
         """A fingerprint of what the pages show: it moves when a tick, a delivery or a form

@@ -116,9 +116,10 @@ class Row:
     def marks(self, now: int) -> list[tuple[str, str, str]]:
         """(key, mark, label) per milestone: done_on_time, done_late, overdue, due, upcoming."""
         today = _local_date(now, self.tz)
+        ended = self.status == "finished"
         return [(m.key, mark, f"{m.name or m.key}: {MARK_LABELS[mark]}"
                  + (f" (due {m.due_on})" if m.due_on and m.status != "done" else ""))
-                for m in self.milestones for mark in (_mark(m, today),)]
+                for m in self.milestones for mark in (_mark(m, today, ended),)]
 
     def risk(self) -> tuple[Any, ...]:
         """Riskiest first: an open stall, then overdue milestones (how many, how late), then a
@@ -127,12 +128,14 @@ class Row:
 
 
 MARK_LABELS = {"done_on_time": "done on time", "done_late": "done late", "overdue": "overdue",
-               "due": "due", "upcoming": "upcoming"}
+               "due": "due", "upcoming": "upcoming", "missed": "not reached, the run ended"}
 
 
-def _mark(milestone: _Milestone, today: date) -> str:
+def _mark(milestone: _Milestone, today: date, ended: bool = False) -> str:
     if milestone.status == "done":
         return "done_late" if milestone.on_time is False else "done_on_time"
+    if ended:
+        return "missed"
     if milestone.due_on is None:
         return "upcoming"
     due = date.fromisoformat(milestone.due_on)

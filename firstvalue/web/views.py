@@ -414,10 +414,11 @@ def _key(fields: dict[str, str]) -> str:
 def _back(d: Dashboard, fields: dict[str, str], key: str, changed: int, done: str) -> Response:
     from firstvalue.web.pages import _safe_next
 
-    if not changed:
-        raise Refused(409, "Nothing changed", f"The action {key!r} is not open any more (it "
-                      "may have been sent, done or cancelled meanwhile); reload the page.")
     back = _safe_next(fields.get("back"))
+    if not changed:
+        raise Refused(409, "Nothing changed", "That action or task is not open any more (it "
+                      "may have been sent, done or cancelled meanwhile): the page you came from "
+                      "shows it as it is now.", back)
     separator = "&" if "?" in back else "?"
     raise Redirect(f"{back}{separator}done={done}")
 
