@@ -68,3 +68,8 @@ class ImportFileError(FirstvalueError):
 
 class AuthError(FirstvalueError):
     """Raised when a write key or API token is missing or unknown."""
+
+
+class LoginBusy(FirstvalueError):
+    """Raised when a login's password could not be checked because other logins kept the
+    password check busy for longer than a login waits (see `web.auth.log_in`)."""

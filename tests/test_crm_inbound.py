@@ -304,3 +304,9 @@ def test_the_same_delivery_sent_at_once_is_stored_once_and_never_a_500(app, data
     assert sorted(a.json()["status"] for a in answers) == ["accepted"] + ["duplicate"] * 7
     with database.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM inbound_webhooks")).scalar() == 1
+
+
+def test_the_text_backslash_u0000_in_a_signed_payload_is_no_nul(app, database):
+    body = closed_won().replace(b"Acme", b"Acme C:\\\\u0000 Ltd")
+    response = app.post("/webhooks/crm", body, signed(body, "msg_typed"))
+    assert response.status_code == 200, response.text

@@ -152,3 +152,19 @@ def test_a_handoff_field_declared_twice_is_refused_by_place():
         "    - {key: use_case}\n  gate:")
     with pytest.raises(PlaybookError, match="handoff.fields"):
         parse_playbook(text, "twice.yaml")
+
+
+def test_the_text_backslash_u0000_is_kept_as_typed_and_only_a_real_nul_is_refused(
+        client, database):
+    csm = bearer(database, "csm")
+    typed = client.put("/api/accounts/acme/handoff", headers=csm,
+                       content=rb'{"use_case": "C:\\u0000dir"}')
+    assert typed.status_code == 200, typed.text
+    shown = client.get("/api/accounts/acme/handoff", headers=csm).json()
+    assert shown["record"] == {"use_case": "C:\\u0000dir"}
+
+    nul = client.put("/api/accounts/acme/handoff", headers=csm,
+                     content=rb'{"use_case": "lead", "commitments": ["x\u0000y"]}')
+    assert nul.status_code == 400 and "NUL" in nul.json()["error"]["message"]
+    assert client.get("/api/accounts/acme/handoff", headers=csm).json()["record"] == {
+        "use_case": "C:\\u0000dir"}

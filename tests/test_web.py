@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -501,6 +502,9 @@ def test_hostile_handoff_input_gets_an_error_by_its_field_and_holds_nobody_up(cl
     nul = client.post("/handoff/acme", data={"csrf_token": token, "intent": "save_incomplete",
                                              "field_technical_requirements": '{"a": "x\\u0000y"}'})
     assert nul.status_code == 400 and "NUL" in nul.text
+    typed = client.post("/handoff/acme", data={"csrf_token": token, "intent": "save_incomplete",
+                                               "field_use_case": "C:\\u0000dir"})
+    assert typed.status_code in (200, 303) and "NUL" not in typed.text
     assert client.post("/handoff/acme", content=b"csrf_token=" + token.encode(),
                        headers={"content-type": "text/plain"}).status_code == 415
 
@@ -627,3 +631,91 @@ def test_a_finished_runs_unreached_milestone_is_missed_not_overdue():
     assert _mark(late, date(2026, 2, 9), ended=True) == "missed"
     done = _Milestone(key="first_value", status="done", on_time=False)
     assert _mark(done, date(2026, 2, 9), ended=True) == "done_late"
+
+
+def test_password_checks_run_one_at_a_time_whatever_the_names(store, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from firstvalue.web import auth
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    check = auth.password_matches
+
+    def counted(password, stored):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return check(password, stored)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(auth, "password_matches", counted)
+    with ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(lambda n: auth.log_in(store, f"sprayed-{n}", "x" * 12, NOW),
+                               range(16)))
+    assert tokens == [None] * 16 and most[0] == 1
+
+
+def test_a_login_that_waits_too_long_for_its_check_is_told_to_retry_and_not_counted(
+        client, monkeypatch):
+    from firstvalue.web import auth
+
+    monkeypatch.setattr(auth, "LOGIN_WAIT_SECONDS", 0.05)
+    token = csrf_of(client.get("/login").text)
+    auth._password_checks.acquire()  # another login's check, holding on
+    try:
+        for _ in range(6):
+            busy = client.post("/login", data={"csrf_token": token, "name": "admin",
+                                               "password": PASSWORDS["admin"]})
+            assert busy.status_code == 503
+            assert busy.headers["retry-after"] == "1"
+            assert "try again in a few seconds" in busy.text
+    finally:
+        auth._password_checks.release()
+    # Six refusals for want of a turn did not use up the name's five attempts.
+    done = client.post("/login", data={"csrf_token": token, "name": "admin",
+                                       "password": PASSWORDS["admin"]}, follow_redirects=False)
+    assert done.status_code == 303 and "fv_session" in client.cookies
+
+
+def test_a_failure_is_answered_as_a_page_or_as_json_with_the_usual_headers(client, store,
+                                                                           monkeypatch):
+    from firstvalue.api import app as api_app
+    from firstvalue.web import views
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a fault in firstvalue")
+
+    log_in(client, "viewer")
+    monkeypatch.setattr(views, "next_actions", broken)
+    monkeypatch.setattr(api_app, "_account_page", broken)
+
+    page = client.get("/portfolio", headers={"Accept": "text/html"})
+    assert page.status_code == 500 and page.headers["content-type"].startswith("text/html")
+    assert "Something went wrong" in page.text and "a fault in firstvalue" not in page.text
+    for header in ("content-security-policy", "x-frame-options", "cache-control",
+                   "x-content-type-options", "referrer-policy"):
+        assert header in page.headers
+
+    token = create_api_token(store, "viewer", "viewer", NOW)
+    answer = client.get("/api/accounts", headers={"Authorization": f"Bearer {token}",
+                                                  "Accept": "text/html"})
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "internal_error"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_an_unknown_page_is_a_page_for_a_browser_and_a_wrong_method_names_the_allowed_ones(
+        client):
+    log_in(client, "viewer")
+    missing = client.get("/portfolio/", headers={"Accept": "text/html,*/*;q=0.8"})
+    assert missing.status_code == 404 and "<h1>Not Found</h1>" in missing.text
+    assert "content-security-policy" in missing.headers
+    assert client.get("/portfolio/").json()["error"]["code"] == "not_found"
+
+    wrong = client.delete("/portfolio")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD"
+    assert client.put("/api/accounts").headers["allow"] == "GET"

@@ -25,7 +25,7 @@ from firstvalue.ingest.messages import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decode_
 from firstvalue.ingest.pipeline import ACCEPTED, DUPLICATE, PENDING_ACCOUNT
 from firstvalue.ingest.service import MessageStatus, ingest_messages
 from firstvalue.runtime.evaluation import evaluate_accounts
-from firstvalue.store.database import Database
+from firstvalue.store.database import Database, holds_nul
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,15 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         if "\x00" in request.url.path or "%00" in request.url.query:
             return error_response(400, "invalid_request", "a NUL character (%00) is not "
                                   "allowed in a path or query", request.url.path)
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            # Answered here rather than by Starlette's outermost handler, which sends its
+            # answer without this middleware's headers and then closes the connection.
+            log.exception("%s %s failed.", request.method, request.url.path)
+            response = await _error_answer(request, 500, "internal_error", "Something went "
+                                           "wrong", "the server failed to handle the request; "
+                                           "it is logged, and the request can be sent again")
         # Every answer, the API's errors included, is read as what its type says only.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
@@ -82,10 +90,13 @@ def create_app(database: Database, playbook: CompiledPlaybook,
         return error_response(exc.status, exc.code, exc.message, request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
         message = f"{request.method} {request.url.path}: {exc.detail}"
-        return error_response(exc.status_code, code, message, request.url.path)
+        response = await _error_answer(request, exc.status_code, code, str(exc.detail),
+                                       message)
+        response.headers.update(exc.headers or {})  # a 405's Allow
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -275,15 +286,16 @@ class TeamMember(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _member_from(body: bytes) -> TeamMember:
-    if b"\\u0000" in body:
-        raise HTTPProblem(400, "invalid_member", "a NUL character (\\u0000) is not allowed")
     try:
-        return msgspec.json.decode(body, type=TeamMember)
+        member = msgspec.json.decode(body, type=TeamMember)
     except msgspec.DecodeError as exc:
         raise HTTPProblem(400, "invalid_member",
                           f"{exc}; send a JSON object with email, role (csm, "
                           "implementation_manager or team_lead), capacity, timezone and "
                           "optionally name, away_from, away_until (ISO times) and cover") from None
+    if b"\\u0000" in body and holds_nul(msgspec.to_builtins(member)):
+        raise HTTPProblem(400, "invalid_member", "a NUL character (\\u0000) is not allowed")
+    return member
 
 
 def _save_member(context: AppContext, handle: str, member: TeamMember) -> None:
@@ -315,7 +327,7 @@ def _submit_handoff(context: AppContext, account_id: str, body: bytes,
     except (msgspec.DecodeError, RecursionError):
         raise HTTPProblem(400, "invalid_handoff", "the body is not JSON; send the handoff as "
                           "a JSON object of its fields") from None
-    if b"\\u0000" in body:
+    if b"\\u0000" in body and holds_nul(submitted):
         raise HTTPProblem(400, "invalid_handoff", "a NUL character (\\u0000) is not allowed")
     try:
         with context.database.write() as conn:
@@ -511,6 +523,26 @@ def ingest_response(statuses: list[MessageStatus]) -> Response:
 
 def json_response(body: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
+
+
+async def _error_answer(request: Request, status: int, code: str, title: str,
+                        message: str) -> Response:
+    """An error as the dashboard's page for a browser asking for a page, else as JSON."""
+    dashboard = getattr(request.app.state, "dashboard", None)
+    if dashboard is not None and _asks_for_a_page(request):
+        from firstvalue.web.pages import Refused
+
+        try:
+            return await run_in_threadpool(dashboard.refusal, request,
+                                           Refused(status, title, message))
+        except Exception:  # the page needs the store, which may be what failed
+            log.exception("The error page for %s could not be drawn.", request.url.path)
+    return error_response(status, code, message, request.url.path)
+
+
+def _asks_for_a_page(request: Request) -> bool:
+    machine = request.url.path.startswith(("/api/", "/v1/", "/webhooks/", "/health"))
+    return not machine and "text/html" in request.headers.get("accept", "")
 
 
 def error_response(status: int, code: str, message: str, path: str = "") -> JSONResponse:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from firstvalue.ingest.messages import Accepted, Rejected, validate_message
 from firstvalue.ingest.pipeline import store_messages
-from firstvalue.store.database import Database
+from firstvalue.store.database import Database, holds_nul
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def decode_object(body: bytes, what: str) -> dict[str, Any]:
                            "payload")
     # JSON carries a NUL only as the escape \u0000; no id, name or address holds one, and
     # PostgreSQL text cannot store one.
-    if b"\\u0000" in body:
+    if b"\\u0000" in body and holds_nul(data):
         raise PayloadError("the payload holds a NUL character (\\u0000); remove it")
     return data
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from firstvalue.engine.facts import EventFact, by_order
+from firstvalue.engine.facts import EventFact, as_number, by_order
 from firstvalue.playbook.model import (
     AllOf,
     AnyOf,
@@ -204,9 +204,8 @@ def _comparison(test: Comparison) -> Predicate:
 
 
 def _number_holds(value: Any, holds: Callable[[float, float], bool], bound: float) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return holds(float(value), bound)
+    number = as_number(value)
+    return number is not None and holds(number, bound)
 
 
 def _equal(value: Any, expected: Any) -> bool:

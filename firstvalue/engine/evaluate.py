@@ -18,7 +18,7 @@ from firstvalue.engine.days import (
     start_of_local_day,
 )
 from firstvalue.engine.days import zone as find_zone
-from firstvalue.engine.facts import AccountFacts, EventFact, by_order
+from firstvalue.engine.facts import AccountFacts, EventFact, as_number, by_order
 from firstvalue.engine.handoff import HandoffError, check_handoff, missing_fields
 from firstvalue.engine.rules import PlannedAction, RuleContext, RulePlan, plan_rules
 from firstvalue.engine.stalls import Episode, StallContext, detect_stalls, plan_interventions
@@ -179,7 +179,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         timezone=tz_name,
         timezone_is_default=tz_default,
         owner=_text(traits.get("owner")),
-        arr=_number(traits.get("arr")),
+        arr=as_number(traits.get("arr"), from_text=True),
         playbook_version=playbook.version,
         evaluated_at=local_isoformat(now, UTC_ZONE),
         run=run_info,
@@ -548,13 +548,4 @@ def _next_wake(now: int, kickoff: Kickoff | None, day: int | None, tz: zoneinfo.
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,25 @@ from typing import Any
 import msgspec
 
 _decode = msgspec.json.decode
+
+
+def as_number(value: Any, *, from_text: bool = False) -> float | None:
+    """A property or trait value as a finite number, else None.
+
+    JSON lets a client send an integer of any length, and msgspec decodes it whole: one past a
+    float's range (`float()` raises OverflowError), NaN and the infinities are no number to
+    compare or add up, and neither is a bool. With `from_text`, text that reads as a number
+    counts too (`"12000"` for an `arr` trait).
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if not from_text and not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ import msgspec
 import sqlalchemy as sa
 
 from firstvalue.engine.compiled import CompiledPlaybook
+from firstvalue.engine.facts import as_number
 from firstvalue.store.database import Database
 
 OUTCOME_MEANINGS = {"account_churned": "Account Churned", "expansion_closed": "Expansion Closed",
@@ -74,9 +75,7 @@ def _amount(properties: str) -> float:
         value = _decode(properties).get("amount")
     except (msgspec.DecodeError, AttributeError):
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0.0
-    return float(value)
+    return as_number(value) or 0.0
 
 
 def active_between(database: Database, playbook: CompiledPlaybook,

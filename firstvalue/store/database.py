@@ -146,3 +146,26 @@ def execute_many(conn: sa.Connection, sql: str, rows: list[dict[str, Any]]) -> N
             cursor.executemany(compiled.string, rows)
     finally:
         cursor.close()
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a decoded JSON document holds a NUL character in any key or string.
+
+    PostgreSQL text cannot store one, so documents that hold one are refused on every store.
+    JSON carries a NUL only as the escape `\\u0000`: callers test their raw bytes for that
+    first, and walk the document only then, so that the same six characters typed as text
+    (`"C:\\\\u0000"`, a backslash and `u0000`) are not taken for one.
+    """
+    # A loop, not recursion: the document may be nested deeper than Python's stack allows.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from firstvalue.access import ROLES, hash_secret
-from firstvalue.errors import ConfigError
+from firstvalue.errors import ConfigError, LoginBusy
 from firstvalue.settings import get_int_setting
 from firstvalue.store.database import Database
 
@@ -29,6 +29,11 @@ MAX_PASSWORD = 1024
 MAX_NAME = 64
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 CHANGERS = ("admin", "csm")  # the roles that may change anything; a viewer only reads
+# A password check takes 16 MiB and a core for about 50 ms, and the login throttle counts per
+# name: logins for ever new names would otherwise run as many checks at once as the server has
+# threads. One at a time, and a login waits this long for its turn before it is refused.
+_password_checks = threading.BoundedSemaphore(1)
+LOGIN_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -115,14 +120,18 @@ def list_users(database: Database) -> list[dict[str, object]]:
 
 def log_in(database: Database, name: str, password: str, now: int) -> str | None:
     """A new session's token for a right name and password, else None (which of the two was
-    wrong is not told). Unknown names cost a hash too, so timing tells nothing either."""
+    wrong is not told). Unknown names cost a hash too, so timing tells nothing either.
+    Raises LoginBusy when other logins kept the password check busy for `LOGIN_WAIT_SECONDS`."""
     with database.engine.connect() as conn:
         row = conn.execute(sa.text("SELECT password_hash FROM users WHERE name = :n"),
                            {"n": name}).first()
-    if row is None:
-        password_matches(password, _DUMMY_HASH)
-        return None
-    if not password_matches(password, row.password_hash):
+    if not _password_checks.acquire(timeout=LOGIN_WAIT_SECONDS):
+        raise LoginBusy("other logins are being checked; try again in a few seconds")
+    try:
+        matches = password_matches(password, _DUMMY_HASH if row is None else row.password_hash)
+    finally:
+        _password_checks.release()
+    if row is None or not matches:
         return None
     token = secrets.token_urlsafe(32)
     hours = get_int_setting("session_hours")
@@ -187,6 +196,13 @@ class LoginThrottle:
             if len(self._attempts) > self.names:
                 self._forget()
             return True
+
+    def withdraw(self, name: str) -> None:
+        """Take back the latest attempt counted for `name` (its password was never checked)."""
+        with self._lock:
+            recent = self._attempts.get(name[:MAX_NAME + 1])
+            if recent:
+                recent.pop()
 
     def succeeded(self, name: str) -> None:
         with self._lock:

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from firstvalue.errors import LoginBusy
 from firstvalue.settings import get_int_setting, get_setting
 from firstvalue.web import auth
 from firstvalue.web.portfolio import MARK_LABELS, Portfolio
@@ -273,8 +274,16 @@ def install(app: FastAPI, context: Any) -> Dashboard:
             return await run_in_threadpool(
                 _login_form, dashboard, request, 429, "Too many failed logins for this name; "
                 "wait 15 minutes and try again.", name, next_path)
-        token = await run_in_threadpool(auth.log_in, dashboard.database, name, password,
-                                        dashboard.now)
+        try:
+            token = await run_in_threadpool(auth.log_in, dashboard.database, name, password,
+                                            dashboard.now)
+        except LoginBusy:
+            dashboard.throttle.withdraw(name)
+            busy = await run_in_threadpool(
+                _login_form, dashboard, request, 503, "Too many logins are being checked at "
+                "once; try again in a few seconds.", name, next_path)
+            busy.headers["Retry-After"] = str(max(1, round(auth.LOGIN_WAIT_SECONDS)))
+            return busy
         if token is None:
             return await run_in_threadpool(
                 _login_form, dashboard, request, 401, "That name and password do not match "

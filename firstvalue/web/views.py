@@ -15,6 +15,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from firstvalue.clock import isoformat
+from firstvalue.store.database import holds_nul
 from firstvalue.web.auth import WebUser
 from firstvalue.web.pages import Dashboard, Redirect, Refused
 from firstvalue.web.portfolio import (
@@ -520,9 +521,7 @@ def _parse_field(kind: str, text: str) -> tuple[Any, str | None]:
     """A form field's text as its kind's value, or why it does not read as one."""
     from firstvalue.engine.handoff import parse_person
 
-    text = text.strip()
-    if "\\u0000" in text:
-        return None, "a NUL character (\\u0000) is not allowed"
+    text = text.strip()  # the form's NUL characters are gone already (Dashboard.form)
     if kind == "text" or not text:
         return text, None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -544,6 +543,8 @@ def _parse_field(kind: str, text: str) -> tuple[Any, str | None]:
         except (msgspec.DecodeError, RecursionError) as exc:
             why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             return None, f"not valid JSON ({why}); write one key: value per line instead"
+        if holds_nul(value):
+            return None, "a NUL character (\\u0000) is not allowed"
         return value, None
     found_object: dict[str, str] = {}
     for number, line in enumerate(lines, start=1):
