@@ -65,6 +65,7 @@ def test_a_csm_completes_a_task_and_a_viewer_cannot(client, database):
                          headers=bearer(database, "viewer")).json()["actions"]
     task = next(a for a in actions if a["key"] == key)
     assert task["done_at"] == "2026-03-13T11:00:00+00:00"
+    assert task["changed_by"] == "token:csm"
     assert client.post("/api/tasks/done", headers=bearer(database, "csm"),
                        json={"key": key}).status_code == 404
     assert client.post("/api/tasks/done", headers=bearer(database, "csm"),

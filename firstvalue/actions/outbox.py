@@ -156,14 +156,16 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
     if row["kind"] in ("task", "in_app"):
         data["done_at"] = isoformat(row["done_at"])  # task completed, in-app acknowledged
     data["assignee"] = row.get("assignee")  # internal actions: the address it went to
+    data["changed_by"] = row.get("changed_by")  # who last sent, cancelled, closed or snoozed it
     return data
 
 
-def complete_task(conn: sa.Connection, key: str, now: int) -> bool:
-    """Mark a task done; False when there is no open task with that key."""
+def complete_task(conn: sa.Connection, key: str, now: int, by: str | None = None) -> bool:
+    """Mark a task done, by whom where known; False when there is no open task with that key."""
     return conn.execute(sa.text(
-        "UPDATE actions SET done_at = :now WHERE key = :key AND kind = 'task' "
-        "AND status = 'sent' AND done_at IS NULL"), {"key": key, "now": now}).rowcount == 1
+        "UPDATE actions SET done_at = :now, changed_by = COALESCE(:by, changed_by) "
+        "WHERE key = :key AND kind = 'task' AND status = 'sent' AND done_at IS NULL"),
+        {"key": key, "now": now, "by": by}).rowcount == 1
 
 
 def replay_skipped(conn: sa.Connection, keys: Sequence[str]) -> dict[str, str]:

@@ -187,7 +187,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
             raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
                               "completing a task takes a csm or admin token")
         key = _key_from(await read_body(request, API_BODY_BYTES, "request"))
-        done = await run_in_threadpool(_complete, context, key)
+        done = await run_in_threadpool(_complete, context, key, f"token:{principal.name}")
         if not done:
             raise HTTPProblem(404, "unknown_task", f"no open task with key {key!r}")
         return json_response({"key": key, "done": True})
@@ -390,11 +390,11 @@ def _stalls(context: AppContext, include_all: bool) -> list[dict[str, Any]]:
     return stall_queue_at(context.database, context.playbook, context.clock(), include_all)
 
 
-def _complete(context: AppContext, key: str) -> bool:
+def _complete(context: AppContext, key: str, by: str) -> bool:
     from firstvalue.actions.outbox import complete_task
 
     with context.database.write() as conn:
-        return complete_task(conn, key, context.clock())
+        return complete_task(conn, key, context.clock(), by=by)
 
 
 def _in_app(context: AppContext, account_id: str, user_id: str) -> list[dict[str, Any]]:

@@ -379,10 +379,7 @@ def complete_task(d: Dashboard, request: Request, user: WebUser,
 
     key = _key(fields)
     with d.database.write() as conn:
-        changed = complete(conn, key, d.now)
-        if changed:
-            conn.execute(sa.text("UPDATE actions SET changed_by = :u WHERE key = :k"),
-                         {"u": user.name, "k": key})
+        changed = complete(conn, key, d.now, by=user.name)
     return _back(d, fields, key, changed, "task_done")
 
 
