@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 
@@ -720,3 +721,34 @@ def test_an_unknown_page_is_a_page_for_a_browser_and_a_wrong_method_names_the_al
     assert wrong.status_code == 405
     assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
     assert client.put("/api/accounts").headers["allow"] == "GET"
+
+
+def test_the_work_queue_names_whom_each_task_is_for_and_leaves_out_what_cleared(client,
+                                                                                 store):
+    log_in(client, "csm")
+    mine = client.get("/work").text
+    assert "template_recommendation.session" in mine
+    assert "<td>kim</td>" in mine  # the task went to kim's address
+
+    # The same task, had it been for the account's AE: it is not kim's, though acme is.
+    with store.write() as conn:
+        conn.execute(sa.text("UPDATE actions SET recipient = 'ae', assignee = NULL "
+                             "WHERE key = :k"), {"k": TASK})
+    assert "template_recommendation.session" not in client.get("/work").text
+    everyone = client.get("/work?owner=").text
+    assert "template_recommendation.session" in everyone
+    assert "ae (no address yet)" in everyone
+
+    # Once its condition cleared, it leaves the queue, which counts it among those left out.
+    def left_out(page: str) -> int:
+        found = re.search(r"(\d+) more (?:is|are) left out: (?:its|their) condition cleared",
+                          page)
+        return int(found.group(1)) if found else 0
+
+    before = left_out(everyone)
+    with store.write() as conn:
+        conn.execute(sa.text("UPDATE actions SET resolved_at = :now WHERE key = :k"),
+                     {"now": NOW, "k": TASK})
+    everyone = client.get("/work?owner=").text
+    assert "template_recommendation.session" not in everyone
+    assert left_out(everyone) == before + 1

@@ -7,6 +7,7 @@ a POST) and answers a response; they run in a worker thread, so they may read th
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -209,15 +210,18 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
         owner = user.team_handle or ""
     mine = {i for i, row in rows.items() if not owner or row.owner == owner}
     with d.database.engine.connect() as conn:
-        email = conn.execute(sa.text("SELECT email FROM team_members WHERE handle = :h"),
-                             {"h": owner}).scalar() if owner else None
+        roster = dict(conn.execute(sa.text("SELECT handle, email FROM team_members")).all())
         task_rows = conn.execute(sa.text(
             "SELECT key, account_id, rule, recipient, assignee, sent_at, reason, "
-            "snoozed_until FROM actions WHERE kind = 'task' AND status = 'sent' "
+            "snoozed_until, resolved_at FROM actions WHERE kind = 'task' AND status = 'sent' "
             "AND done_at IS NULL ORDER BY sent_at, key")).all()
-    tasks, snoozed = [], 0
+    email = roster.get(owner) if owner else None
+    tasks, snoozed, cleared = [], 0, 0
     for task in task_rows:
-        if owner and task.account_id not in mine and (email is None or task.assignee != email):
+        if owner and not _task_is_theirs(task, mine, email):
+            continue
+        if task.resolved_at is not None:
+            cleared += 1  # its condition cleared: nothing is left for a person to do
             continue
         if task.snoozed_until is not None and task.snoozed_until > now:
             snoozed += 1
@@ -242,11 +246,33 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
     return d.render(request, "work.html", user, owner=owner, owners=owners, tasks=tasks,
                     task_total=total, page=page, pages=pages, base=base, known_owner=known,
                     stalled_total=stalled_total,
-                    snoozed_count=snoozed, stalled=stalled, rows=rows, now=now,
+                    snoozed_count=snoozed, cleared_count=cleared, stalled=stalled, rows=rows,
+                    now=now, assigned_to=_assigned_to(roster),
                     snooze_days=SNOOZE_DAYS,
                     notice=NOTICES.get(request.query_params.get("done", "")),
                     back=request.url.path + (f"?{request.url.query}" if request.url.query
                                              else ""))
+
+
+def _task_is_theirs(task: Any, accounts: set[str], email: str | None) -> bool:
+    """A task is a team member's when it went to their address, or when it is for the owner
+    of one of their accounts and went to no address (an owner not routed yet). A task for the
+    account's AE or manager is theirs, not the owner's."""
+    if task.assignee is not None:
+        return email is not None and task.assignee.lower() == email.lower()
+    return task.recipient == "owner" and task.account_id in accounts
+
+
+def _assigned_to(roster: dict[str, str]) -> Callable[[Any], str]:
+    """Who a task went to, as the work queue names them: the team member's handle, else the
+    address, else the role it was for."""
+    handles = {address.lower(): handle for handle, address in roster.items()}
+
+    def name(task: Any) -> str:
+        if task.assignee is None:
+            return f"{task.recipient} (no address yet)"
+        return handles.get(task.assignee.lower(), task.assignee)
+    return name
 
 
 def funnel_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response:
