@@ -56,3 +56,36 @@ def test_the_demo_prints_every_analytics_section_and_writes_the_charts(tmp_path,
     for name in ("ttv_kaplan_meier", "funnel", "cohorts"):
         for suffix in ("png", "svg"):
             assert (tmp_path / "firstvalue-demo-charts" / f"{name}.{suffix}").stat().st_size
+
+
+def test_a_table_on_an_80_column_terminal_cuts_no_count_name_or_header():
+    import io
+
+    from rich.table import Table
+
+    from firstvalue.cli.views import WholeWordsConsole
+
+    columns = ("rule", "kind", "sent", "late", "pending", "cancelled", "suppressed", "failed",
+               "dead", "resolved")
+    row = ("template_recommendation.session", "email", "199", "0", "1", "127", "0", "0", "0",
+           "42")
+    wide, narrow = Table(title="by rule"), Table(title="notes")
+    for column in columns:
+        wide.add_column(column)
+    wide.add_row(*row)
+    narrow.add_column("segment")
+    narrow.add_column("note")
+    narrow.add_row("mid_market", "a sentence long enough to need more than one line " * 3)
+
+    out = io.StringIO()
+    terminal = WholeWordsConsole(width=80, file=out, highlight=False)
+    terminal.print(wide)
+    terminal.print(narrow)
+    text = out.getvalue()
+    assert "…" not in text
+    cells = [cell.strip() for line in text.splitlines() for cell in line.split("│")]
+    for word in (*columns, *row, "mid_market"):
+        assert word in text.split() or word in cells, word
+    # A table that fits folds its long text onto more lines rather than widening.
+    notes = text[text.index("notes"):]
+    assert max(len(line) for line in notes.splitlines()) <= 80

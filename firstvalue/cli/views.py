@@ -8,12 +8,43 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState, MilestoneStatus
 
+LONGEST_WORD = 40  # a word longer than this may still be folded inside its cell
+
+
+class WholeWordsConsole(Console):
+    """A console whose tables never cut a word to fit the terminal: each column is at least as
+    wide as its longest word (header included), and longer text folds onto the next line
+    rather than ending in an ellipsis. A table wider than the terminal then wraps, but every
+    count, id and time stays whole."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if len(objects) == 1 and isinstance(objects[0], Table) and not kwargs:
+            table = objects[0]
+            keep_words_whole(table)
+            needed = self.measure(table, options=self.options.update_width(10_000)).minimum
+            if needed > self.width:  # wider than the terminal: let it wrap the lines
+                super().print(table, width=needed, crop=False)
+                return
+        super().print(*objects, **kwargs)
+
+
+def keep_words_whole(table: Table) -> None:
+    for column in table.columns:
+        texts = [column.header, *column.cells]
+        words = [word for text in texts if isinstance(text, str)
+                 for word in Text.from_markup(text).plain.split()]
+        longest = max((len(word) for word in words), default=1)
+        column.min_width = max(column.min_width or 0, min(longest, LONGEST_WORD))
+        column.overflow = "fold"
+
+
 # Piped or captured output gets room to breathe: ids and times are never cut to fit 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+console = WholeWordsConsole(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def milestone_mark(milestone: MilestoneStatus) -> str:
