@@ -625,7 +625,8 @@ def test_a_handoff_nested_too_deeply_is_refused_by_its_field_on_every_path(clien
 def test_a_finished_runs_unreached_milestone_is_missed_not_overdue():
     from datetime import date
 
-    from firstvalue.web.portfolio import _mark, _Milestone
+    from firstvalue.web.portfolio import _Milestone
+    from firstvalue.web.portfolio import milestone_mark as _mark
 
     late = _Milestone(key="first_value", status="open", due_on="2026-01-10", overdue_days=30)
     assert _mark(late, date(2026, 2, 9)) == "overdue"
@@ -752,3 +753,18 @@ def test_the_work_queue_names_whom_each_task_is_for_and_leaves_out_what_cleared(
     everyone = client.get("/work?owner=").text
     assert "template_recommendation.session" not in everyone
     assert left_out(everyone) == before + 1
+
+
+def test_the_account_page_marks_a_finished_runs_open_milestones_as_the_portfolio_does(
+        client, clock):
+    log_in(client, "viewer")
+    during = client.get("/accounts/acme").text
+    milestones = during[during.index('id="milestones"'):during.index('id="pending"')]
+    assert "overdue" in milestones or "upcoming" in milestones or "due" in milestones
+
+    clock["now"] = NOW + 200 * 86_400_000_000  # long past the mid-market track's end day
+    log_in(client, "viewer")  # the session of 200 days ago has expired
+    after = client.get("/accounts/acme").text
+    milestones = after[after.index('id="milestones"'):after.index('id="pending"')]
+    assert "not reached, the run ended" in milestones
+    assert "overdue" not in milestones

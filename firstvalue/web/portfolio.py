@@ -111,15 +111,15 @@ class Row:
     def day(self, now: int) -> int | None:
         if self.day0 is None:
             return None
-        return (_local_date(now, self.tz) - self.day0).days
+        return (local_date(now, self.tz) - self.day0).days
 
     def marks(self, now: int) -> list[tuple[str, str, str]]:
         """(key, mark, label) per milestone: done_on_time, done_late, overdue, due, upcoming."""
-        today = _local_date(now, self.tz)
+        today = local_date(now, self.tz)
         ended = self.status == "finished"
         return [(m.key, mark, f"{m.name or m.key}: {MARK_LABELS[mark]}"
                  + (f" (due {m.due_on})" if m.due_on and m.status != "done" else ""))
-                for m in self.milestones for mark in (_mark(m, today, ended),)]
+                for m in self.milestones for mark in (milestone_mark(m, today, ended),)]
 
     def risk(self) -> tuple[Any, ...]:
         """Riskiest first: an open stall, then overdue milestones (how many, how late), then a
@@ -131,7 +131,8 @@ MARK_LABELS = {"done_on_time": "done on time", "done_late": "done late", "overdu
                "due": "due", "upcoming": "upcoming", "missed": "not reached, the run ended"}
 
 
-def _mark(milestone: _Milestone, today: date, ended: bool = False) -> str:
+def milestone_mark(milestone: Any, today: date, ended: bool = False) -> str:
+    """A milestone's mark as the portfolio and the account page show it (MARK_LABELS)."""
     if milestone.status == "done":
         return "done_late" if milestone.on_time is False else "done_on_time"
     if ended:
@@ -144,7 +145,7 @@ def _mark(milestone: _Milestone, today: date, ended: bool = False) -> str:
     return "due" if (due - today).days <= DUE_SOON_DAYS else "upcoming"
 
 
-def _local_date(now: int, tz: zoneinfo.ZoneInfo) -> date:
+def local_date(now: int, tz: zoneinfo.ZoneInfo) -> date:
     return datetime.fromtimestamp(now / 1_000_000, UTC).astimezone(tz).date()
 
 

@@ -7,6 +7,7 @@ a POST) and answers a response; they run in a worker thread, so they may read th
 from __future__ import annotations
 
 import urllib.parse
+import zoneinfo
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from firstvalue.clock import isoformat
+from firstvalue.engine.days import zone as find_zone
 from firstvalue.store.database import holds_nul
 from firstvalue.web.auth import WebUser
 from firstvalue.web.pages import Dashboard, Redirect, Refused
@@ -26,6 +28,8 @@ from firstvalue.web.portfolio import (
     STATUSES,
     UNOWNED,
     Query,
+    local_date,
+    milestone_mark,
     next_actions,
 )
 
@@ -128,8 +132,9 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
     pending = [a for a in actions if a["status"] in ("pending", "failed")]
     tasks = [a for a in actions if a["kind"] == "task" and a["status"] == "sent"]
     fields = {f.key: f for f in settings.fields}
-    row = d.portfolio.get(account_id)
-    marks = {key: label for key, _, label in row.marks(now)} if row else {}
+    ended = bool(state.run) and state.run.get("status") != "active"
+    today = local_date(now, find_zone(state.timezone) or zoneinfo.ZoneInfo("UTC"))
+    marks = {m.key: milestone_mark(m, today, ended) for m in state.milestones}
     stakeholders = [p for value in (handoff.get("record") or {}).values()
                     if isinstance(value, list) for p in value
                     if isinstance(p, dict) and isinstance(p.get("name"), str)
