@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -265,3 +266,12 @@ def test_the_actions_table_shows_the_keys_tasks_done_needs(loaded):
     assert code == 0
     keys = [action["key"] for action in json.loads(run("--db", loaded, "actions", "--json")[1])]
     assert keys and all(key in output.replace("\n", "") or key[:20] in output for key in keys)
+
+
+def test_an_open_milestone_of_a_finished_run_reads_missed_not_days_overdue(loaded):
+    # acme's mid-market run ends on day 90; on day 200 its open milestones were missed.
+    code, during = run("--db", loaded, "accounts", "--now", NOW)
+    assert code == 0 and "-10d" in during and "missed" not in during
+    code, after = run("--db", loaded, "account", "acme", "--now", "2026-09-20T12:00:00Z")
+    assert code == 0 and "missed" in after
+    assert re.search(r"-\d+d", after) is None

@@ -47,12 +47,19 @@ def keep_words_whole(table: Table) -> None:
 console = WholeWordsConsole(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
-def milestone_mark(milestone: MilestoneStatus) -> str:
+def milestone_mark(milestone: MilestoneStatus, ended: bool = False) -> str:
+    """done, late, -Nd (overdue by N days), open, or missed (open when the run ended)."""
     if milestone.status == "done":
         return "[green]done[/]" if milestone.on_time is not False else "[yellow]late[/]"
+    if ended:
+        return "[red]missed[/]"
     if milestone.overdue_days:
         return f"[red]-{milestone.overdue_days}d[/]"
     return "[dim]open[/]"
+
+
+def run_ended(state: AccountState) -> bool:
+    return bool(state.run) and state.run.get("status") != "active"
 
 
 def show_accounts(states: Sequence[AccountState], playbook: CompiledPlaybook) -> None:
@@ -65,7 +72,8 @@ def show_accounts(states: Sequence[AccountState], playbook: CompiledPlaybook) ->
     table.add_column("TTV")
     for state in states:
         by_key = {m.key: m for m in state.milestones}
-        marks = [milestone_mark(by_key[k]) if k in by_key else "" for k in keys]
+        ended = run_ended(state)
+        marks = [milestone_mark(by_key[k], ended) if k in by_key else "" for k in keys]
         table.add_row(state.id, state.segment or "?", _text(state.tier), state.track or "-",
                       _text(state.day), *marks, _text(state.ttv_days))
     console.print(table)
@@ -85,7 +93,8 @@ def show_account(state: AccountState, timeline: Sequence[dict[str, Any]] = ()) -
                    "overdue"):
         table.add_column(column)
     for m in state.milestones:
-        table.add_row(m.key, milestone_mark(m), m.completed_at or "", _text(m.local_day),
+        table.add_row(m.key, milestone_mark(m, run_ended(state)), m.completed_at or "",
+                      _text(m.local_day),
                       _text(m.target_day), m.due_on or "", _text(m.overdue_days))
     console.print(table)
 
