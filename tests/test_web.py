@@ -768,3 +768,27 @@ def test_the_account_page_marks_a_finished_runs_open_milestones_as_the_portfolio
     milestones = after[after.index('id="milestones"'):after.index('id="pending"')]
     assert "not reached, the run ended" in milestones
     assert "overdue" not in milestones
+
+
+def test_the_pages_say_which_channels_are_not_set_up(client, monkeypatch):
+    for name in ("FIRSTVALUE_SMTP_HOST", "FIRSTVALUE_SLACK_WEBHOOK_URL",
+                 "FIRSTVALUE_WEBHOOK_URL", "FIRSTVALUE_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    log_in(client, "viewer")
+    deliveries = client.get("/deliveries").text
+    assert "Not set up on this server" in deliveries
+    assert "email: set FIRSTVALUE_SMTP_HOST" in deliveries
+
+    monkeypatch.setenv("FIRSTVALUE_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("FIRSTVALUE_SLACK_WEBHOOK_URL", "http://127.0.0.1:9/slack")
+    monkeypatch.setenv("FIRSTVALUE_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+    monkeypatch.setenv("FIRSTVALUE_WEBHOOK_SECRET", "whsec_" + "A" * 32)
+    assert "Not set up on this server" not in client.get("/deliveries").text
+
+
+def test_backticked_words_in_a_message_show_as_code_and_the_rest_is_escaped(client):
+    log_in(client, "viewer")
+    missing = client.get("/accounts/%3Cb%3Enope%3C%2Fb%3E")
+    assert missing.status_code == 404
+    assert "<code>group</code>" in missing.text and "`" not in missing.text
+    assert "<b>nope</b>" not in missing.text

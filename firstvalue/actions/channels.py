@@ -159,3 +159,17 @@ def _retry_after(header: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def unset_channels() -> list[str]:
+    """The channels `serve` and `dispatch` cannot deliver on yet, each with what sets it up.
+    Their actions stay pending (without using up attempts) until it is done."""
+    missing = []
+    if not get_setting("smtp_host"):
+        missing.append("email: set FIRSTVALUE_SMTP_HOST")
+    if not slack_is_set_up():
+        missing.append("Slack: set FIRSTVALUE_SLACK_WEBHOOK_URL (owner alerts go by email "
+                       "meanwhile)")
+    if not (get_setting("webhook_url") and get_setting("webhook_secret")):
+        missing.append("webhooks: set FIRSTVALUE_WEBHOOK_URL and FIRSTVALUE_WEBHOOK_SECRET")
+    return missing

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -17,11 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
+import markupsafe
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from firstvalue.actions.channels import unset_channels
 from firstvalue.errors import LoginBusy
 from firstvalue.settings import get_int_setting, get_setting
 from firstvalue.web import auth
@@ -66,10 +69,12 @@ class Dashboard:
             lstrip_blocks=True)
         self.templates.filters["when"] = _when
         self.templates.filters["spec"] = _spec_json
+        self.templates.filters["code"] = _code_spans
         from firstvalue.web.views import account_path
 
         self.templates.globals["account_url"] = account_path
         self.templates.globals["MARK_LABELS"] = MARK_LABELS
+        self.templates.globals["unset_channels"] = unset_channels
         self._bundle: bytes | None = None
         self._bundle_lock = threading.Lock()
         self._report: tuple[str, dict[str, Any]] | None = None
@@ -191,6 +196,17 @@ class Dashboard:
                 self._report = (stamp, build_report(self.database, self.context.playbook,
                                                     self.now))
             return self._report[1]
+
+
+_TICKED = re.compile(r"`([^`]+)`")
+
+
+def _code_spans(text: Any) -> markupsafe.Markup:
+    """A message's `backticked` words (commands, settings, fields) as code, the rest escaped:
+    the messages are shared with the CLI and the API, where backticks are how they are
+    written."""
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(_TICKED.sub(r"<code>\1</code>", escaped))
 
 
 def secure(response: Response, charts: bool = False) -> Response:

@@ -40,7 +40,8 @@ NOTICES = {  # what a finished change says on the page it returns to (never the 
     "task_done": "The task is marked done.",
     "task_snoozed": "The task is snoozed; it comes back to the queue when the time is up.",
     "sent": "The action is released: the dispatcher sends it on its next run (within a "
-            "minute under `firstvalue serve`), inside the contact's send window.",
+            "minute under `firstvalue serve`), inside the contact's send window, once its "
+            "channel is set up.",
     "cancelled": "The action is cancelled; the engine will not plan it again.",
     "retried": "The delivery is queued again.",
     "handoff_saved": "The handoff is saved.",
