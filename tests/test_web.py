@@ -792,3 +792,11 @@ def test_backticked_words_in_a_message_show_as_code_and_the_rest_is_escaped(clie
     assert missing.status_code == 404
     assert "<code>group</code>" in missing.text and "`" not in missing.text
     assert "<b>nope</b>" not in missing.text
+
+
+def test_one_change_after_another_leaves_one_notice_in_the_address(client, store):
+    token = log_in(client, "csm")
+    snoozed = client.post("/tasks/snooze", data={"csrf_token": token, "key": TASK, "days": "1",
+                                                 "back": "/work?owner=&done=task_done&page=1"},
+                          follow_redirects=False)
+    assert snoozed.headers["location"] == "/work?owner=&page=1&done=task_snoozed"

@@ -449,8 +449,17 @@ def _back(d: Dashboard, fields: dict[str, str], key: str, changed: int, done: st
         raise Refused(409, "Nothing changed", "That action or task is not open any more (it "
                       "may have been sent, done or cancelled meanwhile): the page you came from "
                       "shows it as it is now.", back)
-    separator = "&" if "?" in back else "?"
-    raise Redirect(f"{back}{separator}done={done}")
+    raise Redirect(_with_notice(back, done))
+
+
+def _with_notice(path: str, done: str) -> str:
+    """`path` with `done=` naming the notice to show, in place of the one it may have had, so
+    that one click after another does not pile them up."""
+    parts = urllib.parse.urlsplit(path)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+             if k != "done"]
+    query.append(("done", done))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 # --- the handoff form --------------------------------------------------------------------
@@ -513,8 +522,7 @@ def handoff_post(d: Dashboard, request: Request, user: WebUser,
             errors = {name: why for name, why in exc.problems}
         else:
             done = "handoff_saved" if result["complete"] else "handoff_incomplete"
-            path = account_path(account_id)
-            raise Redirect(f"{path}{'&' if '?' in path else '?'}done={done}")
+            raise Redirect(_with_notice(account_path(account_id), done))
     with d.database.engine.connect() as conn:
         try:
             stored = handoff_json(conn, settings, account_id)
