@@ -392,6 +392,9 @@ def test_the_login_redirect_stays_on_this_site(client):
     assert answer.headers["location"] == "/portfolio"
     kept = client.get("/login?next=/accounts/acme")
     assert 'name="next" value="/accounts/acme"' in kept.text
+    for sneaky in ("/\t/evil.example", "/\n/evil.example", "/\r\n/evil.example"):
+        page = client.get("/login", params={"next": sneaky})
+        assert 'name="next" value="/portfolio"' in page.text, sneaky
 
 
 def test_an_oversized_or_malformed_form_is_refused_clearly(client):

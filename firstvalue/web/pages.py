@@ -256,6 +256,9 @@ def _safe_next(target: str | None) -> str:
     """Only a path of this app: never another host (no `//evil`, no scheme)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/portfolio"
+    # Browsers drop tabs and line breaks from a link: "/\t/evil" would become "//evil".
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in target):
+        return "/portfolio"
     return target
 
 
