@@ -474,7 +474,9 @@ def _gunzip(data: bytes, limit: int, what: str) -> bytes:
 
 
 def _too_large(limit: int, what: str) -> HTTPProblem:
-    fix = "send fewer or smaller properties" if what == "event" else "send smaller batches"
+    fixes = {"event": "send fewer or smaller properties", "batch": "send smaller batches",
+             "webhook": "send the events one delivery each"}
+    fix = fixes.get(what, "send a smaller body")
     return HTTPProblem(413, "payload_too_large",
                        f"the {what} is over {limit // 1024} KiB once decoded; {fix}")
 
