@@ -108,3 +108,13 @@ def test_a_path_redefining_an_unknown_milestone_is_refused_by_place():
                            "- {key: first_values, name: First battlecard")
     with pytest.raises(PlaybookError, match=r"paths\[1\]\.milestones\[0\]\.key"):
         parse_playbook(bad, "paths.yaml")
+
+
+@pytest.mark.parametrize(("typed", "path"), [
+    ("Lead enrichment", "enrichment"), ("lead-enrichment", "enrichment"),
+    ("  COMPETITIVE   intelligence ", "intelligence"), ("lead enrichments", None),
+])
+def test_a_use_case_typed_as_words_finds_its_path(typed, path):
+    playbook = compile_playbook(parse_playbook(PLAYBOOK, "paths.yaml"))
+    track = playbook.tracks[0]
+    assert playbook.on_path(track, typed).path == path

@@ -803,3 +803,10 @@ def test_one_change_after_another_leaves_one_notice_in_the_address(client, store
                                                  "back": "/work?owner=&done=task_done&page=1"},
                           follow_redirects=False)
     assert snoozed.headers["location"] == "/work?owner=&page=1&done=task_snoozed"
+
+
+def test_the_handoff_form_names_the_use_cases_that_have_a_path(client):
+    log_in(client, "csm")
+    form = client.get("/handoff/acme").text
+    assert ("These use cases have an onboarding path of their own: lead_enrichment, "
+            "competitive_intelligence") in form

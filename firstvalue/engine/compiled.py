@@ -67,8 +67,9 @@ class CompiledPlaybook:
         templates), or the track itself when no path names the use case."""
         if track is None or not isinstance(use_case, str):
             return track
+        wanted = use_case_key(use_case)
         for path in self.loaded.model.paths:
-            if use_case in path.use_case:
+            if any(use_case_key(named) == wanted for named in path.use_case):
                 return self.path_tracks.get((track.key, path.key), track)
         return track
 
@@ -89,6 +90,12 @@ def _on_path(track: CompiledTrack, path: Any, meanings: Any) -> CompiledTrack:
         if m.key in overrides else m for m in track.milestones)
     return CompiledTrack(track.track, milestones, track.rules,
                          {**track.templates, **path.templates}, path.key)
+
+
+def use_case_key(text: str) -> str:
+    """A use case as paths compare it: "Lead enrichment", "lead-enrichment" and
+    "lead_enrichment" are one use case."""
+    return "_".join(text.replace("-", " ").replace("_", " ").lower().split())
 
 
 def tier_trait(value: Any) -> int | None:

@@ -539,7 +539,9 @@ def _handoff_form(d: Dashboard, request: Request, user: WebUser, account_id: str
     row = d.portfolio.get(account_id)
     return d.render(request, "handoff.html", user, status=status, account_id=account_id,
                     account_name=row.name if row else account_id, fields=settings.fields,
-                    stored=stored, values=values, errors=errors, hints=HINTS)
+                    stored=stored, values=values, errors=errors, hints=HINTS,
+                    path_use_cases=[use_case for path in d.context.playbook.loaded.model.paths
+                                    for use_case in path.use_case])
 
 
 HINTS = {
