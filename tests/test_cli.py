@@ -275,3 +275,10 @@ def test_an_open_milestone_of_a_finished_run_reads_missed_not_days_overdue(loade
     code, after = run("--db", loaded, "account", "acme", "--now", "2026-09-20T12:00:00Z")
     assert code == 0 and "missed" in after
     assert re.search(r"-\d+d", after) is None
+
+
+def test_the_global_db_given_to_the_demo_is_refused_not_ignored(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, output = run("--db", f"sqlite:///{tmp_path / 'mine.db'}", "demo", "--accounts", "2")
+    assert code == 2 and "firstvalue demo --db PATH" in output
+    assert not (tmp_path / "firstvalue-demo.db").exists()

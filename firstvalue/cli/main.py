@@ -233,6 +233,12 @@ def demo_command(obj: Context, account_count: int, seed: int, today: str | None,
     from firstvalue.metrics.charts import write_charts
     from firstvalue.sim.demo import run_demo
 
+    top = click.get_current_context().find_root()
+    if top.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError(
+            f"the demo writes a store of its own and does not use --db {obj.db_url}; name its "
+            "file after the command instead: firstvalue demo --db PATH (a file path, default "
+            "firstvalue-demo.db)")
     result = run_demo(Path(demo_db), obj.playbook, account_count, seed, today,
                       quiet=as_json)
     charts = write_charts(result.report, charts_dir)

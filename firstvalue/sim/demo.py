@@ -135,7 +135,10 @@ def run_demo(path: Path, playbook: CompiledPlaybook, account_count: int, seed: i
             _, account_id = handoffs.pop(0)
             with database.write() as conn:
                 submit_handoff(conn, playbook.loaded.model.handoff, account_id,
-                               {**DEMO_HANDOFF, "use_case": use_cases[account_id]},
+                               {**DEMO_HANDOFF, "use_case": use_cases[account_id],
+                                "stakeholders": [{"name": "Sample Champion 1",
+                                                  "role": "champion",
+                                                  "email": f"{account_id}-u1@example.com"}]},
                                step_micros, "demo")
         tick(database, playbook, step_micros)
         dispatcher.run_once(step_micros)
@@ -288,7 +291,9 @@ class _AccountScript:
             traits["timezone"] = a.timezone
         for index, user in enumerate(self.users):
             role = "champion" if index == 0 else ("admin" if index == 1 else "user")
+            # Sample people at the reserved example.com domain: the demo delivers to a sandbox.
             self._emit("identify", self.signed - timedelta(days=1), user=user, traits={
+                "name": f"Sample {role.title()} {index + 1}", "email": f"{user}@example.com",
                 "role": role, "function": FUNCTIONS[index % len(FUNCTIONS)],
                 "title": f"{role.title()} {index + 1}"})
             self._emit("group", self.signed - timedelta(hours=12 - index), user=user,
