@@ -767,17 +767,24 @@ def test_nul_character_in_an_event_name_is_rejected_and_the_rest_of_the_batch_is
         client, database):
     """PostgreSQL cannot store a NUL character in text: one such event must not fail the
     whole batch (nor be stored on SQLite only)."""
+    send(client, group("member", "u1", "acme", "2026-09-01T00:00:00Z"))
     response = send(client, track("nul", "u1", "Signed\u0000In"),
                     track("nul-user", "u1\u0000", "Signed In"),
                     track("good", "u1", "Signed In"),
-                    # In properties and traits it stays an escape in the JSON text: no harm.
-                    track("nul-property", "u1", "Signed In", note="a\u0000b"),
-                    group("nul-trait", "u1", "acme", "2026-10-01T00:00:00Z", note="a\u0000b"))
+                    # Trait and property values reach text columns (an owner, a rendered
+                    # email), where PostgreSQL cannot store one either; keys count too.
+                    track("nul-property", "u1", "Signed In", note={"deep": ["a\u0000b"]}),
+                    group("nul-trait", "u1", "acme", "2026-10-01T00:00:00Z", owner="ana\u0000"),
+                    group("nul-key", "u1", "acme", "2026-10-01T00:00:00Z", **{"k\u0000": 1}),
+                    # The six characters \u0000 typed as text are no NUL.
+                    track("typed", "u1", "Signed In", note="C:\\u0000dir"))
 
     assert response.status_code == 200
-    assert statuses(response) == ["rejected", "rejected", "accepted", "accepted", "accepted"]
-    assert set(events(database)) == {"good", "nul-property", "nul-trait"}
-    assert json.loads(events(database)["nul-property"]["properties"]) == {"note": "a\u0000b"}
+    assert statuses(response) == ["rejected", "rejected", "accepted", "rejected", "rejected",
+                                  "rejected", "accepted"]
+    assert "trait or property holds a NUL" in reasons(response)[3]
+    assert set(events(database)) == {"member", "good", "typed"}
+    assert json.loads(events(database)["typed"]["properties"]) == {"note": "C:\\u0000dir"}
 
 
 # -- the account API -----------------------------------------------------------------------

@@ -71,6 +71,9 @@ def client(database, playbook):
     messages = account_messages("big-deal") + account_messages("big-arr") + [
         raw_track("big-expansion", "Expansion Closed", "big-deal", f'{{"amount":{HUGE}}}'),
         raw_track("fair-expansion", "Expansion Closed", "big-deal", '{"amount":5000}'),
+        # Finite, but two of them add up past a float's range: no amount either.
+        raw_track("vast-1", "Expansion Closed", "big-deal", '{"amount":1e308}'),
+        raw_track("vast-2", "Expansion Closed", "big-deal", '{"amount":1e308}'),
         raw_group("big-arr-trait", "big-arr", f'{{"arr":{HUGE}}}'),
     ]
     statuses = ingest_messages(database, messages, micros(NOW), playbook.anchor_names)

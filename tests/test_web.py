@@ -720,6 +720,11 @@ def test_an_unknown_page_is_a_page_for_a_browser_and_a_wrong_method_names_the_al
     assert missing.status_code == 404 and "<h1>Not Found</h1>" in missing.text
     assert "content-security-policy" in missing.headers
     assert client.get("/portfolio/").json()["error"]["code"] == "not_found"
+    for machine in ("/api", "/v1", "/webhooks"):
+        answer = client.get(machine, headers={"Accept": "text/html"})
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    nul = client.get("/portfolio?x=%00", headers={"Accept": "text/html"})
+    assert nul.status_code == 400 and nul.headers["x-content-type-options"] == "nosniff"
 
     wrong = client.delete("/portfolio")
     assert wrong.status_code == 405
@@ -733,6 +738,20 @@ def test_the_work_queue_names_whom_each_task_is_for_and_leaves_out_what_cleared(
     mine = client.get("/work").text
     assert "template_recommendation.session" in mine
     assert "<td>kim</td>" in mine  # the task went to kim's address
+
+    # acme's owner is set by the CRM as an address, kim's: her queue has its owner's tasks.
+    # When her address changes, they stay with the owner the account names, whose queue an
+    # address not on the roster has too.
+    with store.write() as conn:
+        conn.execute(sa.text("UPDATE team_members SET email = 'kim.new@example.com' "
+                             "WHERE handle = 'kim'"))
+    assert "template_recommendation.session" not in client.get("/work").text
+    by_address = client.get("/work?owner=csm%40example.com").text
+    assert "template_recommendation.session" in by_address
+    assert "No team member or account owner is called" not in by_address
+    with store.write() as conn:
+        conn.execute(sa.text("UPDATE team_members SET email = 'csm@example.com' "
+                             "WHERE handle = 'kim'"))
 
     # The same task, had it been for the account's AE: it is not kim's, though acme is.
     with store.write() as conn:
@@ -810,3 +829,24 @@ def test_the_handoff_form_names_the_use_cases_that_have_a_path(client):
     form = client.get("/handoff/acme").text
     assert ("These use cases have an onboarding path of their own: lead_enrichment, "
             "competitive_intelligence") in form
+
+
+def test_logins_beyond_the_few_in_flight_are_turned_away_before_they_take_a_thread(
+        client, monkeypatch):
+    from firstvalue.web import auth
+
+    checked = []
+    monkeypatch.setattr(auth, "log_in", lambda *args: checked.append(args) or None)
+    dashboard = client.app.state.dashboard
+    token = csrf_of(client.get("/login").text)
+    dashboard.logins_in_flight = auth.LOGINS_IN_FLIGHT  # as if that many were waiting
+    try:
+        busy = client.post("/login", data={"csrf_token": token, "name": "admin",
+                                           "password": "whatever-it-is"})
+    finally:
+        dashboard.logins_in_flight = 0
+    assert busy.status_code == 503 and busy.headers["retry-after"]
+    assert checked == []
+    assert client.post("/login", data={"csrf_token": token, "name": "admin",
+                                       "password": "whatever-it-is"}).status_code == 401
+    assert len(checked) == 1 and dashboard.logins_in_flight == 0

@@ -68,11 +68,12 @@ def create_app(database: Database, playbook: CompiledPlaybook,
     async def _no_nul(request: Request, call_next: Callable[..., Any]) -> Response:
         # No id holds a NUL; PostgreSQL text cannot store one and SQLite's JSON functions
         # cut a string at it, so one in a path or query is refused before anything reads it.
-        if "\x00" in request.url.path or "%00" in request.url.query:
-            return error_response(400, "invalid_request", "a NUL character (%00) is not "
-                                  "allowed in a path or query", request.url.path)
         try:
-            response = await call_next(request)
+            if "\x00" in request.url.path or "%00" in request.url.query:
+                response = error_response(400, "invalid_request", "a NUL character (%00) is "
+                                          "not allowed in a path or query", request.url.path)
+            else:
+                response = await call_next(request)
         except Exception:
             # Answered here rather than by Starlette's outermost handler, which sends its
             # answer without this middleware's headers and then closes the connection.
@@ -543,7 +544,8 @@ async def _error_answer(request: Request, status: int, code: str, title: str,
 
 
 def _asks_for_a_page(request: Request) -> bool:
-    machine = request.url.path.startswith(("/api/", "/v1/", "/webhooks/", "/health"))
+    first = request.url.path.strip("/").split("/", 1)[0]
+    machine = first in ("api", "v1", "webhooks", "health")
     return not machine and "text/html" in request.headers.get("accept", "")
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 import msgspec
 
 from firstvalue.clock import to_micros
+from firstvalue.store.database import holds_nul
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -152,8 +153,12 @@ def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: dat
 
     message_id = message.messageId
     # JSON can only carry a NUL as the escape \u0000: without one in the bytes, skip the check.
-    if b"\\u0000" in raw and _holds_nul(name, group_id, user_id, anonymous_id, message_id):
-        return Rejected("a name or id holds a NUL character (\\u0000); remove it")
+    # Traits and properties count too: their values reach text columns (an owner, a rendered
+    # email), and PostgreSQL cannot store a NUL there.
+    if b"\\u0000" in raw and (_holds_nul(name, group_id, user_id, anonymous_id, message_id)
+                               or _payload_holds_nul(payload)):
+        return Rejected("a name, id, trait or property holds a NUL character (\\u0000); "
+                        "remove it")
     if message_id is not None and (not isinstance(message_id, str) or not message_id):
         return Rejected("`messageId` must be a non-empty string")
     if message_id is not None and len(message_id) > MAX_ID_LENGTH:
@@ -203,6 +208,15 @@ def _event_time(message: Message, received_at: int, batch_sent_at: datetime | No
 
 def _holds_nul(*texts: str | None) -> bool:
     return any(text and "\x00" in text for text in texts)
+
+
+def _payload_holds_nul(payload: str) -> bool:
+    if "\\u0000" not in payload:
+        return False
+    try:
+        return holds_nul(msgspec.json.decode(payload))
+    except (msgspec.DecodeError, RecursionError):
+        return True  # unreadable past this point: refused rather than stored unchecked
 
 
 def _as_id(value: str | int | None) -> str | None:

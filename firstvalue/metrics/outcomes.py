@@ -22,6 +22,7 @@ OUTCOME_MEANINGS = {"account_churned": "Account Churned", "expansion_closed": "E
                     "renewal_closed": "Renewal Closed"}
 ACTIVITY_MEANINGS = ("meaningful_action",)  # besides the playbook's `login` meaning
 _decode = msgspec.json.decode
+MAX_AMOUNT = 1e12  # an expansion amount past this counts as none
 
 
 def meaning_names(playbook: CompiledPlaybook, meaning: str) -> list[str]:
@@ -75,7 +76,10 @@ def _amount(properties: str) -> float:
         value = _decode(properties).get("amount")
     except (msgspec.DecodeError, AttributeError):
         return 0.0
-    return as_number(value) or 0.0
+    amount = as_number(value) or 0.0
+    # No deal is worth a trillion; past that an amount is a mistake or mischief, and a few of
+    # them would add up past a float's range and turn every total into inf or NaN.
+    return amount if abs(amount) <= MAX_AMOUNT else 0.0
 
 
 def active_between(database: Database, playbook: CompiledPlaybook,

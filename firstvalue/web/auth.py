@@ -34,6 +34,7 @@ CHANGERS = ("admin", "csm")  # the roles that may change anything; a viewer only
 # threads. One at a time, and a login waits this long for its turn before it is refused.
 _password_checks = threading.BoundedSemaphore(1)
 LOGIN_WAIT_SECONDS = 5.0
+LOGINS_IN_FLIGHT = 8  # logins checked or waiting at once, per server process; more get a 503
 
 
 @dataclass(frozen=True)

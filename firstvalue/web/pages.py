@@ -63,6 +63,7 @@ class Dashboard:
         self.database = context.database
         self.portfolio = Portfolio(context.database)
         self.throttle = auth.LoginThrottle()
+        self.logins_in_flight = 0  # changed only on the event loop's thread
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("firstvalue.web", "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -294,8 +295,16 @@ def install(app: FastAPI, context: Any) -> Dashboard:
                 _login_form, dashboard, request, 429, "Too many failed logins for this name; "
                 "wait 15 minutes and try again.", name, next_path)
         try:
-            token = await run_in_threadpool(auth.log_in, dashboard.database, name, password,
-                                            dashboard.now)
+            # Logins wait for their password check in the threads every page shares: beyond a
+            # few at once they are turned away here, before they take a thread.
+            if dashboard.logins_in_flight >= auth.LOGINS_IN_FLIGHT:
+                raise LoginBusy("too many logins are waiting for their check")
+            dashboard.logins_in_flight += 1
+            try:
+                token = await run_in_threadpool(auth.log_in, dashboard.database, name,
+                                                password, dashboard.now)
+            finally:
+                dashboard.logins_in_flight -= 1
         except LoginBusy:
             dashboard.throttle.withdraw(name)
             busy = await run_in_threadpool(

@@ -214,14 +214,16 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
     owner = request.query_params.get("owner")
     if owner is None:
         owner = user.team_handle or ""
-    mine = {i for i, row in rows.items() if not owner or row.owner == owner}
     with d.database.engine.connect() as conn:
         roster = dict(conn.execute(sa.text("SELECT handle, email FROM team_members")).all())
         task_rows = conn.execute(sa.text(
             "SELECT key, account_id, rule, recipient, assignee, sent_at, reason, "
             "snoozed_until, resolved_at FROM actions WHERE kind = 'task' AND status = 'sent' "
             "AND done_at IS NULL ORDER BY sent_at, key")).all()
-    email = roster.get(owner) if owner else None
+    # An owner set by the CRM may be an address: a member's, or someone's not on the roster.
+    email = (roster.get(owner) or (owner if "@" in owner else None)) if owner else None
+    names = {owner.lower(), (email or owner).lower()}
+    mine = {i for i, row in rows.items() if not owner or (row.owner or "").lower() in names}
     tasks, snoozed, cleared = [], 0, 0
     for task in task_rows:
         if owner and not _task_is_theirs(task, mine, email):
@@ -261,12 +263,13 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
 
 
 def _task_is_theirs(task: Any, accounts: set[str], email: str | None) -> bool:
-    """A task is a team member's when it went to their address, or when it is for the owner
-    of one of their accounts and went to no address (an owner not routed yet). A task for the
-    account's AE or manager is theirs, not the owner's."""
-    if task.assignee is not None:
-        return email is not None and task.assignee.lower() == email.lower()
-    return task.recipient == "owner" and task.account_id in accounts
+    """A task is a member's when it is for the owner of one of their accounts (whatever
+    address it went to: the owner or their address may have changed since), or when it went
+    to their address. A task for the account's AE or manager is theirs, not the owner's."""
+    if task.recipient == "owner" and task.account_id in accounts:
+        return True
+    return (task.assignee is not None and email is not None
+            and task.assignee.lower() == email.lower())
 
 
 def _assigned_to(roster: dict[str, str]) -> Callable[[Any], str]:
