@@ -267,3 +267,27 @@ def test_inactivity_in_business_days_skips_the_weekend_and_holidays(playbook):
     [stall] = stalls_of(evaluate_account(account, business, us("2026-05-12T00:00:00Z")),
                         "inactivity")
     assert stall["opened_at"] == "2026-05-09T00:00:00+02:00"
+
+
+def test_a_stall_task_already_sent_is_resolved_when_the_stall_closes(database, playbook):
+    from firstvalue.actions.dispatch import Dispatcher
+    from tests.test_timing_rules import SANDBOX
+
+    send(database, playbook, base_messages(), micros("2026-03-02T12:00:00Z"))
+    send(database, playbook, [], micros("2026-03-08T06:00:00Z"))  # inactivity from 8 March
+    Dispatcher(database, playbook, SANDBOX).run_once(micros("2026-03-08T06:00:00Z"))
+
+    def review_tasks():
+        with database.engine.connect() as conn:
+            return conn.execute(sa.text(
+                "SELECT status, resolved_at FROM actions WHERE rule = 'stall.stall_review' "
+                "AND key LIKE '%inactivity%'")).all()
+
+    assert [tuple(row) for row in review_tasks()] == [("sent", None)]
+    # The champion logs in again: the stall closes, and its review task has nothing left to do.
+    login = {"type": "track", "messageId": "login9", "userId": "u1", "event": "Signed In",
+             "timestamp": "2026-03-09T09:00:00Z", "context": {"groupId": "acme"}}
+    send(database, playbook, [login], micros("2026-03-09T10:00:00Z"))
+    [stall] = recorded(database, "inactivity")
+    assert stall["status"] == "closed"
+    assert [tuple(row) for row in review_tasks()] == [("sent", micros("2026-03-09T10:00:00Z"))]

@@ -344,7 +344,7 @@ def plan_interventions(episodes: Sequence[Episode], interventions: Sequence[Inte
     not three.
     """
     planned = []
-    for episode in _first_of_each_spell(episodes):
+    for episode, spell_end in _first_of_each_spell(episodes):
         for intervention in interventions:
             if intervention.kinds and episode.kind not in intervention.kinds:
                 continue
@@ -360,7 +360,10 @@ def plan_interventions(episodes: Sequence[Episode], interventions: Sequence[Inte
                     f"{context.account_id}/{context.run_key}/{label}/{episode.identity}/{index}",
                     label, spec.kind, spec.to, spec.template, episode.opened_at,
                     context.known_at, "due", _stall_reason(episode, context.tz),
-                    _stall_facts(episode, context), run=context.run))
+                    _stall_facts(episode, context), run=context.run,
+                    # The spell is over (the account moved on, or the run ended): a task or
+                    # alert it sent is resolved, as an alert whose condition cleared.
+                    cleared=spell_end is not None and spell_end <= context.now))
     return planned
 
 
@@ -376,20 +379,21 @@ def _stall_facts(episode: Episode, context: StallContext) -> Callable[[], dict[s
                               "features": episode.evidence.get("features", [])}}
 
 
-def _first_of_each_spell(episodes: Sequence[Episode]) -> list[Episode]:
-    """The episodes that open when no other episode of their diagnosis is open."""
-    chosen = []
-    open_until: dict[str, int | None] = {}
+def _first_of_each_spell(episodes: Sequence[Episode]) -> list[tuple[Episode, int | None]]:
+    """The episodes that open when no other episode of their diagnosis is open, each with the
+    end of the spell it opens (None while it lasts)."""
+    chosen: list[tuple[Episode, int | None]] = []
+    current: dict[str, int] = {}  # diagnosis -> index in `chosen` of its latest spell
     for episode in sorted(episodes, key=lambda e: (e.opened_at, e.rule, e.milestone or "")):
         diagnosis = episode.diagnosis
-        if diagnosis in open_until:
-            until = open_until[diagnosis]
+        if diagnosis in current:
+            first, until = chosen[current[diagnosis]]
             if until is None or until > episode.opened_at:
                 # The spell goes on; it lasts until the later of the two closes.
                 if until is not None:
-                    open_until[diagnosis] = (None if episode.closed_at is None
-                                             else max(until, episode.closed_at))
+                    until = None if episode.closed_at is None else max(until, episode.closed_at)
+                    chosen[current[diagnosis]] = (first, until)
                 continue
-        chosen.append(episode)
-        open_until[diagnosis] = episode.closed_at
+        current[diagnosis] = len(chosen)
+        chosen.append((episode, episode.closed_at))
     return chosen
