@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -26,11 +27,19 @@ class WholeWordsConsole(Console):
         if len(objects) == 1 and isinstance(objects[0], Table) and not kwargs:
             table = objects[0]
             keep_words_whole(table)
-            needed = self.measure(table, options=self.options.update_width(10_000)).minimum
-            if needed > self.width:  # wider than the terminal: let it wrap the lines
-                super().print(table, width=needed, crop=False)
+            if self._overflows(table):  # wider than the terminal: let it wrap the lines
+                natural = self.measure(table, options=self.options.update_width(10_000))
+                super().print(table, width=natural.maximum, crop=False)
                 return
         super().print(*objects, **kwargs)
+
+
+    def _overflows(self, table: Table) -> bool:
+        """Whether the table drawn at the terminal's width comes out wider than it. (Rich's
+        measure can say it fits while its drawing does not keep every column's minimum.)"""
+        segments = self.render(table, self.options.update_width(self.width))
+        return any(Segment.get_line_length(line) > self.width
+                   for line in Segment.split_lines(segments))
 
 
 def keep_words_whole(table: Table) -> None:
