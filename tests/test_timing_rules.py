@@ -214,3 +214,14 @@ def test_an_older_deal_arriving_late_does_not_repeat_the_welcome(database, playb
     with database.engine.connect() as conn:
         state = conn.execute(sa.text("SELECT state FROM accounts WHERE id = 'acme'")).scalar()
     assert '"number":2' in state and '"key":"acme-deal"' in state
+
+
+def test_a_reason_names_what_has_not_happened_in_words_that_read_right():
+    from firstvalue.engine.rules import _unless_text
+    from firstvalue.playbook.model import Happening
+
+    assert _unless_text(Happening(milestone="data_connected")) == (
+        ", milestone data_connected not done")
+    assert _unless_text(Happening(meaning="account_churned")) == ", no account_churned yet"
+    assert _unless_text(Happening(event="Report Shared")) == ", no Report Shared yet"
+    assert _unless_text(None) == ""

@@ -211,7 +211,7 @@ def _triggers(rule: Rule, context: RuleContext) -> list[Trigger]:
         if found is None:
             return []
         return [_in_run(Trigger(found.ts, found.received_at, "1",
-                                f"milestone {happening.milestone}", found.message_id,
+                                f"milestone {happening.milestone} done", found.message_id,
                                 found.actor), context)]
 
     events = _matching_events(happening, context)
@@ -350,5 +350,14 @@ def _describe(happening: Happening | None) -> str | None:
 
 
 def _unless_text(happening: Happening | None) -> str:
-    described = _describe(happening)
-    return f", {described} not done" if described else ""
+    """What has not happened, which would have stopped the action: "milestone
+    data_connected not done", "no account_churned yet"."""
+    if happening is None:
+        return ""
+    if happening.milestone is not None:
+        return f", milestone {happening.milestone} not done"
+    for name in ("anchor", "meaning", "event"):
+        value = getattr(happening, name)
+        if value is not None:
+            return f", no {value} yet"
+    return ""
