@@ -738,6 +738,7 @@ def test_the_work_queue_names_whom_each_task_is_for_and_leaves_out_what_cleared(
     mine = client.get("/work").text
     assert "template_recommendation.session" in mine
     assert "<td>kim</td>" in mine  # the task went to kim's address
+    assert '<option value="kim" selected>kim</option>' in mine  # the roster is in the list
 
     # acme's owner is set by the CRM as an address, kim's: her queue has its owner's tasks.
     # When her address changes, they stay with the owner the account names, whose queue an

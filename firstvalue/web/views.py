@@ -210,7 +210,6 @@ def _text(value: Any) -> str | None:
 def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response:
     now = d.now
     rows = {row.id: row for row in d.portfolio.rows()}
-    owners = sorted({row.owner for row in rows.values() if row.owner})
     owner = request.query_params.get("owner")
     if owner is None:
         owner = user.team_handle or ""
@@ -220,6 +219,9 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
             "SELECT key, account_id, rule, recipient, assignee, sent_at, reason, "
             "snoozed_until, resolved_at FROM actions WHERE kind = 'task' AND status = 'sent' "
             "AND done_at IS NULL ORDER BY sent_at, key")).all()
+    # Everyone with a queue: the roster (team leads and managers own no account, but get
+    # tasks) and the accounts' owners.
+    owners = sorted({*roster, *(row.owner for row in rows.values() if row.owner)})
     # An owner set by the CRM may be an address: a member's, or someone's not on the roster.
     email = (roster.get(owner) or (owner if "@" in owner else None)) if owner else None
     names = {owner.lower(), (email or owner).lower()}
