@@ -851,3 +851,13 @@ def test_logins_beyond_the_few_in_flight_are_turned_away_before_they_take_a_thre
     assert client.post("/login", data={"csrf_token": token, "name": "admin",
                                        "password": "whatever-it-is"}).status_code == 401
     assert len(checked) == 1 and dashboard.logins_in_flight == 0
+
+
+def test_the_deliveries_page_says_what_a_pending_action_waits_for(client, store):
+    with store.write() as conn:
+        conn.execute(sa.text("UPDATE actions SET status = 'pending', error = NULL, "
+                             "next_attempt_at = :later WHERE key = :k"),
+                     {"later": NOW + 3_600_000_000, "k": TASK})
+    log_in(client, "viewer")
+    page = client.get("/deliveries").text
+    assert "waits for the contact's send window or daily cap, until 2026-03-13 12:00" in page

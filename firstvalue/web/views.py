@@ -343,7 +343,8 @@ def deliveries_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Re
         counts = dict(conn.execute(sa.text(
             "SELECT status, COUNT(*) FROM actions WHERE status IN ('pending', 'failed', "
             "'dead') GROUP BY status")).all())
-        rows = [action_json(dict(r._mapping)) for r in conn.execute(sa.text(
+        rows = [{**action_json(dict(r._mapping)), "waits_until": r.next_attempt_at}
+                for r in conn.execute(sa.text(
             "SELECT * FROM actions WHERE status IN ('pending', 'failed', 'dead') "
             "ORDER BY CASE status WHEN 'dead' THEN 0 WHEN 'failed' THEN 1 ELSE 2 END, "
             "due_at, key LIMIT 200"))]
@@ -352,6 +353,7 @@ def deliveries_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Re
             "ORDER BY name")).all()
     names = {r.id: r.name for r in d.portfolio.rows()}
     return d.render(request, "deliveries.html", user, counts=counts, actions=rows, names=names,
+                    now=d.now,
                     crm_rows=list_rows(d.database), crm_status=sync_status(d.database),
                     disabled=disabled, notice=NOTICES.get(request.query_params.get("done", "")))
 
