@@ -282,3 +282,16 @@ def test_the_global_db_given_to_the_demo_is_refused_not_ignored(tmp_path, monkey
     code, output = run("--db", f"sqlite:///{tmp_path / 'mine.db'}", "demo", "--accounts", "2")
     assert code == 2 and "firstvalue demo --db PATH" in output
     assert not (tmp_path / "firstvalue-demo.db").exists()
+
+
+def test_users_add_says_the_team_member_it_linked_and_asks_for_a_long_enough_password(
+        loaded):
+    result = CliRunner().invoke(cli, ["--db", loaded, "team", "add", "ana", "--email",
+                                      "ana@example.com", "--role", "csm", "--capacity", "5",
+                                      "--timezone", "UTC"])
+    assert result.exit_code == 0, result.output
+    added = CliRunner().invoke(cli, ["--db", loaded, "users", "add", "ana", "--role", "csm",
+                                     "--team", "ana"], input="a-long-password\na-long-password\n")
+    assert added.exit_code == 0, added.output
+    assert "Password (at least 10 characters)" in added.output
+    assert "Added ana (csm, the team member ana)." in added.output

@@ -369,18 +369,20 @@ def users_add(obj: Context, name: str, role: str, team_handle: str | None,
               password_stdin: bool) -> None:
     """Add a dashboard user, or change an existing one's role, password and team member
     (which logs them out). The password is stored hashed (scrypt)."""
-    from firstvalue.web.auth import save_user
+    from firstvalue.web.auth import MIN_PASSWORD, save_user
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        password = click.prompt(f"Password (at least {MIN_PASSWORD} characters)",
+                                hide_input=True, confirmation_prompt=True)
     try:
         created = save_user(obj.database, name, role, password, team_handle,
                             to_micros(system_now()))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"{'Added' if created else 'Changed'} {name} ({role}).")
+    linked = f", the team member {team_handle}" if team_handle else ""
+    click.echo(f"{'Added' if created else 'Changed'} {name} ({role}{linked}).")
 
 
 @users_group.command("list")
