@@ -33,7 +33,7 @@ def funnel_chart(report: dict[str, Any]) -> Any:
             for row in report["funnel"]["milestones"]
             for status in ("eligible", "reached", "on_time")]
     return alt.Chart(alt.Data(values=rows)).mark_bar().encode(
-        x=alt.X("milestone:N", sort=order, title=None),
+        x=alt.X("milestone:N", sort=order, title=None, axis=alt.Axis(labelAngle=-20)),
         xOffset=alt.XOffset("status:N", sort=["eligible", "reached", "on_time"]),
         y=alt.Y("count:Q", title="runs"),
         color=alt.Color("status:N", sort=["eligible", "reached", "on_time"]),
@@ -46,11 +46,15 @@ def cohort_chart(report: dict[str, Any]) -> Any:
     rows = [{"cohort": c["cohort"], "measure": c["measure"], "share": c["share"]}
             for c in report.get("cohort_heatmap", [])]
     base = alt.Chart(alt.Data(values=rows)).encode(
-        x=alt.X("measure:N", sort=None, title=None), y=alt.Y("cohort:O", title="cohort"))
+        x=alt.X("measure:N", sort=None, title=None, axis=alt.Axis(labelAngle=-20)),
+        y=alt.Y("cohort:O", title="cohort"))
     cells = base.mark_rect().encode(
         color=alt.Color("share:Q", scale=alt.Scale(domain=[0, 1], scheme="blues")))
-    labels = base.mark_text().encode(text=alt.Text("share:Q", format=".0%")).transform_filter(
-        "datum.share != null")
+    # Light text on the dark end of the scale, dark text on the light end: both stay legible.
+    labels = base.mark_text().encode(
+        text=alt.Text("share:Q", format=".0%"),
+        color=alt.condition("datum.share > 0.6", alt.value("white"), alt.value("black")),
+    ).transform_filter("datum.share != null")
     return (cells + labels).properties(title="Onboarding cohorts", width=520, height=260)
 
 
