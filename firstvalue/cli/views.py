@@ -227,11 +227,14 @@ def show_funnel(report: dict[str, Any]) -> None:
     stalls = {row["key"]: row for row in report["stalls"]["milestones"]}
     _table(f"Funnel ({report['funnel']['mode']} order; eligible: reached, or target day "
            "past) with stall rates",
-           ("milestone", "eligible", "reached", "on time", "open", "conversion", "stalled",
-            "stall rate"),
+           # "open past target": eligible and not reached, which the milestones table above
+           # calls overdue; its own "open" counts every run not there yet.
+           ("milestone", "eligible", "reached", "on time", "open past target", "conversion",
+            "stalled", "of worked on", "stall rate"),
            [(f["key"], f["eligible"], f["reached"], f["on_time"], f["open"],
              _share(f["conversion"]), stalls[f["key"]]["stalled"],
-             _share(stalls[f["key"]]["stall_rate"])) for f in report["funnel"]["milestones"]])
+             stalls[f["key"]]["worked_on"], _share(stalls[f["key"]]["stall_rate"]))
+            for f in report["funnel"]["milestones"]])
     console.print(f"Most accounts stall at: {report['stalls']['most_stalled'] or 'none'}")
 
 
