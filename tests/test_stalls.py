@@ -291,3 +291,23 @@ def test_a_stall_task_already_sent_is_resolved_when_the_stall_closes(database, p
     [stall] = recorded(database, "inactivity")
     assert stall["status"] == "closed"
     assert [tuple(row) for row in review_tasks()] == [("sent", micros("2026-03-09T10:00:00Z"))]
+
+
+def test_a_stall_task_already_sent_is_resolved_when_late_news_retracts_its_stall(database,
+                                                                               playbook):
+    from firstvalue.actions.dispatch import Dispatcher
+    from tests.test_timing_rules import SANDBOX
+
+    send(database, playbook, base_messages(), micros("2026-03-02T12:00:00Z"))
+    send(database, playbook, [], micros("2026-03-08T06:00:00Z"))
+    Dispatcher(database, playbook, SANDBOX).run_once(micros("2026-03-08T06:00:00Z"))
+    late = {"type": "track", "messageId": "login3", "userId": "u1", "event": "Signed In",
+            "timestamp": "2026-03-05T09:00:00Z", "context": {"groupId": "acme"}}
+    send(database, playbook, [late], micros("2026-03-08T07:00:00Z"))
+    [stall] = recorded(database, "inactivity")
+    assert stall["status"] == "retracted"
+    with database.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT status, resolved_at FROM actions WHERE rule = 'stall.stall_review' "
+            "AND key LIKE '%inactivity%'")).all()
+    assert [tuple(row) for row in rows] == [("sent", micros("2026-03-08T07:00:00Z"))]

@@ -30,7 +30,7 @@ def existing_actions(conn: sa.Connection,
 
     found: dict[str, dict[str, Any]] = {}
     # Routing's alerts are not the engine's to reconcile: its plan never holds them.
-    for row in select_in(conn, "SELECT account_id, key, status, resolved_at FROM actions "
+    for row in select_in(conn, "SELECT account_id, key, rule, status, resolved_at FROM actions "
                                "WHERE account_id IN :ids AND rule NOT LIKE 'routing.%'",
                          account_ids):
         found.setdefault(row.account_id, {})[row.key] = row
@@ -92,8 +92,11 @@ def reconcile(changes: OutboxChanges, account_id: str, planned: Sequence[Planned
                 "playbook changed, or the account moved to another track"
                 + (f": it is on the {track} track now" if track else "") + ")")
             changes.cancels.append({"key": key, "reason": reason, "now": now})
-        elif row.status == "sent" and action is not None and action.cleared \
-                and row.resolved_at is None:
+        elif row.status == "sent" and row.resolved_at is None and (
+                (action is not None and action.cleared)
+                # A stall intervention whose stall is no more (retracted, or of a run that
+                # ended) has nothing left to do either.
+                or (action is None and row.rule.startswith("stall."))):
             changes.resolutions.append({"key": key, "now": now})
     return len(inserts)
 
