@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import zoneinfo
+
 import sqlalchemy as sa
 
 from firstvalue.engine import evaluate_account
+from firstvalue.engine.stalls import Episode, _first_of_each_spell
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.runtime.evaluation import tick
 from tests.conftest import HANDOFF, encode, micros
@@ -293,21 +296,47 @@ def test_a_stall_task_already_sent_is_resolved_when_the_stall_closes(database, p
     assert [tuple(row) for row in review_tasks()] == [("sent", micros("2026-03-09T10:00:00Z"))]
 
 
-def test_a_stall_task_already_sent_is_resolved_when_late_news_retracts_its_stall(database,
-                                                                               playbook):
-    from firstvalue.actions.dispatch import Dispatcher
-    from tests.test_timing_rules import SANDBOX
-
+def test_a_stall_task_still_waiting_when_its_stall_ends_is_cancelled_not_sent(database,
+                                                                             playbook):
     send(database, playbook, base_messages(), micros("2026-03-02T12:00:00Z"))
-    send(database, playbook, [], micros("2026-03-08T06:00:00Z"))
-    Dispatcher(database, playbook, SANDBOX).run_once(micros("2026-03-08T06:00:00Z"))
-    late = {"type": "track", "messageId": "login3", "userId": "u1", "event": "Signed In",
-            "timestamp": "2026-03-05T09:00:00Z", "context": {"groupId": "acme"}}
-    send(database, playbook, [late], micros("2026-03-08T07:00:00Z"))
-    [stall] = recorded(database, "inactivity")
-    assert stall["status"] == "retracted"
+    send(database, playbook, [], micros("2026-03-08T06:00:00Z"))  # raised, not dispatched
+    login = {"type": "track", "messageId": "login9", "userId": "u1", "event": "Signed In",
+             "timestamp": "2026-03-08T07:30:00Z", "context": {"groupId": "acme"}}
+    send(database, playbook, [login], micros("2026-03-08T08:00:00Z"))
     with database.engine.connect() as conn:
         rows = conn.execute(sa.text(
-            "SELECT status, resolved_at FROM actions WHERE rule = 'stall.stall_review' "
+            "SELECT status, reason FROM actions WHERE rule LIKE 'stall.%' "
             "AND key LIKE '%inactivity%'")).all()
-    assert [tuple(row) for row in rows] == [("sent", micros("2026-03-08T07:00:00Z"))]
+    assert rows and {row.status for row in rows} == {"cancelled"}
+    assert all(row.reason.startswith("cancelled: the stall was over before this was sent")
+               for row in rows)
+
+
+def episode(opened: int, closed: int | None, diagnosis: str = "unknown") -> Episode:
+    return Episode("inactivity", "inactivity", None, opened, closed, diagnosis)
+
+
+def test_a_spell_lasts_until_the_last_overlapping_episode_of_its_diagnosis_closes():
+    # An episode still open keeps the spell going: a later one of its diagnosis is part of it.
+    first, overlapping, later = episode(1, 5), episode(3, None), episode(10, 12)
+    assert _first_of_each_spell([first, overlapping, later]) == [(first, None)]
+    first, overlapping = episode(1, 5), episode(3, 8)
+    assert _first_of_each_spell([overlapping, first]) == [(first, 8)]
+    first, apart, other = episode(1, 5), episode(6, 7), episode(2, None, "scope_creep")
+    assert _first_of_each_spell([first, apart, other]) == [(first, 5), (other, None),
+                                                           (apart, 7)]
+
+
+def test_an_intervention_is_cleared_only_when_its_whole_spell_is_over(playbook):
+    from firstvalue.engine.stalls import StallContext, plan_interventions
+
+    model = playbook.loaded.model
+    context = StallContext("acme", {"tier": 2}, zoneinfo.ZoneInfo("UTC"), None, 100, {}, {},
+                           {}, [], {}, model, 1, 0)
+    review = [i for i in model.interventions if i.key == "stall_review"]
+    still_open = plan_interventions([episode(1, 5), episode(3, None)], review, context, None)
+    assert still_open and not any(action.cleared for action in still_open)
+    over = plan_interventions([episode(1, 5), episode(3, 8)], review, context, None)
+    assert over and all(action.cleared for action in over)
+    ahead = plan_interventions([episode(1, 500)], review, context, None)  # ends after now
+    assert ahead and not any(action.cleared for action in ahead)

@@ -30,7 +30,7 @@ def existing_actions(conn: sa.Connection,
 
     found: dict[str, dict[str, Any]] = {}
     # Routing's alerts are not the engine's to reconcile: its plan never holds them.
-    for row in select_in(conn, "SELECT account_id, key, rule, status, resolved_at FROM actions "
+    for row in select_in(conn, "SELECT account_id, key, status, resolved_at FROM actions "
                                "WHERE account_id IN :ids AND rule NOT LIKE 'routing.%'",
                          account_ids):
         found.setdefault(row.account_id, {})[row.key] = row
@@ -86,19 +86,30 @@ def reconcile(changes: OutboxChanges, account_id: str, planned: Sequence[Planned
     for key, row in existing.items():
         action = wanted.get(key)
         if row.status in ("pending", "failed") and (action is None
-                                                     or action.status == "cancelled"):
-            reason = action.reason if action else (
-                "cancelled: the rule no longer applies (its condition now holds, the "
-                "playbook changed, or the account moved to another track"
-                + (f": it is on the {track} track now" if track else "") + ")")
-            changes.cancels.append({"key": key, "reason": reason, "now": now})
-        elif row.status == "sent" and row.resolved_at is None and (
-                (action is not None and action.cleared)
-                # A stall intervention whose stall is no more (retracted, or of a run that
-                # ended) has nothing left to do either.
-                or (action is None and row.rule.startswith("stall."))):
+                                                     or action.status == "cancelled"
+                                                     or _stall_over(action)):
+            changes.cancels.append({"key": key, "reason": _cancel_reason(action, track),
+                                    "now": now})
+        elif row.status == "sent" and action is not None and action.cleared \
+                and row.resolved_at is None:
             changes.resolutions.append({"key": key, "now": now})
     return len(inserts)
+
+
+STALL_OVER = "cancelled: the stall was over before this was sent; "
+
+
+def _cancel_reason(action: PlannedAction | None, track: str | None) -> str:
+    if action is None:
+        return ("cancelled: the rule no longer applies (its condition now holds, the playbook "
+                "changed, or the account moved to another track"
+                + (f": it is on the {track} track now" if track else "") + ")")
+    return STALL_OVER + action.reason if _stall_over(action) else action.reason
+
+
+def _stall_over(action: PlannedAction) -> bool:
+    """A stall's intervention whose spell ended: not worth sending any more."""
+    return action.cleared and action.rule.startswith("stall.")
 
 
 def _new_row(action: PlannedAction, account_id: str, version: str, late_limit_hours: int,
@@ -113,6 +124,8 @@ def _new_row(action: PlannedAction, account_id: str, version: str, late_limit_ho
         hours = (action.known_at - action.due_at) / HOUR
         reason = (f"backfill: the fact that made it due arrived {hours:.0f} hours after it was "
                   f"due, past the late limit of {late_limit_hours} hours; {action.reason}")
+    elif _stall_over(action):
+        status, reason = "cancelled", STALL_OVER + action.reason
     return {"key": action.key, "account_id": account_id, "run": action.run,
             "rule": action.rule, "kind": action.kind, "recipient": action.to,
             "contact": action.actor, "template": action.template, "status": status,

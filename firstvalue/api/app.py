@@ -105,6 +105,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
                              for e in exc.errors())
         return error_response(400, "invalid_request", problems, request.url.path)
 
+    # Reached only by a failure outside `_no_nul` (which answers every other one itself).
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
         # The server logs the traceback; the client gets the one error shape, and a 5xx

@@ -27,9 +27,10 @@ class WholeWordsConsole(Console):
         if len(objects) == 1 and isinstance(objects[0], Table) and not kwargs:
             table = objects[0]
             keep_words_whole(table)
-            if self._overflows(table):  # wider than the terminal: let it wrap the lines
-                natural = self.measure(table, options=self.options.update_width(10_000))
-                super().print(table, width=natural.maximum, crop=False)
+            if self._overflows(table):
+                # Wider than the terminal even with its text folded: printed uncropped, so that
+                # the terminal wraps its lines rather than the console cutting them off.
+                super().print(table, crop=False)
                 return
         super().print(*objects, **kwargs)
 

@@ -216,7 +216,9 @@ def _payload_holds_nul(payload: str) -> bool:
     try:
         return holds_nul(msgspec.json.decode(payload))
     except (msgspec.DecodeError, RecursionError):
-        return True  # unreadable past this point: refused rather than stored unchecked
+        # Properties too deep to read: a `\u0000` in them cannot be told from text, so the
+        # event is refused rather than stored unchecked (its reason names the NUL).
+        return True
 
 
 def _as_id(value: str | int | None) -> str | None:

@@ -224,7 +224,9 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
     owners = sorted({*roster, *(row.owner for row in rows.values() if row.owner)})
     # An owner set by the CRM may be an address: a member's, or someone's not on the roster.
     email = (roster.get(owner) or (owner if "@" in owner else None)) if owner else None
-    names = {owner.lower(), (email or owner).lower()}
+    handles = {address.lower(): handle for handle, address in roster.items()}
+    names = {owner.lower(), (email or owner).lower(),
+             handles.get((email or "").lower(), owner).lower()}
     mine = {i for i, row in rows.items() if not owner or (row.owner or "").lower() in names}
     tasks, snoozed, cleared = [], 0, 0
     for task in task_rows:
