@@ -295,7 +295,7 @@ def _member_from(body: bytes) -> TeamMember:
                           f"{exc}; send a JSON object with email, role (csm, "
                           "implementation_manager or team_lead), capacity, timezone and "
                           "optionally name, away_from, away_until (ISO times) and cover") from None
-    if b"\\u0000" in body and holds_nul(msgspec.to_builtins(member)):
+    if holds_nul(msgspec.to_builtins(member), body):
         raise HTTPProblem(400, "invalid_member", "a NUL character (\\u0000) is not allowed")
     return member
 
@@ -329,7 +329,7 @@ def _submit_handoff(context: AppContext, account_id: str, body: bytes,
     except (msgspec.DecodeError, RecursionError):
         raise HTTPProblem(400, "invalid_handoff", "the body is not JSON; send the handoff as "
                           "a JSON object of its fields") from None
-    if b"\\u0000" in body and holds_nul(submitted):
+    if holds_nul(submitted, body):
         raise HTTPProblem(400, "invalid_handoff", "a NUL character (\\u0000) is not allowed")
     try:
         with context.database.write() as conn:

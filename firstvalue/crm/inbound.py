@@ -91,7 +91,7 @@ def decode_object(body: bytes, what: str) -> dict[str, Any]:
                            "payload")
     # JSON carries a NUL only as the escape \u0000; no id, name or address holds one, and
     # PostgreSQL text cannot store one.
-    if b"\\u0000" in body and holds_nul(data):
+    if holds_nul(data, body):
         raise PayloadError("the payload holds a NUL character (\\u0000); remove it")
     return data
 

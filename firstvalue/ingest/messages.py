@@ -155,7 +155,7 @@ def _validate(message: Message, raw: bytes, received_at: int, batch_sent_at: dat
     # JSON can only carry a NUL as the escape \u0000: without one in the bytes, skip the check.
     # Traits and properties count too: their values reach text columns (an owner, a rendered
     # email), and PostgreSQL cannot store a NUL there.
-    if b"\\u0000" in raw and (_holds_nul(name, group_id, user_id, anonymous_id, message_id)
+    if b"\\u0000" in raw and (holds_nul([name, group_id, user_id, anonymous_id, message_id])
                                or _payload_holds_nul(payload)):
         return Rejected("a name, id, trait or property holds a NUL character (\\u0000); "
                         "remove it")
@@ -206,13 +206,9 @@ def _event_time(message: Message, received_at: int, batch_sent_at: datetime | No
     return ts, 0
 
 
-def _holds_nul(*texts: str | None) -> bool:
-    return any(text and "\x00" in text for text in texts)
-
-
 def _payload_holds_nul(payload: str) -> bool:
     if "\\u0000" not in payload:
-        return False
+        return False  # spares the decode
     try:
         return holds_nul(msgspec.json.decode(payload))
     except (msgspec.DecodeError, RecursionError):

@@ -148,14 +148,17 @@ def execute_many(conn: sa.Connection, sql: str, rows: list[dict[str, Any]]) -> N
         cursor.close()
 
 
-def holds_nul(value: Any) -> bool:
+def holds_nul(value: Any, raw: bytes | str | None = None) -> bool:
     """Whether a decoded JSON document holds a NUL character in any key or string.
 
     PostgreSQL text cannot store one, so documents that hold one are refused on every store.
-    JSON carries a NUL only as the escape `\\u0000`: callers test their raw bytes for that
-    first, and walk the document only then, so that the same six characters typed as text
-    (`"C:\\\\u0000"`, a backslash and `u0000`) are not taken for one.
+    JSON carries a NUL only as the escape `\\u0000`: given the `raw` text the document was
+    decoded from, a document whose text has no such escape is passed without a walk. The walk
+    is what tells a real NUL from the same six characters typed as text (`"C:\\\\u0000"`, a
+    backslash and `u0000`).
     """
+    if raw is not None and (b"\\u0000" if isinstance(raw, bytes) else "\\u0000") not in raw:
+        return False
     # A loop, not recursion: the document may be nested deeper than Python's stack allows.
     pending = [value]
     while pending:
