@@ -68,10 +68,6 @@ def milestone_mark(milestone: MilestoneStatus, ended: bool = False) -> str:
     return "[dim]open[/]"
 
 
-def run_ended(state: AccountState) -> bool:
-    return bool(state.run) and state.run.get("status") != "active"
-
-
 def show_accounts(states: Sequence[AccountState], playbook: CompiledPlaybook) -> None:
     keys = [m.key for m in playbook.loaded.model.milestones]
     table = Table(title=f"{len(states)} account(s)")
@@ -82,8 +78,8 @@ def show_accounts(states: Sequence[AccountState], playbook: CompiledPlaybook) ->
     table.add_column("TTV")
     for state in states:
         by_key = {m.key: m for m in state.milestones}
-        ended = run_ended(state)
-        marks = [milestone_mark(by_key[k], ended) if k in by_key else "" for k in keys]
+        marks = [milestone_mark(by_key[k], state.run_ended) if k in by_key else ""
+                 for k in keys]
         table.add_row(state.id, state.segment or "?", _text(state.tier), state.track or "-",
                       _text(state.day), *marks, _text(state.ttv_days))
     console.print(table)
@@ -103,7 +99,7 @@ def show_account(state: AccountState, timeline: Sequence[dict[str, Any]] = ()) -
                    "overdue"):
         table.add_column(column)
     for m in state.milestones:
-        table.add_row(m.key, milestone_mark(m, run_ended(state)), m.completed_at or "",
+        table.add_row(m.key, milestone_mark(m, state.run_ended), m.completed_at or "",
                       _text(m.local_day),
                       _text(m.target_day), m.due_on or "", _text(m.overdue_days))
     console.print(table)

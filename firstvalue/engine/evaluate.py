@@ -97,6 +97,11 @@ class AccountState:
     path: str | None = None  # the onboarding path the use case chose
     next_scheduled: dict[str, Any] | None = None  # the next rule to come due: rule, due_at
 
+    @property
+    def run_ended(self) -> bool:
+        """Whether the current run is over (completed, or past its end day)."""
+        return bool(self.run) and self.run.get("status") != "active"
+
     def as_json(self) -> dict[str, Any]:
         # Built field by field: dataclasses.asdict deep-copies, which cost more than the
         # evaluation itself on a full tick.

@@ -12,13 +12,13 @@ import threading
 import typing
 import zoneinfo
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
 
-from firstvalue.engine.days import zone
+from firstvalue.engine.days import local_date, zone
 from firstvalue.playbook.model import StallKind
 from firstvalue.store.database import Database
 
@@ -143,10 +143,6 @@ def milestone_mark(milestone: Any, today: date, ended: bool = False) -> str:
     if due < today:
         return "overdue"
     return "due" if (due - today).days <= DUE_SOON_DAYS else "upcoming"
-
-
-def local_date(now: int, tz: zoneinfo.ZoneInfo) -> date:
-    return datetime.fromtimestamp(now / 1_000_000, UTC).astimezone(tz).date()
 
 
 def _row(summary: _Summary) -> Row:

@@ -17,6 +17,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from firstvalue.clock import isoformat
+from firstvalue.engine.days import local_date
 from firstvalue.engine.days import zone as find_zone
 from firstvalue.store.database import holds_nul
 from firstvalue.web.auth import WebUser
@@ -28,7 +29,6 @@ from firstvalue.web.portfolio import (
     STATUSES,
     UNOWNED,
     Query,
-    local_date,
     milestone_mark,
     next_actions,
 )
@@ -133,9 +133,8 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
     pending = [a for a in actions if a["status"] in ("pending", "failed")]
     tasks = [a for a in actions if a["kind"] == "task" and a["status"] == "sent"]
     fields = {f.key: f for f in settings.fields}
-    ended = bool(state.run) and state.run.get("status") != "active"
     today = local_date(now, find_zone(state.timezone) or zoneinfo.ZoneInfo("UTC"))
-    marks = {m.key: milestone_mark(m, today, ended) for m in state.milestones}
+    marks = {m.key: milestone_mark(m, today, state.run_ended) for m in state.milestones}
     stakeholders = [p for value in (handoff.get("record") or {}).values()
                     if isinstance(value, list) for p in value
                     if isinstance(p, dict) and isinstance(p.get("name"), str)
