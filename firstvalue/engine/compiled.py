@@ -44,6 +44,8 @@ class CompiledPlaybook:
     login_names: frozenset[str]
     relevant_names: frozenset[str]
     path_tracks: dict[tuple[str, str], CompiledTrack] = field(default_factory=dict)
+    # Each use case (as `use_case_key` spells it) and its path: the first path naming it wins.
+    path_of_use_case: dict[str, str] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -67,11 +69,8 @@ class CompiledPlaybook:
         templates), or the track itself when no path names the use case."""
         if track is None or not isinstance(use_case, str):
             return track
-        wanted = use_case_key(use_case)
-        for path in self.loaded.model.paths:
-            if any(use_case_key(named) == wanted for named in path.use_case):
-                return self.path_tracks.get((track.key, path.key), track)
-        return track
+        path = self.path_of_use_case.get(use_case_key(use_case))
+        return track if path is None else self.path_tracks.get((track.key, path), track)
 
     def choose_track(self, traits: dict[str, Any]) -> CompiledTrack | None:
         """The first track whose `match` fits the traits (shared/DESIGN.md: first match wins)."""
@@ -161,8 +160,17 @@ def compile_playbook(loaded: LoadedPlaybook) -> CompiledPlaybook:
         login_names=names(model.login),
         relevant_names=relevant,
         path_tracks=path_tracks,
+        path_of_use_case=_path_of_use_case(model.paths),
     )
     return _with_relevant(compiled)
+
+
+def _path_of_use_case(paths: Any) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in paths:
+        for use_case in path.use_case:
+            found.setdefault(use_case_key(use_case), path.key)
+    return found
 
 
 def _rule_event_names(tracks: list[CompiledTrack],

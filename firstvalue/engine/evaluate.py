@@ -285,7 +285,11 @@ def _segment_at(facts: AccountFacts, moment: int | None, now: int) -> str | None
     track without one); null before day 0 is known or reached."""
     if moment is None or moment > now:
         return None
-    return _text(traits_at(facts.traits, moment).get("segment", [None])[0])
+    history = facts.traits.get("segment")
+    if history is None:
+        return None
+    # Only the segment's history: traits_at reads each key on its own.
+    return _text(traits_at({"segment": history}, moment).get("segment", [None])[0])
 
 
 def _handoff_json(status: tuple[int | None, list[str]], tz: zoneinfo.ZoneInfo,
