@@ -9,6 +9,7 @@ which comes before any session, gets the same from a short-lived cookie of its o
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -129,7 +130,8 @@ def log_in(database: Database, name: str, password: str, now: int) -> str | None
     if not _password_checks.acquire(timeout=LOGIN_WAIT_SECONDS):
         raise LoginBusy("other logins are being checked; try again in a few seconds")
     try:
-        matches = password_matches(password, _DUMMY_HASH if row is None else row.password_hash)
+        matches = password_matches(password, _dummy_hash() if row is None
+                                   else row.password_hash)
     finally:
         _password_checks.release()
     if row is None or not matches:
@@ -232,4 +234,8 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-_DUMMY_HASH = hash_password("not a password of anyone's", b"firstvalue-dummy")
+@functools.cache
+def _dummy_hash() -> str:
+    """What an unknown name's password is checked against: made on first use, not when the
+    module is imported (a scrypt hash costs every CLI command and server start 50 ms)."""
+    return hash_password("not a password of anyone's", b"firstvalue-dummy")

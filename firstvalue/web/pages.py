@@ -82,6 +82,7 @@ class Dashboard:
         self._stamp: tuple[float, str] | None = None
         self._stamp_lock = threading.Lock()
         self._report_lock = threading.Lock()
+        self.version_problems: dict[str, list[Any]] = {}  # playbook version -> its check
 
     @property
     def now(self) -> int:
@@ -213,8 +214,7 @@ def _code_spans(text: Any) -> markupsafe.Markup:
 def secure(response: Response, charts: bool = False) -> Response:
     response.headers["Content-Security-Policy"] = CSP.format(
         eval=" 'unsafe-eval'" if charts else "", inline=" 'unsafe-inline'" if charts else "")
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
+    # X-Content-Type-Options and Referrer-Policy: the app's middleware sets them on every answer.
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Cache-Control"] = "no-store"
     return response

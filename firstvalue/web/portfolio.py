@@ -105,7 +105,9 @@ class Row:
     overdue_days: int  # the most days any is past it
     evaluated_at: str | None
     next_scheduled: _Scheduled | None  # the next rule to come due, as last evaluated
-    risk_key: tuple[Any, ...]  # see `risk`
+    # Riskiest first: an open stall, then overdue milestones (how many, how late), then a
+    # lower tier and a larger ARR.
+    risk_key: tuple[Any, ...]
     name_key: tuple[str, str]
 
     def day(self, now: int) -> int | None:
@@ -121,10 +123,6 @@ class Row:
                  + (f" (due {m.due_on})" if m.due_on and m.status != "done" else ""))
                 for m in self.milestones for mark in (milestone_mark(m, today, ended),)]
 
-    def risk(self) -> tuple[Any, ...]:
-        """Riskiest first: an open stall, then overdue milestones (how many, how late), then a
-        lower tier and a larger ARR, as the stall queue orders them."""
-        return self.risk_key
 
 
 MARK_LABELS = {"done_on_time": "done on time", "done_late": "done late", "overdue": "overdue",

@@ -238,10 +238,10 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
             snoozed += 1
             continue
         tasks.append(task)
-    tasks.sort(key=lambda t: (t.account_id not in rows, rows[t.account_id].risk()
+    tasks.sort(key=lambda t: (t.account_id not in rows, rows[t.account_id].risk_key
                               if t.account_id in rows else (), t.sent_at or 0, t.key))
     stalled = sorted((row for i, row in rows.items() if i in mine and row.stall is not None
-                      and row.status == "onboarding"), key=lambda r: r.risk())
+                      and row.status == "onboarding"), key=lambda r: r.risk_key)
     total = len(tasks)
     pages = max(1, -(-total // WORK_PAGE))
     try:
@@ -324,11 +324,15 @@ def playbook_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Resp
             "ORDER BY first_used_at DESC, version")).all()
     checked = []
     for row in versions:
-        try:
-            parse_playbook(row.text, row.version)
-            problems: list[Any] = []
-        except PlaybookError as exc:
-            problems = [p.as_dict() for p in exc.problems]
+        # A version names its text's hash, so its check never changes: done once a process.
+        problems = d.version_problems.get(row.version)
+        if problems is None:
+            try:
+                parse_playbook(row.text, row.version)
+                problems = []
+            except PlaybookError as exc:
+                problems = [p.as_dict() for p in exc.problems]
+            d.version_problems[row.version] = problems
         checked.append({"version": row.version, "first_used_at": isoformat(row.first_used_at),
                         "active": row.version == loaded.version, "problems": problems})
     model = loaded.model
