@@ -45,6 +45,11 @@ class OutboxChanges:
     cancels: list[dict[str, Any]] = field(default_factory=list)
     resolutions: list[dict[str, Any]] = field(default_factory=list)
 
+    def extend(self, other: OutboxChanges) -> None:
+        self.inserts += other.inserts
+        self.cancels += other.cancels
+        self.resolutions += other.resolutions
+
     def apply(self, conn: sa.Connection) -> None:
         if self.inserts:
             execute_many(conn, _INSERT_ACTION, self.inserts)

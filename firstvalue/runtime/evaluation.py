@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -273,13 +273,21 @@ def _tick_writes(database: Database, conn: sa.Connection, playbook: CompiledPlay
 
 def _writes_here(conn: sa.Connection, playbook: CompiledPlaybook, account_ids: Iterable[str],
                  seqs: dict[str, int], variants: Assignments, now: int) -> Planned:
+    def state_of(facts: AccountFacts) -> AccountState | None:
+        return variants.evaluate(facts, evaluate_safely(facts, playbook, now), evaluate_safely)
+
+    return _planned_here(conn, playbook, account_ids, seqs, state_of, now)
+
+
+def _planned_here(conn: sa.Connection, playbook: CompiledPlaybook, account_ids: Iterable[str],
+                  seqs: dict[str, int],
+                  state_of: Callable[[AccountFacts], AccountState | None], now: int) -> Planned:
+    """The accounts' writes, each evaluated here by `state_of`."""
     outbox = existing_actions(conn, account_ids)
     history = recorded_stalls(conn, account_ids)
     for facts in load_facts(conn, playbook, account_ids):
-        state = variants.evaluate(facts, evaluate_safely(facts, playbook, now),
-                                  evaluate_safely)
         yield facts.account_id, plan_writes(
-            facts.account_id, seqs[facts.account_id], state,
+            facts.account_id, seqs[facts.account_id], state_of(facts),
             outbox.get(facts.account_id, {}), history.get(facts.account_id, {}), playbook, now)
 
 
@@ -318,15 +326,12 @@ def _variants_here(conn: sa.Connection, playbook: CompiledPlaybook,
                    chosen: dict[str, tuple[tuple[str, str], ...]], seqs: dict[str, int],
                    now: int) -> Planned:
     """The accounts evaluated here with the variants just `chosen` for them."""
-    outbox = existing_actions(conn, chosen)
-    history = recorded_stalls(conn, chosen)
-    for facts in load_facts(conn, playbook, chosen):
+    def state_of(facts: AccountFacts) -> AccountState | None:
         variants = chosen[facts.account_id]
-        state = evaluate_safely(
+        return evaluate_safely(
             facts, variant_playbook(playbook, variants) if variants else playbook, now)
-        yield facts.account_id, plan_writes(
-            facts.account_id, seqs[facts.account_id], state,
-            outbox.get(facts.account_id, {}), history.get(facts.account_id, {}), playbook, now)
+
+    return _planned_here(conn, playbook, chosen, seqs, state_of, now)
 
 
 @dataclass
@@ -344,12 +349,8 @@ class _TickWrites:
     now: int = 0
 
     def add(self, account_id: str, writes: AccountWrites) -> None:
-        self.outbox.inserts += writes.outbox.inserts
-        self.outbox.cancels += writes.outbox.cancels
-        self.outbox.resolutions += writes.outbox.resolutions
-        self.stalls.inserts += writes.stalls.inserts
-        self.stalls.closes += writes.stalls.closes
-        self.stalls.retractions += writes.stalls.retractions
+        self.outbox.extend(writes.outbox)
+        self.stalls.extend(writes.stalls)
         if writes.finished:
             self.finished.append(account_id)
         self.states.append(writes.state)

@@ -39,6 +39,11 @@ class StallChanges:
     closes: list[dict[str, Any]] = field(default_factory=list)
     retractions: list[dict[str, Any]] = field(default_factory=list)
 
+    def extend(self, other: StallChanges) -> None:
+        self.inserts += other.inserts
+        self.closes += other.closes
+        self.retractions += other.retractions
+
     def apply(self, conn: sa.Connection) -> None:
         if self.inserts:
             execute_many(conn, (
