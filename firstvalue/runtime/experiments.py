@@ -90,13 +90,18 @@ class Assignments:
                  evaluate: Any) -> AccountState | None:
         """The state with the account's variants applied (assigning them first when this is
         a tick); the state unchanged for an account in no variant."""
+        return self.applied(facts, state, evaluate)[0]
+
+    def applied(self, facts: AccountFacts, state: AccountState | None, evaluate: Any
+                ) -> tuple[AccountState | None, tuple[tuple[str, str], ...]]:
+        """As `evaluate`, with the variants chosen (none for an account in no variant)."""
         if not self.experiments or state is None:
-            return state
+            return state, ()
         fitting = self.fitting(facts.traits, state) if self.write else ()
         chosen = self.effective(self.choose(facts.account_id, state, fitting))
         if not chosen:
-            return state
-        return evaluate(facts, variant_playbook(self.playbook, chosen), self.now)
+            return state, ()
+        return evaluate(facts, variant_playbook(self.playbook, chosen), self.now), chosen
 
     def fitting(self, traits: dict[str, list[Any]], state: AccountState) -> tuple[str, ...]:
         """The experiments an account with a run fits at `now` (their `where`)."""

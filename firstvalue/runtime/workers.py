@@ -214,7 +214,7 @@ def _evaluated(worker: _Worker, ids: list[str], now: int, for_tick: bool,
                portable: bool) -> list[WorkerResult]:
     from firstvalue.actions.outbox import existing_actions
     from firstvalue.runtime.evaluation import evaluate_safely, load_facts, plan_writes
-    from firstvalue.runtime.experiments import Assignments, variant_playbook
+    from firstvalue.runtime.experiments import Assignments
     from firstvalue.runtime.stall_history import recorded_stalls
 
     playbook = worker.playbook
@@ -230,12 +230,9 @@ def _evaluated(worker: _Worker, ids: list[str], now: int, for_tick: bool,
         history = recorded_stalls(conn, ids) if for_tick else {}
         for facts in load_facts(conn, playbook, ids):
             base = evaluate_safely(facts, playbook, now)
-            chosen: tuple[tuple[str, str], ...] = ()
-            basis, fitting, state = None, (), base
+            state, chosen = variants.applied(facts, base, evaluate_safely)
+            basis, fitting = None, ()
             if base is not None and variants.experiments:
-                chosen = variants.effective(variants.choose(facts.account_id, base, ()))
-                if chosen:
-                    state = evaluate_safely(facts, variant_playbook(playbook, chosen), now)
                 basis = Basis(base.run, base.track, base.tier)
                 fitting = variants.fitting(facts.traits, base) if for_tick else ()
             account_id, seq = facts.account_id, seqs[facts.account_id]
