@@ -161,14 +161,16 @@ def evaluate_accounts(database: Database, playbook: CompiledPlaybook, now: int,
                       account_ids: Iterable[str] | None = None) -> list[AccountState]:
     """Evaluate at `now` without writing: what the read commands and the API show."""
     with collector_paused(), database.engine.connect() as conn:
-        # Accounts in an experiment are shown as evaluated with their recorded variant.
-        ids = None if account_ids is None else list(account_ids)
-        parts = _parts(conn, ids)
-        workers = worker_count(sum(len(part) for part in parts), database)
+        ids = None if account_ids is None else sorted(set(account_ids))
+        count = len(ids) if ids is not None else conn.execute(
+            sa.text("SELECT COUNT(*) FROM accounts")).scalar_one()
+        workers = worker_count(count, database)
         if workers:
-            with InWorkers(database, playbook, parts, now, False, workers) as evaluated:
+            with InWorkers(database, playbook, _parts(conn, ids), now, False,
+                           workers) as evaluated:
                 return [result.state for _, results in evaluated for result in results
                         if result.state is not None]
+        # Accounts in an experiment are shown as evaluated with their recorded variant.
         variants = Assignments(conn, playbook, ids, now, write=False)
         states = [variants.evaluate(facts, evaluate_safely(facts, playbook, now),
                                     evaluate_safely)
@@ -177,7 +179,8 @@ def evaluate_accounts(database: Database, playbook: CompiledPlaybook, now: int,
 
 
 def _parts(conn: sa.Connection, ids: list[str] | None) -> list[Sequence[str]]:
-    """The accounts in the parts `load_facts` reads them in (all accounts when None)."""
+    """The accounts in the parts `load_facts` reads them in (all accounts when None): for
+    the workers only, so asked only when there are some."""
     if ids is None:
         ids = conn.execute(sa.text("SELECT id FROM accounts ORDER BY id")).scalars().all()
         return list(event_store.chunks(ids, BATCH))
@@ -261,12 +264,12 @@ def _tick_writes(database: Database, conn: sa.Connection, playbook: CompiledPlay
                  seqs: dict[str, int], variants: Assignments, now: int) -> Iterator[Planned]:
     """The due accounts' writes, in `load_facts` order: planned in worker processes for a
     large tick (see runtime.workers), else here."""
-    parts = _parts(conn, list(seqs))
     workers = worker_count(len(seqs), database)
     if not workers:
         yield _writes_here(conn, playbook, seqs, seqs, variants, now)
         return
-    with InWorkers(database, playbook, parts, now, True, workers) as evaluated:
+    with InWorkers(database, playbook, _parts(conn, list(seqs)), now, True,
+                   workers) as evaluated:
         yield (settled for ids, results in evaluated
                for settled in _settle(conn, playbook, ids, results, seqs, variants, now))
 
