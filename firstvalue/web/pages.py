@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import jinja2
@@ -25,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from firstvalue.actions.channels import unset_channels
+from firstvalue.clock import from_micros
 from firstvalue.errors import LoginBusy
 from firstvalue.settings import get_int_setting, get_setting
 from firstvalue.web import auth
@@ -234,8 +235,7 @@ def _when(value: Any, with_time: bool = True, tz: Any = None) -> str:
     the timezone `tz` when given."""
     if value is None or value == "":
         return "—"
-    moment = (datetime.fromtimestamp(value / 1_000_000, UTC) if isinstance(value, int)
-              else datetime.fromisoformat(value))
+    moment = from_micros(value) if isinstance(value, int) else datetime.fromisoformat(value)
     if tz is not None:
         moment = moment.astimezone(tz)
     if not with_time:
@@ -354,12 +354,13 @@ def install(app: FastAPI, context: Any) -> Dashboard:
         response.headers["Cache-Control"] = "private, max-age=86400"
         return response
 
-    def handler(view: Callable[..., Any], change: bool = False,
-                form: bool = False) -> Callable[..., Any]:
+    def handler(view: Callable[..., Any], form: bool = False) -> Callable[..., Any]:
+        """A page (GET), or with `form` a change posted from one: its fields read, and a
+        user who may change things required."""
         @page
         async def run(request: Request) -> Response:
             user = dashboard.require(request)
-            fields = await dashboard.form(request, user, change) if form else None
+            fields = await dashboard.form(request, user) if form else None
             try:
                 return await run_in_threadpool(view, dashboard, request, user, fields)
             finally:
@@ -379,17 +380,17 @@ def install(app: FastAPI, context: Any) -> Dashboard:
         ("/funnel", handler(views.funnel_page), ["GET"]),
         ("/playbook", handler(views.playbook_page), ["GET"]),
         ("/deliveries", handler(views.deliveries_page), ["GET"]),
-        ("/deliveries/retry", handler(views.retry_delivery, True, True), ["POST"]),
-        ("/actions/send", handler(views.send_action, True, True), ["POST"]),
-        ("/actions/cancel", handler(views.cancel_action, True, True), ["POST"]),
-        ("/tasks/done", handler(views.complete_task, True, True), ["POST"]),
-        ("/tasks/snooze", handler(views.snooze_task, True, True), ["POST"]),
+        ("/deliveries/retry", handler(views.retry_delivery, form=True), ["POST"]),
+        ("/actions/send", handler(views.send_action, form=True), ["POST"]),
+        ("/actions/cancel", handler(views.cancel_action, form=True), ["POST"]),
+        ("/tasks/done", handler(views.complete_task, form=True), ["POST"]),
+        ("/tasks/snooze", handler(views.snooze_task, form=True), ["POST"]),
         ("/handoff/{account_id:path}", handler(views.handoff_page), ["GET"]),
-        ("/handoff/{account_id:path}", handler(views.handoff_post, True, True), ["POST"]),
+        ("/handoff/{account_id:path}", handler(views.handoff_post, form=True), ["POST"]),
         ("/accounts/{account_id:path}", handler(views.account_page), ["GET"]),
         # The same, for ids that are all dots (see views.account_path).
         ("/handoff", handler(views.handoff_page), ["GET"]),
-        ("/handoff", handler(views.handoff_post, True, True), ["POST"]),
+        ("/handoff", handler(views.handoff_post, form=True), ["POST"]),
         ("/accounts", handler(views.account_page), ["GET"]),
     ]
     for path, endpoint, methods in routes:

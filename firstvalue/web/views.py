@@ -123,12 +123,14 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
         if not handoff["submitted_at"]:
             handoff = {**handoff, **_handoff_trait(conn, account_id, state)}
         contacts = _contacts(conn, account_id)
-        snoozed = dict(conn.execute(sa.text(
-            "SELECT key, snoozed_until FROM actions WHERE account_id = :a AND kind = 'task' "
-            "AND snoozed_until IS NOT NULL"), {"a": account_id}).all())
-        waits = {key: at for key, at in conn.execute(sa.text(
-            "SELECT key, next_attempt_at FROM actions WHERE account_id = :a AND status IN "
-            "('pending', 'failed')"), {"a": account_id}).all() if at is not None and at > now}
+        times = conn.execute(sa.text(
+            "SELECT key, kind, status, snoozed_until, next_attempt_at FROM actions "
+            "WHERE account_id = :a"), {"a": account_id}).all()
+    snoozed = {row.key: row.snoozed_until for row in times
+               if row.kind == "task" and row.snoozed_until is not None}
+    waits = {row.key: row.next_attempt_at for row in times
+             if row.status in ("pending", "failed") and row.next_attempt_at is not None
+             and row.next_attempt_at > now}
     actions = view["actions"]
     pending = [a for a in actions if a["status"] in ("pending", "failed")]
     tasks = [a for a in actions if a["kind"] == "task" and a["status"] == "sent"]
@@ -142,8 +144,7 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
     return d.render(request, "account.html", user, state=state, view=view, handoff=handoff,
                     marks=marks, stakeholders=stakeholders,
                     handoff_fields=fields, contacts=contacts, pending=pending, tasks=tasks,
-                    snoozed={k: isoformat(v) for k, v in snoozed.items()},
-                    waits={k: isoformat(v) for k, v in waits.items()},
+                    snoozed=snoozed, waits=waits,
                     snooze_days=SNOOZE_DAYS, notice=NOTICES.get(request.query_params.get(
                         "done", "")), back=account_path(account_id))
 
@@ -258,7 +259,7 @@ def work_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Response
                     task_total=total, page=page, pages=pages, base=base, known_owner=known,
                     stalled_total=stalled_total,
                     snoozed_count=snoozed, cleared_count=cleared, stalled=stalled, rows=rows,
-                    now=now, assigned_to=_assigned_to(roster),
+                    now=now, assigned_to=_assigned_to(handles),
                     snooze_days=SNOOZE_DAYS,
                     notice=NOTICES.get(request.query_params.get("done", "")),
                     back=request.url.path + (f"?{request.url.query}" if request.url.query
@@ -275,11 +276,9 @@ def _task_is_theirs(task: Any, accounts: set[str], email: str | None) -> bool:
             and task.assignee.lower() == email.lower())
 
 
-def _assigned_to(roster: dict[str, str]) -> Callable[[Any], str]:
+def _assigned_to(handles: dict[str, str]) -> Callable[[Any], str]:
     """Who a task went to, as the work queue names them: the team member's handle, else the
     address, else the role it was for."""
-    handles = {address.lower(): handle for handle, address in roster.items()}
-
     def name(task: Any) -> str:
         if task.assignee is None:
             return f"{task.recipient} (no address yet)"
@@ -502,10 +501,11 @@ def handoff_post(d: Dashboard, request: Request, user: WebUser,
     settings = d.context.playbook.loaded.model.handoff
     with d.database.engine.connect() as conn:
         try:
-            before = handoff_json(conn, settings, account_id)["record"]
+            stored = handoff_json(conn, settings, account_id)
         except UnknownAccount:
             raise Refused(404, "No such account", f"There is no account {account_id!r}."
                           ) from None
+    before = stored["record"]
     values = {f.key: fields.get(f"field_{f.key}", "") for f in settings.fields}
     submitted, errors = {}, {}
     for field in settings.fields:
@@ -535,12 +535,7 @@ def handoff_post(d: Dashboard, request: Request, user: WebUser,
         else:
             done = "handoff_saved" if result["complete"] else "handoff_incomplete"
             raise Redirect(_with_notice(account_path(account_id), done))
-    with d.database.engine.connect() as conn:
-        try:
-            stored = handoff_json(conn, settings, account_id)
-        except UnknownAccount:
-            raise Refused(404, "No such account", f"There is no account {account_id!r}."
-                          ) from None
+    # Nothing was stored (a refused submission rolls back): the record read above stands.
     return _handoff_form(d, request, user, account_id, stored, values, errors, status=400)
 
 
