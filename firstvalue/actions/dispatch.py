@@ -83,7 +83,7 @@ class Dispatcher:
         self.slack_is_set_up = slack_is_set_up
         self._disabled: dict[str, str] = {}
         self._contexts: dict[str, dict[str, Any]] = {}
-        self._team: dict[str, Any] | None = None  # the roster, read once a batch
+        self._team: dict[str, Any] = {}  # the roster, read once a batch
 
     def run_once(self, now: int) -> DispatchResult:
         """Deliver every action due at `now`, in batches, until none is left."""
@@ -96,7 +96,8 @@ class Dispatcher:
             # context of each account (several of its actions often fall due together).
             self._disabled = self._disabled_endpoints()
             self._contexts = {}
-            self._team = None
+            with self.database.engine.connect() as conn:
+                self._team = {m.handle: m for m in load_team(conn)}
             for row in claimed:
                 try:
                     self._dispatch(row, now, result)
@@ -131,9 +132,6 @@ class Dispatcher:
     def _dispatch(self, row: dict[str, Any], now: int, result: DispatchResult) -> None:
         context = self._contexts.get(row["account_id"])
         if context is None:
-            if self._team is None:
-                with self.database.engine.connect() as conn:
-                    self._team = {m.handle: m for m in load_team(conn)}
             context = self._contexts[row["account_id"]] = _load_context(
                 self.database, row["account_id"], now, self._team)
         tz = zone(context["timezone"]) or zoneinfo.ZoneInfo("UTC")
