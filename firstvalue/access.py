@@ -18,6 +18,7 @@ from firstvalue.settings import get_setting
 from firstvalue.store.database import Database
 
 ROLES = ("admin", "csm", "viewer")
+CHANGERS = ("admin", "csm")  # the roles that may change anything; a viewer only reads
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from firstvalue.access import Principal, check_api_token, check_write_key
+from firstvalue.access import CHANGERS, Principal, check_api_token, check_write_key
 from firstvalue.clock import system_now, to_micros
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.ingest.messages import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decode_batch
@@ -185,7 +185,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
     @app.post("/api/tasks/done")
     async def complete_task_endpoint(request: Request) -> Response:
         principal = await _authenticate_api(request, context)
-        if principal.role not in ("admin", "csm"):
+        if principal.role not in CHANGERS:
             raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
                               "completing a task takes a csm or admin token")
         key = _key_from(await read_body(request, API_BODY_BYTES, "request"))
@@ -203,7 +203,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
     @app.post("/api/in-app/{account_id}/{user_id}/ack")
     async def acknowledge_in_app(account_id: str, user_id: str, request: Request) -> Response:
         principal = await _authenticate_api(request, context)
-        if principal.role not in ("admin", "csm"):
+        if principal.role not in CHANGERS:
             raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
                               "acknowledging takes a csm or admin token (give the product one)")
         key = _key_from(await read_body(request, API_BODY_BYTES, "request"))
@@ -248,7 +248,7 @@ def create_app(database: Database, playbook: CompiledPlaybook,
     @app.put("/api/accounts/{account_id:path}/handoff")
     async def put_handoff(account_id: str, request: Request) -> Response:
         principal = await _authenticate_api(request, context)
-        if principal.role not in ("admin", "csm"):
+        if principal.role not in CHANGERS:
             raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
                               "submitting a handoff takes a csm or admin token")
         body = await read_body(request, API_BODY_BYTES, "request")

@@ -12,6 +12,7 @@ from typing import Any
 import click
 import msgspec
 
+from firstvalue.access import ROLES
 from firstvalue.clock import parse_instant, system_now, to_micros
 from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
 from firstvalue.errors import ConfigError, FirstvalueError, PlaybookError, UnknownAccount
@@ -340,7 +341,7 @@ def tokens_group() -> None:
 
 @tokens_group.command("create")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "csm", "viewer"]), default="viewer",
+@click.option("--role", type=click.Choice(ROLES), default="viewer",
               show_default=True)
 @click.pass_obj
 def tokens_create(obj: Context, name: str, role: str) -> None:
@@ -357,7 +358,7 @@ def users_group() -> None:
 
 @users_group.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "csm", "viewer"]), default="viewer",
+@click.option("--role", type=click.Choice(ROLES), default="viewer",
               show_default=True)
 @click.option("--team", "team_handle", default=None, metavar="HANDLE",
               help="The team member this login is (their work queue is the default one).")

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from firstvalue.access import CHANGERS
 from firstvalue.api.app import AppContext, HTTPProblem, _authenticate_api, json_response, read_body
 from firstvalue.crm import calendar, inbound
 from firstvalue.crm.signatures import (
@@ -163,7 +164,7 @@ async def sync_retry_endpoint(request: Request) -> Response:
 
     context = _context(request)
     principal = await _authenticate_api(request, context)
-    if principal.role not in ("admin", "csm"):
+    if principal.role not in CHANGERS:
         raise HTTPProblem(403, "forbidden", f"a {principal.role} token changes nothing; "
                           "retrying sync rows takes a csm or admin token")
     body = _decode(await read_body(request, 64 * 1024, "request") or b"{}", "retry")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from firstvalue.access import ROLES, hash_secret
+from firstvalue.access import CHANGERS, ROLES, hash_secret
 from firstvalue.errors import ConfigError, LoginBusy
 from firstvalue.settings import get_int_setting
 from firstvalue.store.database import Database
@@ -29,7 +29,6 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 MAX_NAME = 64
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-CHANGERS = ("admin", "csm")  # the roles that may change anything; a viewer only reads
 # A password check takes 16 MiB and a core for about 50 ms, and the login throttle counts per
 # name: logins for ever new names would otherwise run as many checks at once as the server has
 # threads. One at a time, and a login waits this long for its turn before it is refused.
