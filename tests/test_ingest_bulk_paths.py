@@ -8,10 +8,12 @@ attribution, held events, traits, conflicts.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from firstvalue.ingest import files
@@ -157,3 +159,115 @@ def test_a_nul_is_found_whether_or_not_the_bytes_look_escaped():
 
     assert "NUL" in validate_message(escaped, NOW).reason  # type: ignore[union-attr]
     assert validate_message(literal, NOW).actor == "a\\u0000b"  # type: ignore[union-attr]
+
+
+# A bulk load: one transaction, the costly indexes dropped and built again, ids checked against
+# a set. It must store what the chunked import stores.
+
+def import_in_bulk(database, path: Path, bulk: bool | None = True) -> ImportSummary:
+    summary = ImportSummary()
+    import_file(database, path, NOW, frozenset({"Deal Closed Won"}), summary, bulk=bulk)
+    return summary
+
+
+def event_indexes(database) -> set[str]:
+    with database.engine.connect() as conn:
+        return {index["name"] for index in sa.inspect(conn).get_indexes("events")}
+
+
+def test_a_bulk_load_stores_what_the_chunked_import_stores(database, tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "CHUNK_LINES", 4)  # duplicates and late groups across chunks
+    path = write_jsonl(tmp_path / "events.jsonl", MESSAGES)
+    chunked = open_database(f"sqlite:///{tmp_path / 'chunked.db'}")
+    indexes = event_indexes(database)
+
+    bulk_summary = import_in_bulk(database, path)
+    chunked_summary = import_in_bulk(chunked, path, bulk=False)
+
+    assert bulk_summary.statuses == chunked_summary.statuses
+    assert bulk_summary.statuses["duplicate"] == 2
+    assert snapshot(database) == snapshot(chunked)
+    assert snapshot(database)["conflicts"] == 1  # t2 came back as another event
+    assert event_indexes(database) == indexes
+    chunked.dispose()
+
+
+def test_a_bulk_load_into_a_store_checks_ids_against_it(database, tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "CHUNK_LINES", 3)
+    import_in_bulk(database, write_jsonl(tmp_path / "first.jsonl", MESSAGES[:6]), bulk=False)
+    before = snapshot(database)
+    second = [track("t7", "u1", "Workflow Run", "2026-10-08T09:00:00Z"),
+              track("t1", "u1", "Workspace Deleted", "2026-10-02T09:00:00Z"),
+              track("t3", "u3", "Deal Closed Won", "2026-10-03T09:00:00Z", "globex",
+                    deal_id="d1"),
+              track("t7", "u1", "Workflow Run", "2026-10-08T09:00:00Z"),
+              group("g5", "u5", "acme", "2026-10-08T08:00:00Z", plan="pro")]
+
+    summary = import_in_bulk(database, write_jsonl(tmp_path / "second.jsonl", second))
+
+    after = snapshot(database)
+    assert dict(summary.statuses) == {"accepted": 2, "duplicate": 3}
+    assert after["conflicts"] == before["conflicts"] + 1  # t1 differs; t3 and t7 do not
+    assert len(after["events"]) == len(before["events"]) + 2
+    assert [e for e in after["events"] if e[0] == "t1"] == \
+        [e for e in before["events"] if e[0] == "t1"]
+    with pytest.raises(sa.exc.IntegrityError):  # the unique index is back
+        with database.write() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO events (message_id, type, ts, received_at) "
+                "VALUES ('t7', 'track', 1, 1)"))
+
+
+def test_a_bulk_load_that_fails_stores_nothing_and_keeps_the_indexes(database, tmp_path,
+                                                                     monkeypatch):
+    import_in_bulk(database, write_jsonl(tmp_path / "first.jsonl", MESSAGES[:3]), bulk=False)
+    before, indexes = snapshot(database), event_indexes(database)
+    monkeypatch.setattr(files, "CHUNK_LINES", 4)
+    calls = []
+    real = files.store_messages
+
+    def failing_second_chunk(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the disk is full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(files, "store_messages", failing_second_chunk)
+    with pytest.raises(RuntimeError, match="disk is full"):
+        import_in_bulk(database, write_jsonl(tmp_path / "all.jsonl", MESSAGES))
+
+    assert snapshot(database) == before
+    assert event_indexes(database) == indexes
+
+
+def test_a_file_is_loaded_in_bulk_when_it_is_large_and_the_store_is_not(sqlite_database,
+                                                                       tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "BULK_MIN_LINES", 10)
+    small = write_jsonl(tmp_path / "small.jsonl", MESSAGES[:5])
+    large = write_jsonl(tmp_path / "large.jsonl",
+                        [track(f"x{n}", "u1", "Signed In", "2026-10-02T09:00:00Z")
+                         for n in range(40)])
+    gzipped = tmp_path / "large.jsonl.gz"
+    gzipped.write_bytes(gzip.compress(large.read_bytes()))
+
+    assert not files.bulk_fits(sqlite_database, small)  # under BULK_MIN_LINES
+    assert files.bulk_fits(sqlite_database, large)
+    assert files.bulk_fits(sqlite_database, gzipped)
+    import_in_bulk(sqlite_database, large, bulk=False)
+    assert files.bulk_fits(sqlite_database, large)  # as many lines as stored events
+    import_in_bulk(sqlite_database, write_jsonl(
+        tmp_path / "more.jsonl", [track(f"y{n}", "u1", "Signed In", "2026-10-02T09:00:00Z")
+                                  for n in range(10)]), bulk=False)
+    assert not files.bulk_fits(sqlite_database, large)  # the store holds more
+
+
+def test_the_line_estimate_follows_the_file(tmp_path):
+    path = write_jsonl(tmp_path / "many.jsonl",
+                       [track(f"id-{n}", f"user-{n % 7}", "Signed In", "2026-10-02T09:00:00Z",
+                              page="x" * (n % 50)) for n in range(20_000)])
+    gzipped = tmp_path / "many.jsonl.gz"
+    gzipped.write_bytes(gzip.compress(path.read_bytes()))
+
+    for estimated in (files._estimated_lines(path), files._estimated_lines(gzipped)):
+        assert 19_000 <= estimated <= 21_000
+    assert files._estimated_lines(write_jsonl(tmp_path / "empty.jsonl", [])) == 0

@@ -32,14 +32,18 @@ import sqlalchemy as sa
 
 from firstvalue.errors import ImportFileError
 from firstvalue.ingest.messages import Accepted, Rejected, derive_message_id, validate_message
-from firstvalue.ingest.pipeline import DUPLICATE, REJECTED
+from firstvalue.ingest.pipeline import DUPLICATE, REJECTED, BulkLoad, store_messages
 from firstvalue.ingest.service import store_accepted
+from firstvalue.store import events as event_store
 from firstvalue.store.database import Database
 
 # Lines per transaction. Each commit rewrites the index pages the chunk touched, and with ids
 # in random order that is most of them: 10,000 lines a commit halve the rate of 100,000.
 CHUNK_LINES = 100_000
 ANALYZE_AFTER = 50_000  # events stored by one file import before PostgreSQL re-analyzes them
+# A file of this many lines or more is loaded in bulk, unless the store holds more events.
+BULK_MIN_LINES = 50_000
+SAMPLE_BYTES = 1 << 20  # read to estimate a file's lines from its size
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv",)
 _encode = msgspec.json.encode
@@ -83,25 +87,73 @@ def file_format(path: Path) -> str:
 
 
 def import_file(database: Database, path: Path, received_at: int, anchor_names: frozenset[str],
-                summary: ImportSummary,
-                on_progress: Callable[[int], None] | None = None) -> None:
-    """Import one file into the store, adding its outcome to `summary`."""
+                summary: ImportSummary, on_progress: Callable[[int], None] | None = None,
+                bulk: bool | None = None) -> None:
+    """Import one file into the store, adding its outcome to `summary`.
+
+    `bulk` loads it in one transaction with the events table's costly indexes dropped until
+    the end (`BulkLoad`); None decides by the file's size against the store's (`bulk_fits`).
+    Otherwise each chunk of lines is a transaction of its own.
+    """
     kind = file_format(path)
     if not path.is_file():
         raise ImportFileError(f"no such file: {str(path)!r}")
+    if bulk is None:
+        bulk = bulk_fits(database, path)
+    accepted = summary.statuses["accepted"]
     with _open(path) as stream, _collector_paused():
         lines = _jsonl_lines(stream) if kind == "jsonl" else _csv_lines(stream, path)
         chunks = _chunks(lines)
-        store = partial(_store_chunk, database, path, anchor_names, summary, on_progress,
-                        _Guess())
-        if database.is_sqlite:
-            for chunk in chunks:
-                store(chunk, _judge(chunk, received_at))
-            return
-        accepted = summary.statuses["accepted"]
-        _store_while_judging(chunks, received_at, store)
-    if summary.statuses["accepted"] - accepted >= ANALYZE_AFTER:
+        if bulk:
+            with database.write() as conn:
+                load = BulkLoad.begin(conn)
+                save = partial(_save_in_load, conn, anchor_names, load)
+                _store_all(database, chunks, received_at,
+                           partial(_store_chunk, save, path, summary, on_progress))
+                load.finish(conn)
+        else:
+            save = partial(_save_chunk, database, anchor_names, _Guess())
+            _store_all(database, chunks, received_at,
+                       partial(_store_chunk, save, path, summary, on_progress))
+    if not database.is_sqlite and summary.statuses["accepted"] - accepted >= ANALYZE_AFTER:
         analyze_events(database)
+
+
+def bulk_fits(database: Database, path: Path) -> bool:
+    """Whether `path` is best loaded in bulk: it holds at least `BULK_MIN_LINES` lines, and
+    no fewer than the store holds events (building the indexes again reads every event)."""
+    lines = _estimated_lines(path)
+    if lines < BULK_MIN_LINES:
+        return False
+    with database.engine.connect() as conn:
+        return lines >= event_store.events_upper_bound(conn)
+
+
+def _estimated_lines(path: Path) -> int:
+    """The file's lines, estimated from its size and the length of its first lines."""
+    size = path.stat().st_size
+    with _open(path) as stream:
+        sample = stream.read(SAMPLE_BYTES)
+        if path.suffix.lower() == ".gz":
+            # gzip's trailer holds the size of the content, modulo 4 GiB.
+            with path.open("rb") as raw:
+                raw.seek(max(size - 4, 0))
+                content = int.from_bytes(raw.read(4), "little")
+            while content < size:
+                content += 2**32
+            size = content
+    if not sample:
+        return 0
+    return size * max(sample.count(b"\n"), 1) // len(sample)
+
+
+def _store_all(database: Database, chunks: Iterator[list[Line]], received_at: int,
+               store: Callable[[list[Line], list[Judged]], None]) -> None:
+    if database.is_sqlite:
+        for chunk in chunks:
+            store(chunk, _judge(chunk, received_at))
+    else:
+        _store_while_judging(chunks, received_at, store)
 
 
 def analyze_events(database: Database) -> None:
@@ -182,14 +234,30 @@ class _Guess:
     all_new: bool = True
 
 
-def _store_chunk(database: Database, path: Path, anchor_names: frozenset[str],
-                 summary: ImportSummary, on_progress: Callable[[int], None] | None,
-                 guess: _Guess, chunk: list[Line], judged: list[Judged]) -> None:
-    """Store one chunk in one transaction (the path of HTTP ingest, without building an HTTP
-    status for every line) and add its outcome to `summary`."""
+def _save_chunk(database: Database, anchor_names: frozenset[str], guess: _Guess,
+                judged: list[Judged]) -> list[str]:
+    """Store a chunk's accepted messages in a transaction of their own; their statuses."""
     stored = store_accepted(database, judged, anchor_names, assume_new=guess.all_new)
     guess.all_new = DUPLICATE not in stored
-    statuses = iter(stored)
+    return stored
+
+
+def _save_in_load(conn: sa.Connection, anchor_names: frozenset[str], load: BulkLoad,
+                  judged: list[Judged]) -> list[str]:
+    """Store a chunk's accepted messages in the bulk load's transaction; their statuses."""
+    accepted = [item for item in judged if item.__class__ is Accepted]
+    if not accepted:
+        return []
+    return store_messages(conn, accepted, anchor_names,  # type: ignore[arg-type]
+                          bulk=load).statuses
+
+
+def _store_chunk(save: Callable[[list[Judged]], list[str]], path: Path, summary: ImportSummary,
+                 on_progress: Callable[[int], None] | None, chunk: list[Line],
+                 judged: list[Judged]) -> None:
+    """Store one chunk (the path of HTTP ingest, without building an HTTP status for every
+    line) and add its outcome to `summary`."""
+    statuses = iter(save(judged))
     summary.lines += len(chunk)
 
     counts: Counter[str] = Counter()

@@ -51,6 +51,40 @@ class Memberships:
 
 
 @dataclass
+class BulkLoad:
+    """A file import stored in one transaction that has the events table to itself, with the
+    table's costly indexes dropped until it ends (see `ingest.files`).
+
+    Without the unique index, ids are checked against a set of every id stored: those stored
+    before the load, read when it begins, and each one it stores. An id met again in a later
+    chunk is a duplicate at once; whether it is also a conflict is decided in `finish`, once
+    the index is back to find the stored event by. A failure anywhere rolls the transaction
+    back, the dropped indexes with it.
+    """
+
+    definitions: list[str]  # the statements that create the dropped indexes again
+    seen: set[str]
+    repeated: list[Accepted] = field(default_factory=list)
+
+    @classmethod
+    def begin(cls, conn: sa.Connection) -> BulkLoad:
+        definitions = event_store.drop_rebuilt_indexes(conn)
+        return cls(definitions, event_store.stored_message_ids(conn))
+
+    def finish(self, conn: sa.Connection) -> int:
+        """Create the dropped indexes again and count the conflicts among the repeated ids;
+        returns the conflicts."""
+        event_store.create_indexes(conn, self.definitions)
+        if not self.repeated:
+            return 0
+        stored = event_store.stored_versions(conn, sorted({m.message_id for m in self.repeated}))
+        conflicts = sum(_is_conflict(stored[m.message_id], m) for m in self.repeated)
+        if conflicts:
+            event_store.add_to_counter(conn, "ingest_conflicts", conflicts)
+        return conflicts
+
+
+@dataclass
 class IngestResult:
     statuses: list[str]
     conflicts: int = 0
@@ -58,14 +92,18 @@ class IngestResult:
 
 
 def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
-                   anchor_names: frozenset[str], assume_new: bool = False) -> IngestResult:
+                   anchor_names: frozenset[str], assume_new: bool = False,
+                   bulk: BulkLoad | None = None) -> IngestResult:
     """Store `messages` (already validated) in the open transaction `conn`.
 
     `assume_new` is for bulk imports of history, where the ids are almost never stored yet:
     it skips looking them up first and lets the unique index on the id tell. If one is stored
     after all, everything done under that assumption is rolled back to a savepoint and the
     messages are stored again the careful way, so the outcome is the same either way.
+    `bulk` is a load with the indexes dropped: its ids are checked against its set instead.
     """
+    if bulk is not None:
+        return _store_messages(conn, messages, anchor_names, check_store=False, bulk=bulk)
     if assume_new:
         savepoint = conn.begin_nested()
         try:
@@ -79,9 +117,10 @@ def store_messages(conn: sa.Connection, messages: Sequence[Accepted],
 
 
 def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
-                    anchor_names: frozenset[str], check_store: bool) -> IngestResult:
+                    anchor_names: frozenset[str], check_store: bool,
+                    bulk: BulkLoad | None = None) -> IngestResult:
     statuses = [ACCEPTED] * len(messages)
-    fresh_indexes, conflicts = _dedupe(conn, messages, statuses, check_store)
+    fresh_indexes, conflicts = _dedupe(conn, messages, statuses, check_store, bulk)
     changed: set[str] = set()
     groups, identifies, tracks = _split_by_type(messages, fresh_indexes)
 
@@ -100,7 +139,8 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
         # Two writers inserting overlapping ids take the unique index's locks in one order,
         # so they wait for each other instead of deadlocking.
         rows.sort(key=lambda row: row[0])
-    late_duplicates = event_store.insert_events(conn, rows, strict=not check_store)
+    late_duplicates = event_store.insert_events(conn, rows,
+                                                strict=not check_store and bulk is None)
     conflicts += _mark_late_duplicates(conn, late_duplicates, messages, fresh_indexes, statuses)
 
     event_store.insert_memberships(conn, groups)
@@ -158,9 +198,9 @@ def _attributed_rows(tracks: list[tuple[int, Accepted]], accounts: set[str],
 
 
 def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[str],
-            check_store: bool = True) -> tuple[list[int], int]:
-    """Mark duplicates (within the batch and, if `check_store`, against the store); the indexes
-    left are new."""
+            check_store: bool = True, bulk: BulkLoad | None = None) -> tuple[list[int], int]:
+    """Mark duplicates (within the batch and, if `check_store`, against the store, or against
+    the ids a `bulk` load has seen); the indexes left are new."""
     first_seen: dict[str, Accepted] = {}
     candidates = []
     conflicts = 0
@@ -173,6 +213,8 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
         first_seen[message.message_id] = message
         candidates.append(index)
 
+    if bulk is not None:
+        return _new_to_load(messages, candidates, statuses, bulk), conflicts
     if not check_store:
         return candidates, conflicts
     stored = event_store.stored_versions(conn, [messages[i].message_id for i in candidates])
@@ -186,6 +228,21 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
         statuses[index] = DUPLICATE
         conflicts += _is_conflict(version, message)
     return fresh, conflicts
+
+
+def _new_to_load(messages: Sequence[Accepted], candidates: list[int], statuses: list[str],
+                 bulk: BulkLoad) -> list[int]:
+    seen = bulk.seen
+    fresh = []
+    for index in candidates:
+        message = messages[index]
+        if message.message_id in seen:
+            statuses[index] = DUPLICATE
+            bulk.repeated.append(message)
+        else:
+            seen.add(message.message_id)
+            fresh.append(index)
+    return fresh
 
 
 def _is_conflict(stored: Accepted | event_store.StoredVersion, incoming: Accepted) -> bool:

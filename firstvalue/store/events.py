@@ -188,6 +188,44 @@ def _insert_events_staged(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> s
     return {row[0] for row in rows} - set(inserted)
 
 
+# The events table's costly indexes: a bulk load drops them and builds them again once its rows
+# are in (`ingest.pipeline.BulkLoad`). The unique id takes random keys, and the account index
+# holds (on SQLite) every column the engine reads; the partial indexes stay, since the load
+# reads through them and they cost little (docs/performance.md).
+BULK_REBUILT_INDEXES = ("ix_events_message_id", "ix_events_account_facts", "ix_events_account_ts")
+
+
+def drop_rebuilt_indexes(conn: sa.Connection) -> list[str]:
+    """Drop `BULK_REBUILT_INDEXES` in the open transaction; the statements that create them as
+    they were."""
+    names = ", ".join(f"'{name}'" for name in BULK_REBUILT_INDEXES)
+    if conn.dialect.name == "sqlite":
+        found = conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' "
+            f"AND name IN ({names}) ORDER BY name").all()
+    else:
+        found = conn.exec_driver_sql(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+            f"AND tablename = 'events' AND indexname IN ({names}) ORDER BY indexname").all()
+    for name, _ in found:
+        conn.exec_driver_sql(f"DROP INDEX {name}")
+    return [definition for _, definition in found]
+
+
+def create_indexes(conn: sa.Connection, definitions: Iterable[str]) -> None:
+    for definition in definitions:
+        conn.exec_driver_sql(definition)
+
+
+def stored_message_ids(conn: sa.Connection) -> set[str]:
+    return set(conn.exec_driver_sql("SELECT message_id FROM events").scalars())
+
+
+def events_upper_bound(conn: sa.Connection) -> int:
+    """At least the number of stored events, read in one index step (a count reads them all)."""
+    return int(conn.exec_driver_sql("SELECT COALESCE(MAX(id), 0) FROM events").scalar() or 0)
+
+
 def known_accounts(conn: sa.Connection, account_ids: Iterable[str]) -> set[str]:
     rows = select_in(conn, "SELECT id FROM accounts WHERE id IN :ids", account_ids)
     return {row[0] for row in rows}
