@@ -65,16 +65,32 @@ class BulkLoad:
     definitions: list[str]  # the statements that create the dropped indexes again
     seen: set[str]
     repeated: list[Accepted] = field(default_factory=list)
+    # Accounts whose events changed: their change_seq goes up once, at the end, rather than
+    # once a chunk (on PostgreSQL each update is a new row version of every account).
+    changed: set[str] = field(default_factory=set)
+    # The group memberships of the users read so far, kept up to date as the load stores
+    # group calls: each user's are read from the store once, not once a chunk.
+    memberships: Memberships = field(default_factory=Memberships)
+    members_read: set[str] = field(default_factory=set)
 
     @classmethod
     def begin(cls, conn: sa.Connection) -> BulkLoad:
         definitions = event_store.drop_rebuilt_indexes(conn)
         return cls(definitions, event_store.stored_message_ids(conn))
 
+    def memberships_of(self, conn: sa.Connection, actors: set[str]) -> Memberships:
+        """The memberships, those of `actors` among them."""
+        unread = actors - self.members_read
+        if unread:
+            self.memberships.by_actor.update(event_store.load_memberships(conn, unread).by_actor)
+            self.members_read |= unread
+        return self.memberships
+
     def finish(self, conn: sa.Connection) -> int:
         """Create the dropped indexes again and count the conflicts among the repeated ids;
         returns the conflicts."""
         event_store.create_indexes(conn, self.definitions)
+        event_store.mark_changed(conn, self.changed)
         if not self.repeated:
             return 0
         stored = event_store.stored_versions(conn, sorted({m.message_id for m in self.repeated}))
@@ -127,8 +143,9 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     known = event_store.known_accounts(conn, _group_ids(groups, tracks))
     created = _create_accounts(conn, groups, tracks, known, anchor_names)
     changed |= _merge_account_traits(conn, groups)
-    memberships = event_store.load_memberships(
-        conn, {m.actor for _, m in tracks if m.group_id is None} | {m.actor for m in groups})
+    actors = {m.actor for _, m in tracks if m.group_id is None} | {m.actor for m in groups}
+    memberships = (event_store.load_memberships(conn, actors) if bulk is None
+                   else bulk.memberships_of(conn, actors))
     for message in groups:
         memberships.add(message.actor, message.ts, message.message_id, message.group_id)
 
@@ -149,7 +166,10 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     changed |= event_store.attach_held_events(conn, created, received)
     changed |= event_store.reattribute(conn, {m.actor for m in groups}, memberships, received)
     changed |= {m.group_id for m in groups}
-    event_store.mark_changed(conn, changed)
+    if bulk is None:
+        event_store.mark_changed(conn, changed)
+    else:
+        bulk.changed |= changed
     if conflicts:
         event_store.add_to_counter(conn, "ingest_conflicts", conflicts)
     return IngestResult(statuses=statuses, conflicts=conflicts, changed_accounts=changed)
