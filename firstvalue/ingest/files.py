@@ -257,19 +257,17 @@ def _store_chunk(save: Callable[[list[Judged]], list[str]], path: Path, summary:
                  judged: list[Judged]) -> None:
     """Store one chunk (the path of HTTP ingest, without building an HTTP status for every
     line) and add its outcome to `summary`."""
-    statuses = iter(save(judged))
+    statuses = save(judged)  # those of the accepted lines, in order
     summary.lines += len(chunk)
-
-    counts: Counter[str] = Counter()
-    for line, item in zip(chunk, judged, strict=True):
-        if item.__class__ is Accepted:
-            counts[next(statuses)] += 1
-            continue
-        counts[REJECTED] += 1
-        reason = item.reason if isinstance(item, Rejected) else line.problem
-        summary.rejects.append({"file": str(path), "line": line.number, "reason": reason,
-                                "text": line.raw[:2000].decode("utf-8", "replace")})
-    summary.statuses.update(counts)
+    summary.statuses.update(statuses)
+    if len(statuses) < len(chunk):
+        for line, item in zip(chunk, judged, strict=True):
+            if item.__class__ is Accepted:
+                continue
+            summary.statuses[REJECTED] += 1
+            reason = item.reason if isinstance(item, Rejected) else line.problem
+            summary.rejects.append({"file": str(path), "line": line.number, "reason": reason,
+                                    "text": line.raw[:2000].decode("utf-8", "replace")})
     if on_progress:
         on_progress(sum(len(line.raw) + 1 for line in chunk))
 

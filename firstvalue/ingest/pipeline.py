@@ -221,6 +221,8 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
             check_store: bool = True, bulk: BulkLoad | None = None) -> tuple[list[int], int]:
     """Mark duplicates (within the batch and, if `check_store`, against the store, or against
     the ids a `bulk` load has seen); the indexes left are new."""
+    if bulk is not None:
+        return _new_to_load(messages, statuses, bulk), 0
     first_seen: dict[str, Accepted] = {}
     candidates = []
     conflicts = 0
@@ -233,8 +235,6 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
         first_seen[message.message_id] = message
         candidates.append(index)
 
-    if bulk is not None:
-        return _new_to_load(messages, candidates, statuses, bulk), conflicts
     if not check_store:
         return candidates, conflicts
     stored = event_store.stored_versions(conn, [messages[i].message_id for i in candidates])
@@ -250,12 +250,12 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
     return fresh, conflicts
 
 
-def _new_to_load(messages: Sequence[Accepted], candidates: list[int], statuses: list[str],
-                 bulk: BulkLoad) -> list[int]:
+def _new_to_load(messages: Sequence[Accepted], statuses: list[str], bulk: BulkLoad) -> list[int]:
+    """The indexes of the messages new to the load; the others are duplicates, and kept to be
+    compared with the stored event at the end (`BulkLoad.finish`)."""
     seen = bulk.seen
     fresh = []
-    for index in candidates:
-        message = messages[index]
+    for index, message in enumerate(messages):
         if message.message_id in seen:
             statuses[index] = DUPLICATE
             bulk.repeated.append(message)
