@@ -392,3 +392,29 @@ def test_progress_bar_run_imports_the_same(database, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Imported 2 line(s)" in result.output
     assert count(database) == 2
+
+
+def test_bulk_and_no_bulk_choose_how_the_file_is_stored(database, tmp_path, monkeypatch):
+    from firstvalue.ingest import files, pipeline
+
+    monkeypatch.setattr(files, "BULK_MIN_LINES", 2)  # every file here would go in bulk
+    loads = []
+    begin = pipeline.BulkLoad.begin
+    monkeypatch.setattr(pipeline.BulkLoad, "begin",
+                        classmethod(lambda cls, conn: loads.append(1) or begin(conn)))
+    lines = [{"type": "track", "userId": "u1", "event": "Signed In", "messageId": f"m{n}",
+              "timestamp": "2026-01-05T10:00:00Z"} for n in range(4)]
+
+    first = summary(run_import(database, "--no-bulk", "--json",
+                               write_jsonl(tmp_path / "a.jsonl", *lines[:2])))
+    assert loads == []
+    second = summary(run_import(database, "--bulk", "--json",
+                                write_jsonl(tmp_path / "b.jsonl", *lines)))
+    assert loads == [1]
+    third = summary(run_import(database, "--json", write_jsonl(tmp_path / "c.jsonl", *lines)))
+    assert loads == [1, 1]  # by default: 4 lines, no fewer than the store's 4 events
+
+    assert first["statuses"] == {"pending_account": 2}
+    assert second["statuses"] == {"duplicate": 2, "pending_account": 2}
+    assert third["statuses"] == {"duplicate": 4}
+    assert count(database) == 4

@@ -16,7 +16,8 @@ from firstvalue.store.database import Database
 
 
 def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path], now: int,
-               rejects_path: Path, progress: bool, as_json: bool) -> None:
+               rejects_path: Path, progress: bool, as_json: bool,
+               bulk: bool | None = None) -> None:
     # Refuse an unknown format or a missing file before anything is stored.
     for path in files:
         file_format(path)
@@ -31,11 +32,11 @@ def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path]
             for path in files:
                 task = bar.add_task(path.name, total=path.stat().st_size if path.exists() else 0)
                 import_file(database, path, now, playbook.anchor_names, summary,
-                            on_progress=lambda n, task=task: bar.advance(task, n))
+                            on_progress=lambda n, task=task: bar.advance(task, n), bulk=bulk)
                 bar.update(task, completed=bar.tasks[task].total)
     else:
         for path in files:
-            import_file(database, path, now, playbook.anchor_names, summary)
+            import_file(database, path, now, playbook.anchor_names, summary, bulk=bulk)
     seconds = time.perf_counter() - started
 
     if summary.rejects:

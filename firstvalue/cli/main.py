@@ -116,16 +116,20 @@ def tick_command(obj: Context, now_text: str | None) -> None:
               default=Path("firstvalue-rejects.jsonl"), show_default=True,
               help="Where rejected lines go (file, line, reason), when there are any.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--bulk/--no-bulk", default=None,
+              help="Load each file in one transaction with the events indexes built again at "
+                   "the end (faster; other writers wait). Default: for a file of 50,000 lines "
+                   "or more that is no smaller than the store.")
 @json_option
 @now_option
 @click.pass_obj
 def import_command(obj: Context, files: tuple[Path, ...], rejects_path: Path, progress: bool,
-                   as_json: bool, now_text: str | None) -> None:
+                   bulk: bool | None, as_json: bool, now_text: str | None) -> None:
     """Import JSONL (Segment-spec lines) and CSV (one event a row) files."""
     from firstvalue.cli.imports import run_import
 
     run_import(obj.database, obj.playbook, list(files), resolve_now(now_text), rejects_path,
-               progress and not as_json, as_json)
+               progress and not as_json, as_json, bulk)
 
 
 @cli.command("accounts")

@@ -56,10 +56,10 @@ class BulkLoad:
     table's costly indexes dropped until it ends (see `ingest.files`).
 
     Without the unique index, ids are checked against a set of every id stored: those stored
-    before the load, read when it begins, and each one it stores. An id met again in a later
-    chunk is a duplicate at once; whether it is also a conflict is decided in `finish`, once
-    the index is back to find the stored event by. A failure anywhere rolls the transaction
-    back, the dropped indexes with it.
+    before the load, read when it begins, and each one it stores. An id met again is a
+    duplicate at once; whether it is also a conflict is decided in `finish`, once the index is
+    back to find the stored event by. A failure anywhere rolls the transaction back, the
+    dropped indexes with it.
     """
 
     definitions: list[str]  # the statements that create the dropped indexes again
