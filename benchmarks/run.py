@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from firstvalue.clock import to_micros
 from firstvalue.store.database import engine_url, open_database
-from firstvalue.store.events import EVENT_COLUMNS
+from firstvalue.store.events import EVENT_COLUMNS, create_indexes, drop_rebuilt_indexes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dataset import END, ensure_dataset  # noqa: E402
@@ -75,26 +75,34 @@ def _run_sqlite(path: Path, data: Path) -> dict[str, Any]:
     imported = data / "bench-import.db"
     floor = data / "bench-floor.db"
     for db in (imported, floor):
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        _remove_sqlite(db)
     url = f"sqlite:///{imported}"
     figures = _in_child(measure_import, url, path)
     figures |= _in_child(measure_sqlite_floor, url, f"sqlite:///{floor}", path)
+    _remove_sqlite(floor)
+    figures |= _in_child(measure_sqlite_floor, url, f"sqlite:///{floor}", path, True)
     figures |= _in_child(measure_evaluation, url)
     return figures
 
 
+def _remove_sqlite(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
 def _run_postgresql(path: Path, pg: str) -> dict[str, Any]:
     admin = sa.create_engine(engine_url(pg))
-    schemas = [f"bench_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    schemas = [f"bench_{uuid.uuid4().hex[:10]}" for _ in range(3)]
     with admin.begin() as conn:
         for schema in schemas:
             conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
     separator = "&" if "?" in pg else "?"
-    imported, floor = (f"{pg}{separator}options=-csearch_path%3D{s}" for s in schemas)
+    imported, floor, bulk_floor = (f"{pg}{separator}options=-csearch_path%3D{s}"
+                                   for s in schemas)
     try:
         figures = _in_child(measure_import, imported, path)
         figures |= _in_child(measure_postgresql_floor, imported, floor, path)
+        figures |= _in_child(measure_postgresql_floor, imported, bulk_floor, path, True)
         figures |= _in_child(measure_evaluation, imported)
     finally:
         with admin.begin() as conn:
@@ -146,41 +154,46 @@ def measure_import(url: str, path: Path) -> dict[str, Any]:
             "statuses": dict(summary.statuses), "stored": stored, "held": held}
 
 
-def measure_sqlite_floor(source: str, target: str, path: Path) -> dict[str, Any]:
+def measure_sqlite_floor(source: str, target: str, path: Path,
+                         bulk: bool = False) -> dict[str, Any]:
     """The imported rows, in file order, inserted raw with `executemany` into the same
-    (migrated) table in one transaction."""
+    (migrated) table in one transaction; with `bulk`, as a bulk load stores them: the same
+    indexes dropped first and created again after."""
     rows = _stored_rows(source, path)
     database = open_database(target)
-    raw = database.engine.raw_connection()
     placeholders = ", ".join("?" * len(EVENT_COLUMNS))
     statement = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({placeholders})"
     started = time.perf_counter()
-    cursor = raw.cursor()
-    cursor.execute("BEGIN IMMEDIATE")
-    cursor.executemany(statement, rows)
-    cursor.execute("COMMIT")
+    with database.write() as conn:
+        definitions = drop_rebuilt_indexes(conn) if bulk else []
+        conn.connection.driver_connection.cursor().executemany(statement, rows)
+        create_indexes(conn, definitions)
     seconds = time.perf_counter() - started
-    raw.close()
     database.dispose()
-    return {"floor_s": round(seconds, 2), "floor_per_s": round(len(rows) / seconds)}
+    return _floor_figures("floor_bulk" if bulk else "floor", seconds, len(rows))
 
 
-def measure_postgresql_floor(source: str, target: str, path: Path) -> dict[str, Any]:
+def measure_postgresql_floor(source: str, target: str, path: Path,
+                             bulk: bool = False) -> dict[str, Any]:
     """The imported rows, in file order, loaded with `COPY` into the same (migrated) table in
-    one transaction."""
+    one transaction; with `bulk`, the same indexes dropped first and created again after."""
     rows = _stored_rows(source, path)
     database = open_database(target)
-    raw = database.engine.raw_connection()
     started = time.perf_counter()
-    cursor = raw.cursor()
-    with cursor.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-    raw.commit()
+    with database.write() as conn:
+        definitions = drop_rebuilt_indexes(conn) if bulk else []
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        create_indexes(conn, definitions)
     seconds = time.perf_counter() - started
-    raw.close()
     database.dispose()
-    return {"floor_s": round(seconds, 2), "floor_per_s": round(len(rows) / seconds)}
+    return _floor_figures("floor_bulk" if bulk else "floor", seconds, len(rows))
+
+
+def _floor_figures(name: str, seconds: float, rows: int) -> dict[str, Any]:
+    return {f"{name}_s": round(seconds, 2), f"{name}_per_s": round(rows / seconds)}
 
 
 class _Identified(msgspec.Struct):
@@ -261,6 +274,11 @@ def _print_table(results: dict[str, dict[str, Any]], lines: int) -> None:
          "SQLite executemany; PostgreSQL COPY"),
         ("import / floor", [f"{r['import_per_s'] / r['floor_per_s']:.2f}"
                             for r in results.values()], ""),
+        ("floor in bulk (indexes built after), events/s",
+         [f"{r['floor_bulk_per_s']:,}" for r in results.values()],
+         "the same, indexes dropped first"),
+        ("import / floor in bulk", [f"{r['import_per_s'] / r['floor_bulk_per_s']:.2f}"
+                                    for r in results.values()], ""),
         ("full tick, seconds (accounts)",
          [f"{r['tick_s']:.2f} ({r['tick_accounts']:,})" for r in results.values()], "<= 5 s"),
         ("  CPU seconds: caller + workers", [_cpu_text(r["tick_cpu_s"])
