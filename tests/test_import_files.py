@@ -135,6 +135,7 @@ def test_json_summary_counts_lines_by_status_and_names_the_reject_file(database,
         "lines": 5,
         "statuses": {"accepted": 2, "duplicate": 1, "rejected": 1, "pending_account": 1},
         "rejected": 1,
+        "bulk_files": [],
         "rejects_file": str(rejects),
     }
 
@@ -145,7 +146,7 @@ def test_json_summary_without_rejects_writes_no_reject_file(database, tmp_path):
 
     data = summary(run_import(database, "--json", "--rejects", rejects, path))
 
-    assert data == {"lines": 2, "statuses": {"accepted": 2}, "rejected": 0,
+    assert data == {"lines": 2, "statuses": {"accepted": 2}, "rejected": 0, "bulk_files": [],
                     "rejects_file": None}
     assert not rejects.exists()
 
@@ -417,4 +418,8 @@ def test_bulk_and_no_bulk_choose_how_the_file_is_stored(database, tmp_path, monk
     assert first["statuses"] == {"pending_account": 2}
     assert second["statuses"] == {"duplicate": 2, "pending_account": 2}
     assert third["statuses"] == {"duplicate": 4}
+    assert (first["bulk_files"], second["bulk_files"]) == ([], [str(tmp_path / "b.jsonl")])
+    text = run_import(database, "--bulk", tmp_path / "c.jsonl")
+    assert f"Loaded in bulk (one transaction, indexes built again): {tmp_path / 'c.jsonl'}." \
+        in text.output
     assert count(database) == 4

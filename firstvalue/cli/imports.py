@@ -50,6 +50,9 @@ def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path]
         return
     counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.statuses.items()))
     click.echo(f"Imported {summary.lines} line(s) in {seconds:.1f} s: {counts or 'nothing'}.")
+    if summary.in_bulk:
+        click.echo(f"Loaded in bulk (one transaction, indexes built again): "
+                   f"{', '.join(summary.in_bulk)}.")
     if summary.rejects:
         click.echo(f"{len(summary.rejects)} rejected line(s), with line number and reason, "
                    f"are in {rejects_path}.")

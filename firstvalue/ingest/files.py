@@ -56,10 +56,11 @@ class ImportSummary:
     lines: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     rejects: list[dict[str, Any]] = field(default_factory=list)
+    in_bulk: list[str] = field(default_factory=list)  # the files loaded in bulk
 
     def as_json(self) -> dict[str, Any]:
         return {"lines": self.lines, "statuses": dict(self.statuses),
-                "rejected": len(self.rejects)}
+                "rejected": len(self.rejects), "bulk_files": self.in_bulk}
 
 
 class Line(NamedTuple):  # a tuple: a bulk import makes one for every line
@@ -105,6 +106,7 @@ def import_file(database: Database, path: Path, received_at: int, anchor_names: 
         lines = _jsonl_lines(stream) if kind == "jsonl" else _csv_lines(stream, path)
         chunks = _chunks(lines)
         if bulk:
+            summary.in_bulk.append(str(path))
             with database.write() as conn:
                 load = BulkLoad.begin(conn)
                 save = partial(_save_in_load, conn, anchor_names, load)
