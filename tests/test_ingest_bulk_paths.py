@@ -277,3 +277,24 @@ def test_the_line_estimate_follows_the_file(tmp_path):
     for estimated in (files._estimated_lines(path), files._estimated_lines(gzipped)):
         assert 19_000 <= estimated <= 21_000
     assert files._estimated_lines(write_jsonl(tmp_path / "empty.jsonl", [])) == 0
+
+
+def test_a_repeat_is_compared_with_the_event_that_stands_in_bulk_and_in_chunks(database,
+                                                                              tmp_path):
+    stored = track("x", "u1", "Signed In", "2026-10-02T09:00:00Z")
+    changed = track("x", "u1", "Signed Out", "2026-10-02T09:00:00Z")
+    import_in_bulk(database, write_jsonl(tmp_path / "first.jsonl", [stored]), bulk=False)
+    again = write_jsonl(tmp_path / "again.jsonl", [changed, stored, changed])
+
+    for bulk in (False, True):
+        before = snapshot(database)["conflicts"]
+        summary = import_in_bulk(database, again, bulk=bulk)
+        assert dict(summary.statuses) == {"duplicate": 3}
+        # Two redeliveries differ from the stored event; the faithful one is no conflict,
+        # whichever copy came first in the file.
+        assert snapshot(database)["conflicts"] == before + 2
+
+    statuses = ingest_messages(database, [encode(changed), encode(stored)], NOW,
+                               frozenset({"Deal Closed Won"}))
+    assert [s.status for s in statuses] == ["duplicate", "duplicate"]
+    assert snapshot(database)["conflicts"] == 5

@@ -225,20 +225,19 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
         return _new_to_load(messages, statuses, bulk), 0
     first_seen: dict[str, Accepted] = {}
     candidates = []
-    conflicts = 0
+    repeats = []
     for index, message in enumerate(messages):
-        earlier = first_seen.get(message.message_id)
-        if earlier is not None:
+        if message.message_id in first_seen:
             statuses[index] = DUPLICATE
-            conflicts += _is_conflict(earlier, message)
+            repeats.append(message)
             continue
         first_seen[message.message_id] = message
         candidates.append(index)
 
-    if not check_store:
-        return candidates, conflicts
-    stored = event_store.stored_versions(conn, [messages[i].message_id for i in candidates])
+    stored = event_store.stored_versions(
+        conn, [messages[i].message_id for i in candidates]) if check_store else {}
     fresh = []
+    conflicts = 0
     for index in candidates:
         message = messages[index]
         version = stored.get(message.message_id)
@@ -247,6 +246,10 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
             continue
         statuses[index] = DUPLICATE
         conflicts += _is_conflict(version, message)
+    # A repeat is compared with the event that stands: the stored one, else the batch's first.
+    for message in repeats:
+        conflicts += _is_conflict(stored.get(message.message_id)
+                                  or first_seen[message.message_id], message)
     return fresh, conflicts
 
 
