@@ -909,3 +909,33 @@ def test_the_api_s_own_write_bodies_are_limited(client, database):
                                              "capacity": 9_223_372_036_854_775_808},
                       headers={"Authorization": f"Bearer {admin}"})
     assert huge.status_code == 400 and "capacity" in huge.json()["error"]["message"]
+
+
+def test_ingest_that_waits_past_sqlites_write_lock_is_503_with_retry_after(
+        tmp_path, playbook, monkeypatch):
+    import sqlite3
+
+    from firstvalue.store import database as store_database
+
+    monkeypatch.setattr(store_database, "SQLITE_BUSY_SECONDS", 0.2)
+    monkeypatch.setenv("FIRSTVALUE_WRITE_KEYS", WRITE_KEY)
+    path = tmp_path / "busy.db"
+    database = store_database.open_database(f"sqlite:///{path}")
+    holder = sqlite3.connect(path, isolation_level=None)  # another process's long import
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with TestClient(create_app(database, playbook, clock=lambda: NOW),
+                        raise_server_exceptions=False) as client:
+            client.headers["Authorization"] = basic(WRITE_KEY)
+            busy = send(client, track("m1", "u1", "Signed In"))
+            holder.execute("ROLLBACK")
+            later = send(client, track("m1", "u1", "Signed In"))
+    finally:
+        holder.close()
+
+    assert busy.status_code == 503, busy.text
+    assert busy.headers["Retry-After"] == "5"
+    assert busy.json()["error"]["code"] == "store_busy"
+    assert later.status_code == 200
+    assert later.json()["results"][0]["status"] == "pending_account"
+    database.dispose()

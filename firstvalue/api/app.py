@@ -25,7 +25,7 @@ from firstvalue.ingest.messages import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decode_
 from firstvalue.ingest.pipeline import ACCEPTED, DUPLICATE, PENDING_ACCOUNT
 from firstvalue.ingest.service import MessageStatus, ingest_messages
 from firstvalue.runtime.evaluation import evaluate_accounts
-from firstvalue.store.database import Database, holds_nul
+from firstvalue.store.database import Database, holds_nul, store_busy
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ SINGLE_CALLS = {"track": "track", "identify": "identify", "group": "group",
                 "t": "track", "i": "identify", "g": "group"}
 STORED = {ACCEPTED, DUPLICATE, PENDING_ACCOUNT}
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+BUSY_RETRY_SECONDS = 5  # Retry-After of a request that found the store's write lock held
 API_BODY_BYTES = 64 * 1024  # the JSON API's own writes: a key, a team member
 
 
@@ -74,6 +75,18 @@ def create_app(database: Database, playbook: CompiledPlaybook,
                                           "not allowed in a path or query", request.url.path)
             else:
                 response = await call_next(request)
+        except sa.exc.OperationalError as exc:
+            if not store_busy(exc):
+                raise
+            # SQLite's write lock held past the wait (a bulk import, a long tick): the
+            # request did nothing, and can be sent again (Segment's clients do on a 5xx).
+            log.warning("%s %s waited too long for the store's write lock.", request.method,
+                        request.url.path)
+            response = await _error_answer(
+                request, 503, "store_busy", "The store is busy", "another process holds the "
+                "store's write lock (an import or a tick); nothing was stored, send the "
+                "request again in a moment")
+            response.headers["Retry-After"] = str(BUSY_RETRY_SECONDS)
         except Exception:
             # Answered here rather than by Starlette's outermost handler, which sends its
             # answer without this middleware's headers and then closes the connection.

@@ -20,6 +20,7 @@ from firstvalue.errors import StoreError
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_SECONDS = 30  # how long a writer waits for SQLite's write lock before it fails
 
 
 @dataclass
@@ -75,7 +76,8 @@ def _create_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True)
 
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False,
+                                                 "timeout": SQLITE_BUSY_SECONDS})
 
     @sa.event.listens_for(engine, "connect")
     def _set_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -146,6 +148,12 @@ def execute_many(conn: sa.Connection, sql: str, rows: list[dict[str, Any]]) -> N
             cursor.executemany(compiled.string, rows)
     finally:
         cursor.close()
+
+
+def store_busy(exc: sa.exc.OperationalError) -> bool:
+    """Whether `exc` is SQLite's write lock held by another process past the wait
+    (`SQLITE_BUSY_SECONDS`)."""
+    return "database is locked" in str(exc.orig)
 
 
 def holds_nul(value: Any, raw: bytes | str | None = None) -> bool:
