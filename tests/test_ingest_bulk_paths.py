@@ -20,6 +20,7 @@ from firstvalue.ingest import files
 from firstvalue.ingest.files import ImportSummary, import_file
 from firstvalue.ingest.messages import validate_message
 from firstvalue.ingest.service import ingest_messages
+from firstvalue.store import events as event_store
 from firstvalue.store.database import open_database
 from firstvalue.store.events import read_counter
 from firstvalue.store.traits import plain_traits
@@ -277,6 +278,43 @@ def test_the_line_estimate_follows_the_file(tmp_path):
     for estimated in (files._estimated_lines(path), files._estimated_lines(gzipped)):
         assert 19_000 <= estimated <= 21_000
     assert files._estimated_lines(write_jsonl(tmp_path / "empty.jsonl", [])) == 0
+
+
+def test_the_line_estimate_of_odd_gzip_files_stays_near_their_lines(tmp_path):
+    line = encode(track("a1", "u1", "Signed In", "2026-10-02T09:00:00Z")) + b"\n"
+    many = [encode(track(f"id-{n}", "u1", "Signed In", "2026-10-02T09:00:00Z",
+                         page="x" * (n % 50))) + b"\n" for n in range(60_000)]
+    odd = {
+        # gzip's trailer would say 4 GiB were added: the content is smaller than the file
+        "tiny.jsonl.gz": (gzip.compress(line), 1),
+        "zeros.jsonl.gz": (gzip.compress(line) + b"\0" * 16, 1),  # padding gzip reads past
+        # two members, the last one tiny: the trailer speaks of the last one only
+        "members.jsonl.gz": (gzip.compress(b"".join(many[:-2])) + gzip.compress(
+            b"".join(many[-2:])), 60_000),
+        "broken.jsonl.gz": (b"not gzip at all", 0),
+    }
+    for name, (content, lines) in odd.items():
+        (tmp_path / name).write_bytes(content)
+        assert abs(files._estimated_lines(tmp_path / name) - lines) <= lines * 0.1, name
+
+
+def test_a_bulk_load_on_postgresql_goes_in_chunks_while_a_tick_reads_events(
+        postgres_database, tmp_path, monkeypatch):
+    monkeypatch.setattr(event_store, "TABLE_LOCK_SECONDS", 0.5)
+    path = write_jsonl(tmp_path / "events.jsonl", MESSAGES)
+    chunked = open_database(f"sqlite:///{tmp_path / 'chunked.db'}")
+    reader = postgres_database.engine.connect()  # a tick's open transaction over events
+    reader.execute(sa.text("SELECT COUNT(*) FROM events")).scalar()
+    try:
+        summary = import_in_bulk(postgres_database, path)
+    finally:
+        reader.close()
+
+    assert summary.in_bulk == []
+    assert summary.statuses == import_in_bulk(chunked, path, bulk=False).statuses
+    assert snapshot(postgres_database) == snapshot(chunked)
+    assert import_in_bulk(postgres_database, path).in_bulk == [str(path)]  # once it is free
+    chunked.dispose()
 
 
 def test_a_repeat_is_compared_with_the_event_that_stands_in_bulk_and_in_chunks(database,

@@ -17,7 +17,9 @@ import gc
 import gzip
 import io
 import json
+import logging
 import re
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +38,8 @@ from firstvalue.ingest.pipeline import DUPLICATE, REJECTED, BulkLoad, store_mess
 from firstvalue.ingest.service import store_accepted
 from firstvalue.store import events as event_store
 from firstvalue.store.database import Database
+
+log = logging.getLogger(__name__)
 
 # Lines per transaction. Each commit rewrites the index pages the chunk touched, and with ids
 # in random order that is most of them: 10,000 lines a commit halve the rate of 100,000.
@@ -106,19 +110,34 @@ def import_file(database: Database, path: Path, received_at: int, anchor_names: 
         lines = _jsonl_lines(stream) if kind == "jsonl" else _csv_lines(stream, path)
         chunks = _chunks(lines)
         if bulk:
-            summary.in_bulk.append(str(path))
-            with database.write() as conn:
-                load = BulkLoad.begin(conn)
-                save = partial(_save_in_load, conn, anchor_names, load)
-                _store_all(database, chunks, received_at,
-                           partial(_store_chunk, save, path, summary, on_progress))
-                load.finish(conn)
-        else:
+            bulk = _load_in_bulk(database, path, chunks, received_at, anchor_names, summary,
+                                 on_progress)
+        if not bulk:
             save = partial(_save_chunk, database, anchor_names, _Guess())
             _store_all(database, chunks, received_at,
                        partial(_store_chunk, save, path, summary, on_progress))
     if not database.is_sqlite and summary.statuses["accepted"] - accepted >= ANALYZE_AFTER:
         analyze_events(database)
+
+
+def _load_in_bulk(database: Database, path: Path, chunks: Iterator[list[Line]],
+                  received_at: int, anchor_names: frozenset[str], summary: ImportSummary,
+                  on_progress: Callable[[int], None] | None) -> bool:
+    """Store the file as one `BulkLoad`; False, having read nothing, when PostgreSQL's events
+    table stays in use (a tick, another import), so that it goes in chunks instead."""
+    try:
+        with database.write() as conn:
+            load = BulkLoad.begin(conn)
+            summary.in_bulk.append(str(path))
+            save = partial(_save_in_load, conn, anchor_names, load)
+            _store_all(database, chunks, received_at,
+                       partial(_store_chunk, save, path, summary, on_progress))
+            load.finish(conn)
+    except event_store.TableInUse:
+        log.warning("The events table is in use (a tick or another import); %s is imported "
+                    "in chunks instead of in bulk.", path.name)
+        return False
+    return True
 
 
 def bulk_fits(database: Database, path: Path) -> bool:
@@ -132,21 +151,53 @@ def bulk_fits(database: Database, path: Path) -> bool:
 
 
 def _estimated_lines(path: Path) -> int:
-    """The file's lines, estimated from its size and the length of its first lines."""
-    size = path.stat().st_size
-    with _open(path) as stream:
-        sample = stream.read(SAMPLE_BYTES)
-        if path.suffix.lower() == ".gz":
-            # gzip's trailer holds the size of the content, modulo 4 GiB.
-            with path.open("rb") as raw:
-                raw.seek(max(size - 4, 0))
-                content = int.from_bytes(raw.read(4), "little")
-            while content < size:
-                content += 2**32
-            size = content
-    if not sample:
-        return 0
-    return size * max(sample.count(b"\n"), 1) // len(sample)
+    """The file's lines, estimated from its size and its first MiB: the lines in it, scaled by
+    how much of the file it took (of a gzipped file, how many compressed bytes). A file that
+    fits in the sample is counted exactly; an unreadable one counts 0 (its import says why)."""
+    gzipped = path.suffix.lower() == ".gz"
+    with path.open("rb") as raw:
+        try:
+            sample, consumed = _gzip_sample(raw) if gzipped else (raw.read(SAMPLE_BYTES), None)
+        except (zlib.error, OSError):
+            return 0
+        if consumed is None:
+            consumed = len(sample)
+        whole = not raw.read(1)
+    lines = sample.count(b"\n") + (bool(sample) and not sample.endswith(b"\n"))
+    if whole or not sample:
+        return lines
+    return lines * path.stat().st_size // max(consumed, 1)
+
+
+def _gzip_sample(raw: IO[bytes]) -> tuple[bytes, int]:
+    """The first `SAMPLE_BYTES` of a gzipped file's content (all its members, in order) and
+    the compressed bytes they took."""
+    parts: list[bytes] = []
+    got = consumed = 0
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    while got < SAMPLE_BYTES:
+        piece = raw.read(4096)
+        if not piece:
+            break
+        consumed += len(piece)
+        while piece and got < SAMPLE_BYTES:
+            try:
+                data = inflate.decompress(piece, SAMPLE_BYTES - got)
+            except zlib.error:
+                if got:  # what follows the members (gzip allows zeros there) ends the sample
+                    break
+                raise
+            parts.append(data)
+            got += len(data)
+            if inflate.eof:  # the next member, if any, starts in what is left
+                piece = inflate.unused_data
+                inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            else:
+                piece = inflate.unconsumed_tail
+        consumed -= len(piece)  # read, but not needed for the sample
+        if piece:
+            break
+    return b"".join(parts), consumed
 
 
 def _store_all(database: Database, chunks: Iterator[list[Line]], received_at: int,

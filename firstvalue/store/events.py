@@ -8,6 +8,7 @@ whatever another process stored in between comes back as a duplicate.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -193,11 +194,25 @@ def _insert_events_staged(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> s
 # holds (on SQLite) every column the engine reads; the partial indexes stay, since the load
 # reads through them and they cost little (docs/performance.md).
 BULK_REBUILT_INDEXES = ("ix_events_message_id", "ix_events_account_facts", "ix_events_account_ts")
+TABLE_LOCK_SECONDS = 5.0
+
+
+class TableInUse(Exception):
+    """Raised by `drop_rebuilt_indexes` when PostgreSQL's events table stays in use."""
 
 
 def drop_rebuilt_indexes(conn: sa.Connection) -> list[str]:
     """Drop `BULK_REBUILT_INDEXES` in the open transaction; the statements that create them as
-    they were."""
+    they were.
+
+    On PostgreSQL this needs the table to itself. The lock is asked for without waiting in
+    line, a few times over `TABLE_LOCK_SECONDS`, then given up (`TableInUse`): waiting in line
+    would hold up every reader that comes after, and a tick reading in worker processes beside
+    its own open transaction would wait for this one while this one waits for the tick, a
+    cycle PostgreSQL cannot see.
+    """
+    if conn.dialect.name == "postgresql":
+        _lock_events(conn)
     names = ", ".join(f"'{name}'" for name in BULK_REBUILT_INDEXES)
     if conn.dialect.name == "sqlite":
         found = conn.exec_driver_sql(
@@ -210,6 +225,24 @@ def drop_rebuilt_indexes(conn: sa.Connection) -> list[str]:
     for name, _ in found:
         conn.exec_driver_sql(f"DROP INDEX {name}")
     return [definition for _, definition in found]
+
+
+def _lock_events(conn: sa.Connection) -> None:
+    deadline = time.monotonic() + TABLE_LOCK_SECONDS
+    while True:
+        attempt = conn.begin_nested()
+        try:
+            conn.exec_driver_sql("LOCK TABLE events IN ACCESS EXCLUSIVE MODE NOWAIT")
+        except sa.exc.OperationalError as exc:
+            attempt.rollback()
+            if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+                raise
+            if time.monotonic() >= deadline:
+                raise TableInUse from None
+            time.sleep(0.2)
+        else:
+            attempt.commit()
+            return
 
 
 def create_indexes(conn: sa.Connection, definitions: Iterable[str]) -> None:
