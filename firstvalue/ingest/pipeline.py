@@ -152,7 +152,13 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     rows = _attributed_rows(tracks, known | created, memberships, statuses, changed)
     rows += [event_store.event_row(m, m.group_id) for m in groups]
     rows += [event_store.event_row(m, None) for m in identifies]
-    if conn.dialect.name != "sqlite":
+    if bulk is not None:
+        # The load has the table to itself: its rows go in by account, so that an account's
+        # events lie together in the table, a few runs of pages rather than a page each
+        # (PostgreSQL reads an account's facts from the table; measured: 2.3 s instead of 4.0
+        # to read every account's at a million events).
+        rows.sort(key=_account_and_time)
+    elif conn.dialect.name != "sqlite":
         # Two writers inserting overlapping ids take the unique index's locks in one order,
         # so they wait for each other instead of deadlocking.
         rows.sort(key=lambda row: row[0])
@@ -173,6 +179,10 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     if conflicts:
         event_store.add_to_counter(conn, "ingest_conflicts", conflicts)
     return IngestResult(statuses=statuses, conflicts=conflicts, changed_accounts=changed)
+
+
+def _account_and_time(row: tuple[Any, ...]) -> tuple[str, int]:
+    return (row[3] or "", row[7])  # identify and held rows have no account
 
 
 def _split_by_type(messages: Sequence[Accepted], indexes: list[int]) -> tuple[
