@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ PENDING_ACCOUNT = "pending_account"
 REJECTED = "rejected"
 
 _decode_object = msgspec.json.Decoder(dict).decode
+_ACCOUNT = operator.itemgetter(3)  # of an event row (`store.events.EVENT_COLUMNS`)
 
 
 @dataclass
@@ -157,7 +159,7 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
         # events lie together in the table, a few runs of pages rather than a page each
         # (PostgreSQL reads an account's facts from the table; measured: 2.3 s instead of 4.0
         # to read every account's at a million events).
-        rows.sort(key=_account_and_time)
+        rows = _by_account(rows)
     elif conn.dialect.name != "sqlite":
         # Two writers inserting overlapping ids take the unique index's locks in one order,
         # so they wait for each other instead of deadlocking.
@@ -181,8 +183,12 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
     return IngestResult(statuses=statuses, conflicts=conflicts, changed_accounts=changed)
 
 
-def _account_and_time(row: tuple[Any, ...]) -> tuple[str, int]:
-    return (row[3] or "", row[7])  # identify and held rows have no account
+def _by_account(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows by account, each account's in the order they came, those without an account
+    (identify calls, held events) last. (By account and time took three times as long.)"""
+    attributed = [row for row in rows if row[3] is not None]
+    attributed.sort(key=_ACCOUNT)
+    return attributed + [row for row in rows if row[3] is None]
 
 
 def _split_by_type(messages: Sequence[Accepted], indexes: list[int]) -> tuple[
