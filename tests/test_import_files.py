@@ -423,3 +423,22 @@ def test_bulk_and_no_bulk_choose_how_the_file_is_stored(database, tmp_path, monk
     assert f"Loaded in bulk (one transaction, indexes built again): {tmp_path / 'c.jsonl'}." \
         in text.output
     assert count(database) == 4
+
+
+@pytest.mark.parametrize("bulk", ["--bulk", "--no-bulk"])
+def test_a_damaged_gzip_file_stops_with_a_clear_error(database, tmp_path, bulk):
+    import gzip
+
+    good = b"".join(json.dumps({"type": "track", "userId": "u1", "event": "Signed In",
+                                "messageId": f"m{n}", "timestamp": "2026-01-05T10:00:00Z"}
+                               ).encode() + b"\n" for n in range(50))
+    whole = gzip.compress(good)
+    damaged = tmp_path / "damaged.jsonl.gz"
+    damaged.write_bytes(whole[:len(whole) // 2])  # cut off half way
+
+    result = run_import(database, bulk, damaged)
+
+    assert result.exit_code == 2
+    assert "is not a whole gzip file" in result.output and "gzip -t" in result.output
+    assert "Traceback" not in result.output
+    assert count(database) == 0  # in bulk nothing; in chunks, no chunk of 100,000 was whole

@@ -288,6 +288,7 @@ def test_the_line_estimate_of_odd_gzip_files_stays_near_their_lines(tmp_path):
         # gzip's trailer would say 4 GiB were added: the content is smaller than the file
         "tiny.jsonl.gz": (gzip.compress(line), 1),
         "zeros.jsonl.gz": (gzip.compress(line) + b"\0" * 16, 1),  # padding gzip reads past
+        "padded.jsonl.gz": (gzip.compress(line * 3) + b"\0" * 5_000_000, 3),  # no content
         # two members, the last one tiny: the trailer speaks of the last one only
         "members.jsonl.gz": (gzip.compress(b"".join(many[:-2])) + gzip.compress(
             b"".join(many[-2:])), 60_000),

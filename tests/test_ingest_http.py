@@ -939,3 +939,18 @@ def test_ingest_that_waits_past_sqlites_write_lock_is_503_with_retry_after(
     assert later.status_code == 200
     assert later.json()["results"][0]["status"] == "pending_account"
     database.dispose()
+
+
+def test_ingest_that_finds_no_free_connection_is_503_too(client, database, monkeypatch):
+    def pool_exhausted(*_args, **_kwargs):
+        raise sa.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
+
+    monkeypatch.setattr("firstvalue.api.app.ingest_messages", pool_exhausted)
+
+    response = send(client, track("m1", "u1", "Signed In"))
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json()["error"]["code"] == "store_busy"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert counts(database) == EMPTY

@@ -75,25 +75,10 @@ def create_app(database: Database, playbook: CompiledPlaybook,
                                           "not allowed in a path or query", request.url.path)
             else:
                 response = await call_next(request)
-        except sa.exc.OperationalError as exc:
-            if not store_busy(exc):
-                raise
-            # SQLite's write lock held past the wait (a bulk import, a long tick): the
-            # request did nothing, and can be sent again (Segment's clients do on a 5xx).
-            log.warning("%s %s waited too long for the store's write lock.", request.method,
-                        request.url.path)
-            response = await _error_answer(
-                request, 503, "store_busy", "The store is busy", "another process holds the "
-                "store's write lock (an import or a tick); nothing was stored, send the "
-                "request again in a moment")
-            response.headers["Retry-After"] = str(BUSY_RETRY_SECONDS)
-        except Exception:
+        except Exception as exc:
             # Answered here rather than by Starlette's outermost handler, which sends its
             # answer without this middleware's headers and then closes the connection.
-            log.exception("%s %s failed.", request.method, request.url.path)
-            response = await _error_answer(request, 500, "internal_error", "Something went "
-                                           "wrong", "the server failed to handle the request; "
-                                           "it is logged, and the request can be sent again")
+            response = await _failure_answer(request, exc)
         # Every answer, the API's errors included, is read as what its type says only.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
@@ -540,6 +525,25 @@ def ingest_response(statuses: list[MessageStatus]) -> Response:
 
 def json_response(body: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
+
+
+async def _failure_answer(request: Request, exc: Exception) -> Response:
+    """The answer to a request that raised: a 503 when the store was only busy, else a 500."""
+    if not store_busy(exc):
+        log.exception("%s %s failed.", request.method, request.url.path, exc_info=exc)
+        return await _error_answer(request, 500, "internal_error", "Something went wrong",
+                                   "the server failed to handle the request; it is logged, "
+                                   "and the request can be sent again")
+    # SQLite's write lock held past the wait (a bulk import, a long tick), or every connection
+    # taken by requests waiting for it: the request did nothing, and can be sent again
+    # (Segment's clients do on a 5xx).
+    log.warning("%s %s waited too long for the store.", request.method, request.url.path)
+    response = await _error_answer(
+        request, 503, "store_busy", "The store is busy", "another process holds the store's "
+        "write lock (an import or a tick); nothing was stored, send the request again in a "
+        "moment")
+    response.headers["Retry-After"] = str(BUSY_RETRY_SECONDS)
+    return response
 
 
 async def _error_answer(request: Request, status: int, code: str, title: str,

@@ -106,6 +106,22 @@ def import_file(database: Database, path: Path, received_at: int, anchor_names: 
     if bulk is None:
         bulk = bulk_fits(database, path)
     accepted = summary.statuses["accepted"]
+    try:
+        _import_lines(database, path, kind, received_at, anchor_names, summary, on_progress,
+                      bulk)
+    except (zlib.error, EOFError, gzip.BadGzipFile) as exc:
+        kept = ("nothing of it was stored" if str(path) in summary.in_bulk else
+                "its chunks of 100,000 lines before the damage were stored")
+        raise ImportFileError(
+            f"{str(path)!r} is not a whole gzip file ({exc}); {kept}. Check it with "
+            "`gzip -t`, and import it again once it is whole") from None
+    if not database.is_sqlite and summary.statuses["accepted"] - accepted >= ANALYZE_AFTER:
+        analyze_events(database)
+
+
+def _import_lines(database: Database, path: Path, kind: str, received_at: int,
+                  anchor_names: frozenset[str], summary: ImportSummary,
+                  on_progress: Callable[[int], None] | None, bulk: bool) -> None:
     with _open(path) as stream, _collector_paused():
         lines = _jsonl_lines(stream) if kind == "jsonl" else _csv_lines(stream, path)
         chunks = _chunks(lines)
@@ -116,8 +132,6 @@ def import_file(database: Database, path: Path, received_at: int, anchor_names: 
             save = partial(_save_chunk, database, anchor_names, _Guess())
             _store_all(database, chunks, received_at,
                        partial(_store_chunk, save, path, summary, on_progress))
-    if not database.is_sqlite and summary.statuses["accepted"] - accepted >= ANALYZE_AFTER:
-        analyze_events(database)
 
 
 def _load_in_bulk(database: Database, path: Path, chunks: Iterator[list[Line]],
@@ -157,21 +171,23 @@ def _estimated_lines(path: Path) -> int:
     gzipped = path.suffix.lower() == ".gz"
     with path.open("rb") as raw:
         try:
-            sample, consumed = _gzip_sample(raw) if gzipped else (raw.read(SAMPLE_BYTES), None)
+            sample, consumed, ended = (_gzip_sample(raw) if gzipped
+                                       else (raw.read(SAMPLE_BYTES), None, False))
         except (zlib.error, OSError):
             return 0
         if consumed is None:
             consumed = len(sample)
-        whole = not raw.read(1)
+        whole = ended or not raw.read(1)
     lines = sample.count(b"\n") + (bool(sample) and not sample.endswith(b"\n"))
     if whole or not sample:
         return lines
     return lines * path.stat().st_size // max(consumed, 1)
 
 
-def _gzip_sample(raw: IO[bytes]) -> tuple[bytes, int]:
-    """The first `SAMPLE_BYTES` of a gzipped file's content (all its members, in order) and
-    the compressed bytes they took."""
+def _gzip_sample(raw: IO[bytes]) -> tuple[bytes, int, bool]:
+    """The first `SAMPLE_BYTES` of a gzipped file's content (all its members, in order), the
+    compressed bytes they took, and whether the content ended there (what follows the last
+    member, such as zeros gzip pads with, is no content)."""
     parts: list[bytes] = []
     got = consumed = 0
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -184,8 +200,8 @@ def _gzip_sample(raw: IO[bytes]) -> tuple[bytes, int]:
             try:
                 data = inflate.decompress(piece, SAMPLE_BYTES - got)
             except zlib.error:
-                if got:  # what follows the members (gzip allows zeros there) ends the sample
-                    break
+                if got:  # what follows the members (gzip allows zeros there) ends the content
+                    return b"".join(parts), consumed, True
                 raise
             parts.append(data)
             got += len(data)
@@ -197,7 +213,7 @@ def _gzip_sample(raw: IO[bytes]) -> tuple[bytes, int]:
         consumed -= len(piece)  # read, but not needed for the sample
         if piece:
             break
-    return b"".join(parts), consumed
+    return b"".join(parts), consumed, False
 
 
 def _store_all(database: Database, chunks: Iterator[list[Line]], received_at: int,

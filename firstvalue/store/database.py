@@ -150,10 +150,13 @@ def execute_many(conn: sa.Connection, sql: str, rows: list[dict[str, Any]]) -> N
         cursor.close()
 
 
-def store_busy(exc: sa.exc.OperationalError) -> bool:
-    """Whether `exc` is SQLite's write lock held by another process past the wait
-    (`SQLITE_BUSY_SECONDS`)."""
-    return "database is locked" in str(exc.orig)
+def store_busy(exc: Exception) -> bool:
+    """Whether `exc` says the store is busy rather than broken: SQLite's write lock held by
+    another process past the wait (`SQLITE_BUSY_SECONDS`), or no free connection in the pool
+    for as long (every one waiting for that lock, or in use)."""
+    if isinstance(exc, sa.exc.TimeoutError):
+        return True
+    return isinstance(exc, sa.exc.OperationalError) and "database is locked" in str(exc.orig)
 
 
 def holds_nul(value: Any, raw: bytes | str | None = None) -> bool:
