@@ -337,3 +337,14 @@ def test_a_repeat_is_compared_with_the_event_that_stands_in_bulk_and_in_chunks(d
                                frozenset({"Deal Closed Won"}))
     assert [s.status for s in statuses] == ["duplicate", "duplicate"]
     assert snapshot(database)["conflicts"] == 5
+
+
+def test_a_bulk_load_keeps_no_table_of_its_repeats(database, tmp_path):
+    path = write_jsonl(tmp_path / "events.jsonl", MESSAGES)
+    import_in_bulk(database, path)
+    summary = import_in_bulk(database, path)  # all repeats
+
+    assert dict(summary.statuses) == {"duplicate": len(MESSAGES)}
+    assert snapshot(database)["conflicts"] == 2  # t2's changed copy, in each import
+    with database.engine.connect() as conn:
+        assert event_store.REPEATS_TABLE not in sa.inspect(conn).get_table_names()

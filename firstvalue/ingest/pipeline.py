@@ -60,13 +60,14 @@ class BulkLoad:
     Without the unique index, ids are checked against a set of every id stored: those stored
     before the load, read when it begins, and each one it stores. An id met again is a
     duplicate at once; whether it is also a conflict is decided in `finish`, once the index is
-    back to find the stored event by. A failure anywhere rolls the transaction back, the
-    dropped indexes with it.
+    back to find the stored event by. Until then the repeats wait in a table of their own in
+    the same transaction, not in memory: a file imported twice is all repeats. A failure
+    anywhere rolls the transaction back, the dropped indexes and that table with it.
     """
 
     definitions: list[str]  # the statements that create the dropped indexes again
     seen: set[str]
-    repeated: list[Accepted] = field(default_factory=list)
+    repeats: int = 0  # in REPEATS_TABLE
     # Accounts whose events changed: their change_seq goes up once, at the end, rather than
     # once a chunk (on PostgreSQL each update is a new row version of every account).
     changed: set[str] = field(default_factory=set)
@@ -88,15 +89,22 @@ class BulkLoad:
             self.members_read |= unread
         return self.memberships
 
+    def keep_repeats(self, conn: sa.Connection, repeats: list[Accepted]) -> None:
+        if not self.repeats:
+            event_store.create_repeats_table(conn)
+        event_store.insert_repeats(conn, [event_store.event_row(m, None) for m in repeats])
+        self.repeats += len(repeats)
+
     def finish(self, conn: sa.Connection) -> int:
         """Create the dropped indexes again and count the conflicts among the repeated ids;
         returns the conflicts."""
         event_store.create_indexes(conn, self.definitions)
         event_store.mark_changed(conn, self.changed)
-        if not self.repeated:
+        if not self.repeats:
             return 0
-        stored = event_store.stored_versions(conn, sorted({m.message_id for m in self.repeated}))
-        conflicts = sum(_is_conflict(stored[m.message_id], m) for m in self.repeated)
+        conflicts = sum(_is_conflict(stored, repeat)
+                        for repeat, stored in event_store.repeats_and_stored(conn))
+        event_store.drop_repeats_table(conn)
         if conflicts:
             event_store.add_to_counter(conn, "ingest_conflicts", conflicts)
         return conflicts
@@ -238,7 +246,7 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
     """Mark duplicates (within the batch and, if `check_store`, against the store, or against
     the ids a `bulk` load has seen); the indexes left are new."""
     if bulk is not None:
-        return _new_to_load(messages, statuses, bulk), 0
+        return _new_to_load(conn, messages, statuses, bulk), 0
     first_seen: dict[str, Accepted] = {}
     candidates = []
     repeats = []
@@ -269,22 +277,27 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
     return fresh, conflicts
 
 
-def _new_to_load(messages: Sequence[Accepted], statuses: list[str], bulk: BulkLoad) -> list[int]:
+def _new_to_load(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[str],
+                 bulk: BulkLoad) -> list[int]:
     """The indexes of the messages new to the load; the others are duplicates, and kept to be
     compared with the stored event at the end (`BulkLoad.finish`)."""
     seen = bulk.seen
     fresh = []
+    repeats = []
     for index, message in enumerate(messages):
         if message.message_id in seen:
             statuses[index] = DUPLICATE
-            bulk.repeated.append(message)
+            repeats.append(message)
         else:
             seen.add(message.message_id)
             fresh.append(index)
+    if repeats:
+        bulk.keep_repeats(conn, repeats)
     return fresh
 
 
-def _is_conflict(stored: Accepted | event_store.StoredVersion, incoming: Accepted) -> bool:
+def _is_conflict(stored: Accepted | event_store.StoredVersion,
+                 incoming: Accepted | event_store.RepeatedEvent) -> bool:
     """A redelivery that carries a different event under the same id.
 
     Times are not compared: clients change `sentAt` on every retry, so the corrected time of a
