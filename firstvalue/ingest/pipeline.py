@@ -247,17 +247,7 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
     the ids a `bulk` load has seen); the indexes left are new."""
     if bulk is not None:
         return _new_to_load(conn, messages, statuses, bulk), 0
-    first_seen: dict[str, Accepted] = {}
-    candidates = []
-    repeats = []
-    for index, message in enumerate(messages):
-        if message.message_id in first_seen:
-            statuses[index] = DUPLICATE
-            repeats.append(message)
-            continue
-        first_seen[message.message_id] = message
-        candidates.append(index)
-
+    candidates, repeats = _split_repeats(messages, statuses, set())
     stored = event_store.stored_versions(
         conn, [messages[i].message_id for i in candidates]) if check_store else {}
     fresh = []
@@ -271,17 +261,17 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
         statuses[index] = DUPLICATE
         conflicts += _is_conflict(version, message)
     # A repeat is compared with the event that stands: the stored one, else the batch's first.
+    first_seen = {messages[i].message_id: messages[i] for i in candidates} if repeats else {}
     for message in repeats:
         conflicts += _is_conflict(stored.get(message.message_id)
                                   or first_seen[message.message_id], message)
     return fresh, conflicts
 
 
-def _new_to_load(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[str],
-                 bulk: BulkLoad) -> list[int]:
-    """The indexes of the messages new to the load; the others are duplicates, and kept to be
-    compared with the stored event at the end (`BulkLoad.finish`)."""
-    seen = bulk.seen
+def _split_repeats(messages: Sequence[Accepted], statuses: list[str],
+                   seen: set[str]) -> tuple[list[int], list[Accepted]]:
+    """The indexes of the messages whose id is not in `seen` (which takes it), and the others,
+    marked duplicates."""
     fresh = []
     repeats = []
     for index, message in enumerate(messages):
@@ -291,6 +281,14 @@ def _new_to_load(conn: sa.Connection, messages: Sequence[Accepted], statuses: li
         else:
             seen.add(message.message_id)
             fresh.append(index)
+    return fresh, repeats
+
+
+def _new_to_load(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[str],
+                 bulk: BulkLoad) -> list[int]:
+    """The indexes of the messages new to the load; the others are duplicates, and kept to be
+    compared with the stored event at the end (`BulkLoad.finish`)."""
+    fresh, repeats = _split_repeats(messages, statuses, bulk.seen)
     if repeats:
         bulk.keep_repeats(conn, repeats)
     return fresh
