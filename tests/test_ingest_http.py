@@ -598,6 +598,17 @@ def test_redelivery_with_different_content_keeps_the_stored_event_and_counts_a_c
     assert counts(database)["events"] == 1
 
 
+def test_key_order_is_no_conflict_but_true_for_1_is(client, database):
+    send(client, track("m1", "u1", "Signed In", a=1, b={"c": True, "d": 2}),
+         track("m2", "u1", "Signed In", v=1))
+
+    send(client, {**track("m1", "u1", "Signed In"), "properties": {"b": {"d": 2, "c": True},
+                                                                   "a": 1}})
+    assert conflicts(database) == 0
+    send(client, track("m2", "u1", "Signed In", v=True))
+    assert conflicts(database) == 1
+
+
 def test_two_versions_of_one_id_in_one_batch_store_the_first_and_count_a_conflict(
         client, database):
     response = send(client, track("m1", "u1", "Signed In", account="acme"),

@@ -312,10 +312,16 @@ def _is_conflict(stored: Accepted | event_store.StoredVersion,
 
 
 def _same_object(first: str, second: str) -> bool:
+    """The same JSON object whatever the order of its keys: compared as canonical text, since
+    Python's `==` holds `true` equal to `1`."""
     try:
-        return _decode_object(first) == _decode_object(second)
+        return _canonical(_decode_object(first)) == _canonical(_decode_object(second))
     except (msgspec.DecodeError, RecursionError):
         return False  # text that cannot be read as a whole differs if its text differs
+
+
+def _canonical(value: Any) -> bytes:
+    return msgspec.json.encode(value, order="sorted")
 
 
 def _group_ids(groups: Iterable[Accepted], tracks: Iterable[tuple[int, Accepted]]) -> set[str]:
