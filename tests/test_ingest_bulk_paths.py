@@ -348,3 +348,22 @@ def test_a_bulk_load_keeps_no_table_of_its_repeats(database, tmp_path):
     assert snapshot(database)["conflicts"] == 2  # t2's changed copy, in each import
     with database.engine.connect() as conn:
         assert event_store.REPEATS_TABLE not in sa.inspect(conn).get_table_names()
+
+
+def test_each_conflict_is_logged_once_in_bulk_and_in_chunks(database, tmp_path, caplog):
+    stored = track("x", "u1", "Signed In", "2026-10-02T09:00:00Z")
+    import_in_bulk(database, write_jsonl(tmp_path / "first.jsonl", [stored]), bulk=False)
+    # In chunks the first attempt assumes new ids, meets `x` stored and starts again.
+    again = write_jsonl(tmp_path / "again.jsonl",
+                        [track("x", "u1", "Signed Out", "2026-10-02T09:00:00Z"),
+                         track("y", "u1", "Signed In", "2026-10-02T09:00:00Z"),
+                         track("y", "u1", "Signed Out", "2026-10-02T09:00:00Z")])
+
+    for bulk in (False, True):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="firstvalue.ingest.pipeline"):
+            import_in_bulk(database, again, bulk=bulk)
+        logged = [r.getMessage() for r in caplog.records if "redelivered" in r.getMessage()]
+        assert sorted(logged) == sorted(
+            f"Event {mid} was redelivered with different content; the stored one stands."
+            for mid in ("x", "y")), bulk

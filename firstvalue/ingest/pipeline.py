@@ -102,12 +102,10 @@ class BulkLoad:
         event_store.mark_changed(conn, self.changed)
         if not self.repeats:
             return 0
-        conflicts = sum(_is_conflict(stored, repeat)
-                        for repeat, stored in event_store.repeats_and_stored(conn))
+        conflicting = [repeat.message_id for repeat, stored
+                       in event_store.repeats_and_stored(conn) if _is_conflict(stored, repeat)]
         event_store.drop_repeats_table(conn)
-        if conflicts:
-            event_store.add_to_counter(conn, "ingest_conflicts", conflicts)
-        return conflicts
+        return _count_conflicts(conn, conflicting)
 
 
 @dataclass
@@ -146,7 +144,7 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
                     anchor_names: frozenset[str], check_store: bool,
                     bulk: BulkLoad | None = None) -> IngestResult:
     statuses = [ACCEPTED] * len(messages)
-    fresh_indexes, conflicts = _dedupe(conn, messages, statuses, check_store, bulk)
+    fresh_indexes, conflicting = _dedupe(conn, messages, statuses, check_store, bulk)
     changed: set[str] = set()
     groups, identifies, tracks = _split_by_type(messages, fresh_indexes)
 
@@ -174,7 +172,8 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
         rows.sort(key=lambda row: row[0])
     late_duplicates = event_store.insert_events(conn, rows,
                                                 strict=not check_store and bulk is None)
-    conflicts += _mark_late_duplicates(conn, late_duplicates, messages, fresh_indexes, statuses)
+    conflicting += _mark_late_duplicates(conn, late_duplicates, messages, fresh_indexes,
+                                         statuses)
 
     event_store.insert_memberships(conn, groups)
     changed |= _merge_contact_traits(conn, identifies)
@@ -186,9 +185,19 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
         event_store.mark_changed(conn, changed)
     else:
         bulk.changed |= changed
-    if conflicts:
-        event_store.add_to_counter(conn, "ingest_conflicts", conflicts)
+    conflicts = _count_conflicts(conn, conflicting)
     return IngestResult(statuses=statuses, conflicts=conflicts, changed_accounts=changed)
+
+
+def _count_conflicts(conn: sa.Connection, conflicting: list[str]) -> int:
+    """Count and log the ids redelivered with other content, once their writes are done (a
+    first attempt rolled back to its savepoint logs nothing)."""
+    for message_id in conflicting:
+        log.warning("Event %s was redelivered with different content; the stored one stands.",
+                    message_id)
+    if conflicting:
+        event_store.add_to_counter(conn, "ingest_conflicts", len(conflicting))
+    return len(conflicting)
 
 
 def _by_account(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -242,16 +251,17 @@ def _attributed_rows(tracks: list[tuple[int, Accepted]], accounts: set[str],
 
 
 def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[str],
-            check_store: bool = True, bulk: BulkLoad | None = None) -> tuple[list[int], int]:
+            check_store: bool = True,
+            bulk: BulkLoad | None = None) -> tuple[list[int], list[str]]:
     """Mark duplicates (within the batch and, if `check_store`, against the store, or against
-    the ids a `bulk` load has seen); the indexes left are new."""
+    the ids a `bulk` load has seen); the indexes left are new, and the ids in conflict."""
     if bulk is not None:
-        return _new_to_load(conn, messages, statuses, bulk), 0
+        return _new_to_load(conn, messages, statuses, bulk), []
     candidates, repeats = _split_repeats(messages, statuses, set())
     stored = event_store.stored_versions(
         conn, [messages[i].message_id for i in candidates]) if check_store else {}
     fresh = []
-    conflicts = 0
+    conflicting = []
     for index in candidates:
         message = messages[index]
         version = stored.get(message.message_id)
@@ -259,13 +269,14 @@ def _dedupe(conn: sa.Connection, messages: Sequence[Accepted], statuses: list[st
             fresh.append(index)
             continue
         statuses[index] = DUPLICATE
-        conflicts += _is_conflict(version, message)
+        if _is_conflict(version, message):
+            conflicting.append(message.message_id)
     # A repeat is compared with the event that stands: the stored one, else the batch's first.
     first_seen = {messages[i].message_id: messages[i] for i in candidates} if repeats else {}
-    for message in repeats:
-        conflicts += _is_conflict(stored.get(message.message_id)
-                                  or first_seen[message.message_id], message)
-    return fresh, conflicts
+    conflicting += [message.message_id for message in repeats
+                    if _is_conflict(stored.get(message.message_id)
+                                    or first_seen[message.message_id], message)]
+    return fresh, conflicting
 
 
 def _split_repeats(messages: Sequence[Accepted], statuses: list[str],
@@ -305,9 +316,6 @@ def _is_conflict(stored: Accepted | event_store.StoredVersion,
             and stored.group_id == incoming.group_id and stored.actor == incoming.actor
             and (stored.payload == incoming.payload
                  or _same_object(stored.payload, incoming.payload)))
-    if not same:
-        log.warning("Event %s was redelivered with different content; the stored one stands.",
-                    incoming.message_id)
     return not same
 
 
@@ -379,20 +387,21 @@ def _merge_contact_traits(conn: sa.Connection, identifies: list[Accepted]) -> se
 
 
 def _mark_late_duplicates(conn: sa.Connection, late: set[str], messages: Sequence[Accepted],
-                          fresh: list[int], statuses: list[str]) -> int:
+                          fresh: list[int], statuses: list[str]) -> list[str]:
     """Ids another writer stored between our check and our insert are duplicates too, and
-    conflicts when that writer's event differs; returns the conflicts."""
+    conflicts when that writer's event differs; returns the ids in conflict."""
     if not late:
-        return 0
+        return []
     stored = event_store.stored_versions(conn, sorted(late))
-    conflicts = 0
+    conflicting = []
     for index in fresh:
         message = messages[index]
         if message.message_id in late:
             statuses[index] = DUPLICATE
             version = stored.get(message.message_id)
-            conflicts += version is not None and _is_conflict(version, message)
-    return conflicts
+            if version is not None and _is_conflict(version, message):
+                conflicting.append(message.message_id)
+    return conflicting
 
 
 def group_statuses(statuses: Sequence[str]) -> dict[str, int]:
