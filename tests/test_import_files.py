@@ -442,3 +442,46 @@ def test_a_damaged_gzip_file_stops_with_a_clear_error(database, tmp_path, bulk):
     assert "is not a whole gzip file" in result.output and "gzip -t" in result.output
     assert "Traceback" not in result.output
     assert count(database) == 0  # in bulk nothing; in chunks, no chunk of 100,000 was whole
+
+
+def test_a_gzip_damaged_inside_stores_nothing_in_chunks_either(database, tmp_path,
+                                                                monkeypatch):
+    """gzip finds a changed byte only by its checksum at the end; the import reads the file
+    through before storing a chunk of it."""
+    import gzip
+
+    from firstvalue.ingest import files
+
+    monkeypatch.setattr(files, "CHUNK_LINES", 10)  # chunks stored before the end is read
+
+    good = b"".join(json.dumps({"type": "track", "userId": "u1", "event": "Signed In",
+                                "messageId": f"m{n}", "timestamp": "2026-01-05T10:00:00Z"}
+                               ).encode() + b"\n" for n in range(50))
+    stored = bytearray(gzip.compress(good, compresslevel=0))  # the lines stand in it as text
+    at = stored.index(b'"m7"')
+    stored[at + 2] = ord("9")  # m7 becomes m9: still JSON, but not what was compressed
+    damaged = tmp_path / "flipped.jsonl.gz"
+    damaged.write_bytes(bytes(stored))
+
+    result = run_import(database, "--no-bulk", damaged)
+
+    assert result.exit_code == 2
+    assert "nothing of it was stored" in result.output
+    assert count(database) == 0
+
+
+def test_what_was_imported_before_an_error_is_reported_and_its_rejects_written(database,
+                                                                                tmp_path):
+    import gzip
+
+    first = write_jsonl(tmp_path / "first.jsonl", GROUP, "not json")
+    damaged = tmp_path / "second.jsonl.gz"
+    damaged.write_bytes(gzip.compress(b'{"type": "track"}\n')[:-6])
+    rejects = tmp_path / "rejects.jsonl"
+
+    result = run_import(database, "--rejects", rejects, first, damaged)
+
+    assert result.exit_code == 2
+    assert "Before the error: Imported 2 line(s)" in result.output
+    assert [r["line"] for r in read_rejects(rejects)] == [2]
+    assert count(database) == 1

@@ -367,3 +367,17 @@ def test_each_conflict_is_logged_once_in_bulk_and_in_chunks(database, tmp_path, 
         assert sorted(logged) == sorted(
             f"Event {mid} was redelivered with different content; the stored one stands."
             for mid in ("x", "y")), bulk
+
+
+def test_a_load_with_many_conflicts_logs_ten_and_counts_the_rest(database, tmp_path, caplog):
+    first = [track(f"c{n}", "u1", "Signed In", "2026-10-02T09:00:00Z") for n in range(25)]
+    import_in_bulk(database, write_jsonl(tmp_path / "first.jsonl", first), bulk=False)
+    changed = [track(f"c{n}", "u1", "Signed Out", "2026-10-02T09:00:00Z") for n in range(25)]
+
+    with caplog.at_level("WARNING", logger="firstvalue.ingest.pipeline"):
+        import_in_bulk(database, write_jsonl(tmp_path / "changed.jsonl", changed))
+
+    messages = [r.getMessage() for r in caplog.records if "redelivered" in r.getMessage()]
+    assert len(messages) == 11
+    assert messages[-1].startswith("15 more events were redelivered")
+    assert snapshot(database)["conflicts"] == 25

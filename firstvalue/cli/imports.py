@@ -25,6 +25,45 @@ def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path]
             raise ImportFileError(f"no such file: {str(path)!r}")
     summary = ImportSummary()
     started = time.perf_counter()
+    try:
+        _import_files(database, playbook, files, now, progress, summary, bulk)
+    except ImportFileError:
+        # What was stored before the file that stopped the command is reported all the same.
+        _write_rejects(summary, rejects_path)
+        click.echo(f"Before the error: {_summary_line(summary, time.perf_counter() - started)}",
+                   err=True)
+        raise
+    seconds = time.perf_counter() - started
+    _write_rejects(summary, rejects_path)
+    if as_json:
+        data = summary.as_json()
+        data["rejects_file"] = str(rejects_path) if summary.rejects else None
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(_summary_line(summary, seconds))
+    if summary.in_bulk:
+        click.echo(f"Loaded in bulk (one transaction, indexes built again): "
+                   f"{', '.join(summary.in_bulk)}.")
+    if summary.rejects:
+        click.echo(f"{len(summary.rejects)} rejected line(s), with line number and reason, "
+                   f"are in {rejects_path}.")
+    click.echo("Run `firstvalue tick` to evaluate the accounts that changed.")
+
+
+def _summary_line(summary: ImportSummary, seconds: float) -> str:
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.statuses.items()))
+    return f"Imported {summary.lines} line(s) in {seconds:.1f} s: {counts or 'nothing'}."
+
+
+def _write_rejects(summary: ImportSummary, rejects_path: Path) -> None:
+    if summary.rejects:
+        with rejects_path.open("w", encoding="utf-8") as out:
+            for reject in summary.rejects:
+                out.write(json.dumps(reject) + "\n")
+
+
+def _import_files(database: Database, playbook: CompiledPlaybook, files: list[Path], now: int,
+                  progress: bool, summary: ImportSummary, bulk: bool | None) -> None:
     if progress:
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                    TimeRemainingColumn())
@@ -37,23 +76,3 @@ def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path]
     else:
         for path in files:
             import_file(database, path, now, playbook.anchor_names, summary, bulk=bulk)
-    seconds = time.perf_counter() - started
-
-    if summary.rejects:
-        with rejects_path.open("w", encoding="utf-8") as out:
-            for reject in summary.rejects:
-                out.write(json.dumps(reject) + "\n")
-    if as_json:
-        data = summary.as_json()
-        data["rejects_file"] = str(rejects_path) if summary.rejects else None
-        click.echo(json.dumps(data, indent=2))
-        return
-    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.statuses.items()))
-    click.echo(f"Imported {summary.lines} line(s) in {seconds:.1f} s: {counts or 'nothing'}.")
-    if summary.in_bulk:
-        click.echo(f"Loaded in bulk (one transaction, indexes built again): "
-                   f"{', '.join(summary.in_bulk)}.")
-    if summary.rejects:
-        click.echo(f"{len(summary.rejects)} rejected line(s), with line number and reason, "
-                   f"are in {rejects_path}.")
-    click.echo("Run `firstvalue tick` to evaluate the accounts that changed.")

@@ -29,6 +29,7 @@ PENDING_ACCOUNT = "pending_account"
 REJECTED = "rejected"
 
 _decode_object = msgspec.json.Decoder(dict).decode
+LOGGED_CONFLICTS = 10  # conflicts of one batch or load logged by id; the rest are counted
 _ACCOUNT = operator.itemgetter(3)  # of an event row (`store.events.EVENT_COLUMNS`)
 
 
@@ -192,9 +193,12 @@ def _store_messages(conn: sa.Connection, messages: Sequence[Accepted],
 def _count_conflicts(conn: sa.Connection, conflicting: list[str]) -> int:
     """Count and log the ids redelivered with other content, once their writes are done (a
     first attempt rolled back to its savepoint logs nothing)."""
-    for message_id in conflicting:
+    for message_id in conflicting[:LOGGED_CONFLICTS]:
         log.warning("Event %s was redelivered with different content; the stored one stands.",
                     message_id)
+    if len(conflicting) > LOGGED_CONFLICTS:
+        log.warning("%d more events were redelivered with different content; the stored ones "
+                    "stand.", len(conflicting) - LOGGED_CONFLICTS)
     if conflicting:
         event_store.add_to_counter(conn, "ingest_conflicts", len(conflicting))
     return len(conflicting)
