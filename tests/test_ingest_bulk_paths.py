@@ -381,3 +381,24 @@ def test_a_load_with_many_conflicts_logs_ten_and_counts_the_rest(database, tmp_p
     assert len(messages) == 11
     assert messages[-1].startswith("15 more events were redelivered")
     assert snapshot(database)["conflicts"] == 25
+
+
+def test_a_damaged_gzip_that_falls_back_to_chunks_stores_nothing(postgres_database, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setattr(event_store, "TABLE_LOCK_SECONDS", 0.2)
+    monkeypatch.setattr(files, "CHUNK_LINES", 3)
+    content = bytearray(gzip.compress(b"".join(encode(m) + b"\n" for m in MESSAGES),
+                                      compresslevel=0))
+    at = content.index(b'"t6"')
+    content[at + 2] = ord("9")  # found only by the checksum at the end
+    path = tmp_path / "damaged.jsonl.gz"
+    path.write_bytes(bytes(content))
+    reader = postgres_database.engine.connect()  # keeps the bulk load out: it goes in chunks
+    reader.execute(sa.text("SELECT COUNT(*) FROM events")).scalar()
+    try:
+        with pytest.raises(files.ImportFileError, match="nothing of it was stored"):
+            import_in_bulk(postgres_database, path)
+    finally:
+        reader.close()
+
+    assert snapshot(postgres_database)["events"] == []

@@ -107,11 +107,6 @@ def import_file(database: Database, path: Path, received_at: int, anchor_names: 
         bulk = bulk_fits(database, path)
     accepted = summary.statuses["accepted"]
     try:
-        if not bulk:
-            # gzip finds some damage only at the end of the file (its checksum), when chunks
-            # read before would be stored already: the file is read through first. (A bulk
-            # load rolls back whatever it read.)
-            _check_gzip(path)
         _import_lines(database, path, kind, received_at, anchor_names, summary, on_progress,
                       bulk)
     except (zlib.error, EOFError, gzip.BadGzipFile) as exc:
@@ -140,6 +135,10 @@ def _import_lines(database: Database, path: Path, kind: str, received_at: int,
             bulk = _load_in_bulk(database, path, chunks, received_at, anchor_names, summary,
                                  on_progress)
         if not bulk:
+            # gzip finds some damage only at the end of the file (its checksum), when chunks
+            # read before would be stored already: the file is read through first. (A bulk
+            # load rolls back whatever it read.)
+            _check_gzip(path)
             save = partial(_save_chunk, database, anchor_names, _Guess())
             _store_all(database, chunks, received_at,
                        partial(_store_chunk, save, path, summary, on_progress))
