@@ -93,7 +93,8 @@ class BulkLoad:
     def keep_repeats(self, conn: sa.Connection, repeats: list[Accepted]) -> None:
         if not self.repeats:
             event_store.create_repeats_table(conn)
-        event_store.insert_repeats(conn, [event_store.event_row(m, None) for m in repeats])
+        event_store.insert_repeats(conn, [(m.message_id, m.type, m.name, m.group_id, m.actor,
+                                           m.payload) for m in repeats])
         self.repeats += len(repeats)
 
     def finish(self, conn: sa.Connection) -> int:
@@ -103,7 +104,7 @@ class BulkLoad:
         event_store.mark_changed(conn, self.changed)
         if not self.repeats:
             return 0
-        conflicting = [repeat.message_id for repeat, stored
+        conflicting = [message_id for message_id, repeat, stored
                        in event_store.repeats_and_stored(conn) if _is_conflict(stored, repeat)]
         event_store.drop_repeats_table(conn)
         return _count_conflicts(conn, conflicting)
@@ -310,7 +311,7 @@ def _new_to_load(conn: sa.Connection, messages: Sequence[Accepted], statuses: li
 
 
 def _is_conflict(stored: Accepted | event_store.StoredVersion,
-                 incoming: Accepted | event_store.RepeatedEvent) -> bool:
+                 incoming: Accepted | event_store.StoredVersion) -> bool:
     """A redelivery that carries a different event under the same id.
 
     Times are not compared: clients change `sentAt` on every retry, so the corrected time of a

@@ -40,18 +40,6 @@ class StoredVersion:
     payload: str
 
 
-@dataclass(frozen=True, slots=True)
-class RepeatedEvent:
-    """A repeated id's event as a bulk load kept it (what conflict checks read of a message)."""
-
-    message_id: str
-    type: str
-    name: str | None
-    group_id: str | None
-    actor: str | None
-    payload: str
-
-
 def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
@@ -270,31 +258,27 @@ REPEATS_TABLE = "bulk_load_repeats"
 def create_repeats_table(conn: sa.Connection) -> None:
     conn.exec_driver_sql(
         f"CREATE TABLE {REPEATS_TABLE} (message_id TEXT NOT NULL, type TEXT NOT NULL, "
-        "name TEXT, account_id TEXT, group_id TEXT, user_id TEXT, anonymous_id TEXT, "
-        "ts BIGINT, received_at BIGINT, flags INTEGER, properties TEXT NOT NULL)")
+        "name TEXT, group_id TEXT, user_id TEXT, properties TEXT NOT NULL)")
 
 
-def insert_repeats(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+def insert_repeats(conn: sa.Connection, rows: list[tuple[str | None, ...]]) -> None:
+    """Rows of message_id, type, name, group_id, user_id and properties."""
     mark = "?" if conn.dialect.name == "sqlite" else "%s"
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.executemany(
-            f"INSERT INTO {REPEATS_TABLE} ({', '.join(EVENT_COLUMNS)}) VALUES "
-            f"({', '.join([mark] * len(EVENT_COLUMNS))})", rows)
-    finally:
-        cursor.close()
+    conn.exec_driver_sql(
+        f"INSERT INTO {REPEATS_TABLE} (message_id, type, name, group_id, user_id, properties) "
+        f"VALUES ({', '.join([mark] * 6)})", rows)
 
 
-def repeats_and_stored(conn: sa.Connection) -> Iterator[tuple[RepeatedEvent, StoredVersion]]:
-    """Each repeat, as an event of the same shape as the stored one, beside the stored one;
-    read a part at a time."""
+def repeats_and_stored(conn: sa.Connection) -> Iterator[tuple[str, StoredVersion,
+                                                              StoredVersion]]:
+    """Each repeat's id, the repeat and the stored event of that id; read a part at a time."""
     result = conn.exec_driver_sql(
         "SELECT r.message_id, r.type, r.name, r.group_id, r.user_id, r.properties, e.type, "
         f"e.name, e.group_id, e.user_id, e.properties FROM {REPEATS_TABLE} r "
         "JOIN events e ON e.message_id = r.message_id",
         execution_options={"stream_results": True, "max_row_buffer": 5_000})
     for row in result:
-        yield (RepeatedEvent(*row[:6]), StoredVersion(*row[6:]))
+        yield row[0], StoredVersion(*row[1:6]), StoredVersion(*row[6:])
 
 
 def drop_repeats_table(conn: sa.Connection) -> None:
