@@ -29,12 +29,12 @@ def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path]
         _import_files(database, playbook, files, now, progress, summary, bulk)
     except ImportFileError:
         # What was stored before the file that stopped the command is reported all the same.
-        _write_rejects(summary, rejects_path)
         click.echo(f"Before the error: {_summary_line(summary, time.perf_counter() - started)}",
                    err=True)
         raise
+    finally:
+        _write_rejects(summary, rejects_path)
     seconds = time.perf_counter() - started
-    _write_rejects(summary, rejects_path)
     if as_json:
         data = summary.as_json()
         data["rejects_file"] = str(rejects_path) if summary.rejects else None

@@ -119,8 +119,8 @@ def import_file(database: Database, path: Path, received_at: int, anchor_names: 
 
 def _check_gzip(path: Path) -> None:
     """Read a gzipped file through, so that damage shows before anything is stored."""
-    if path.suffix.lower() == ".gz":
-        with gzip.open(path, "rb") as stream:
+    if _gzipped(path):
+        with _open(path) as stream:
             while stream.read(1 << 20):
                 pass
 
@@ -152,7 +152,6 @@ def _load_in_bulk(database: Database, path: Path, chunks: Iterator[list[Line]],
     try:
         with database.write() as conn:
             load = BulkLoad.begin(conn)
-            summary.in_bulk.append(str(path))
             save = partial(_save_in_load, conn, anchor_names, load)
             _store_all(database, chunks, received_at,
                        partial(_store_chunk, save, path, summary, on_progress))
@@ -161,6 +160,7 @@ def _load_in_bulk(database: Database, path: Path, chunks: Iterator[list[Line]],
         log.warning("The events table is in use (a tick or another import); %s is imported "
                     "in chunks instead of in bulk.", path.name)
         return False
+    summary.in_bulk.append(str(path))
     return True
 
 
@@ -178,15 +178,15 @@ def _estimated_lines(path: Path) -> int:
     """The file's lines, estimated from its size and its first MiB: the lines in it, scaled by
     how much of the file it took (of a gzipped file, how many compressed bytes). A file that
     fits in the sample is counted exactly; an unreadable one counts 0 (its import says why)."""
-    gzipped = path.suffix.lower() == ".gz"
     with path.open("rb") as raw:
         try:
-            sample, consumed, ended = (_gzip_sample(raw) if gzipped
-                                       else (raw.read(SAMPLE_BYTES), None, False))
+            if _gzipped(path):
+                sample, consumed, ended = _gzip_sample(raw)
+            else:
+                sample = raw.read(SAMPLE_BYTES)
+                consumed, ended = len(sample), False
         except (zlib.error, OSError):
             return 0
-        if consumed is None:
-            consumed = len(sample)
         whole = ended or not raw.read(1)
     lines = sample.count(b"\n") + (bool(sample) and not sample.endswith(b"\n"))
     if whole or not sample:
@@ -352,9 +352,13 @@ def _store_chunk(save: Callable[[list[Judged]], list[str]], path: Path, summary:
 
 
 def _open(path: Path) -> IO[bytes]:
-    if path.suffix.lower() == ".gz":
+    if _gzipped(path):
         return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
+
+
+def _gzipped(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
 
 
 def _jsonl_lines(stream: IO[bytes]) -> Iterator[Line]:
