@@ -26,7 +26,12 @@ import sqlalchemy as sa
 
 from firstvalue.clock import to_micros
 from firstvalue.store.database import engine_url, open_database
-from firstvalue.store.events import EVENT_COLUMNS, create_indexes, drop_rebuilt_indexes
+from firstvalue.store.events import (
+    EVENT_COLUMNS,
+    create_indexes,
+    drop_rebuilt_indexes,
+    insert_events,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dataset import END, ensure_dataset  # noqa: E402
@@ -78,9 +83,9 @@ def _run_sqlite(path: Path, data: Path) -> dict[str, Any]:
         _remove_sqlite(db)
     url = f"sqlite:///{imported}"
     figures = _in_child(measure_import, url, path)
-    figures |= _in_child(measure_sqlite_floor, url, f"sqlite:///{floor}", path)
+    figures |= _in_child(measure_floor, url, f"sqlite:///{floor}", path)
     _remove_sqlite(floor)
-    figures |= _in_child(measure_sqlite_floor, url, f"sqlite:///{floor}", path, True)
+    figures |= _in_child(measure_floor, url, f"sqlite:///{floor}", path, True)
     figures |= _in_child(measure_evaluation, url)
     return figures
 
@@ -101,8 +106,8 @@ def _run_postgresql(path: Path, pg: str) -> dict[str, Any]:
                                    for s in schemas)
     try:
         figures = _in_child(measure_import, imported, path)
-        figures |= _in_child(measure_postgresql_floor, imported, floor, path)
-        figures |= _in_child(measure_postgresql_floor, imported, bulk_floor, path, True)
+        figures |= _in_child(measure_floor, imported, floor, path)
+        figures |= _in_child(measure_floor, imported, bulk_floor, path, True)
         figures |= _in_child(measure_evaluation, imported)
     finally:
         with admin.begin() as conn:
@@ -154,46 +159,21 @@ def measure_import(url: str, path: Path) -> dict[str, Any]:
             "statuses": dict(summary.statuses), "stored": stored, "held": held}
 
 
-def measure_sqlite_floor(source: str, target: str, path: Path,
-                         bulk: bool = False) -> dict[str, Any]:
-    """The imported rows, in file order, inserted raw with `executemany` into the same
-    (migrated) table in one transaction; with `bulk`, as a bulk load stores them: the same
-    indexes dropped first and created again after."""
-    rows = _stored_rows(source, path)
-    database = open_database(target)
-    placeholders = ", ".join("?" * len(EVENT_COLUMNS))
-    statement = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({placeholders})"
-    started = time.perf_counter()
-    with database.write() as conn:
-        definitions = drop_rebuilt_indexes(conn) if bulk else []
-        conn.connection.driver_connection.cursor().executemany(statement, rows)
-        create_indexes(conn, definitions)
-    seconds = time.perf_counter() - started
-    database.dispose()
-    return _floor_figures("floor_bulk" if bulk else "floor", seconds, len(rows))
-
-
-def measure_postgresql_floor(source: str, target: str, path: Path,
-                             bulk: bool = False) -> dict[str, Any]:
-    """The imported rows, in file order, loaded with `COPY` into the same (migrated) table in
-    one transaction; with `bulk`, the same indexes dropped first and created again after."""
+def measure_floor(source: str, target: str, path: Path, bulk: bool = False) -> dict[str, Any]:
+    """The imported rows, in file order, inserted raw into the same (migrated) table in one
+    transaction by `insert_events` (`executemany` on SQLite, `COPY` on PostgreSQL); with
+    `bulk`, as a bulk load stores them: the same indexes dropped first and created again."""
     rows = _stored_rows(source, path)
     database = open_database(target)
     started = time.perf_counter()
     with database.write() as conn:
         definitions = drop_rebuilt_indexes(conn) if bulk else []
-        cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        insert_events(conn, rows)
         create_indexes(conn, definitions)
     seconds = time.perf_counter() - started
     database.dispose()
-    return _floor_figures("floor_bulk" if bulk else "floor", seconds, len(rows))
-
-
-def _floor_figures(name: str, seconds: float, rows: int) -> dict[str, Any]:
-    return {f"{name}_s": round(seconds, 2), f"{name}_per_s": round(rows / seconds)}
+    name = "floor_bulk" if bulk else "floor"
+    return {f"{name}_s": round(seconds, 2), f"{name}_per_s": round(len(rows) / seconds)}
 
 
 class _Identified(msgspec.Struct):
