@@ -10,6 +10,7 @@ from firstvalue.engine.compiled import compile_playbook
 from firstvalue.ingest.service import ingest_messages
 from firstvalue.playbook.loader import parse_playbook, read_default_text
 from firstvalue.runtime.evaluation import stored_states, tick
+from firstvalue.store.database import ManyRows, execute_many
 from firstvalue.store.schema import in_schema_of, metadata
 from tests.conftest import encode, micros
 
@@ -158,3 +159,35 @@ def test_opening_a_migrated_store_does_not_wait_for_a_writer(sqlite_database):
             assert conn.execute(sa.text("SELECT COUNT(*) FROM accounts")).scalar() == 0
         again.dispose()
     assert time.monotonic() - started < 5
+
+
+def test_a_write_of_many_rows_stores_them_all_in_their_order_on_both_stores(database):
+    # On PostgreSQL a ManyRows goes through a temporary table and one statement; on SQLite,
+    # executemany. Both must store every row, big numbers kept, in the rows' order (the
+    # first of a repeated key stands).
+    write = ManyRows(
+        "INSERT INTO counters (name, value) VALUES (:name, :value) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO counters (name, value) SELECT name, value FROM {rows} "
+        "ON CONFLICT (name) DO NOTHING",
+        "name text, value bigint")
+    rows = [{"name": f"n{i:04d}", "value": 2**40 + i, "extra": "ignored"}
+            for i in range(2500, 0, -1)]
+    rows.append({"name": "n2500", "value": 1})  # a repeat: the first one stands
+    with database.write() as conn:
+        execute_many(conn, write, rows)
+        execute_many(conn, write, [])
+    with database.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT name, value FROM counters ORDER BY name")).all()
+    assert len(stored) == 2500
+    assert stored[-1] == ("n2500", 2**40 + 2500)
+    assert stored[0] == ("n0001", 2**40 + 1)
+    update = ManyRows("UPDATE counters SET value = :value WHERE name = :name",
+                      "UPDATE counters AS c SET value = r.value FROM {rows} WHERE c.name = r.name",
+                      "name text, value bigint")
+    with database.write() as conn:
+        execute_many(conn, update, [{"name": "n0001", "value": -1},
+                                    {"name": "n0002", "value": 7}])
+    with database.engine.connect() as conn:
+        assert dict(conn.execute(sa.text(
+            "SELECT name, value FROM counters WHERE name IN ('n0001', 'n0002')")).all()) == {
+            "n0001": -1, "n0002": 7}

@@ -15,7 +15,7 @@ import msgspec
 import sqlalchemy as sa
 
 from firstvalue.engine.rules import PlannedAction
-from firstvalue.store.database import execute_many
+from firstvalue.store.database import ManyRows, execute_many
 
 _encode = msgspec.json.encode
 HOUR = 3_600_000_000
@@ -51,25 +51,36 @@ class OutboxChanges:
         self.resolutions += other.resolutions
 
     def apply(self, conn: sa.Connection) -> None:
-        if self.inserts:
-            execute_many(conn, _INSERT_ACTION, self.inserts)
-        if self.cancels:
-            execute_many(conn, (
-                "UPDATE actions SET status = 'cancelled', reason = :reason, resolved_at = :now, "
-                "next_attempt_at = NULL WHERE key = :key AND status IN ('pending', 'failed')"),
-                self.cancels)
-        if self.resolutions:
-            execute_many(conn, "UPDATE actions SET resolved_at = :now WHERE key = :key",
-                         self.resolutions)
+        execute_many(conn, _INSERT_ACTIONS, self.inserts)
+        execute_many(conn, _CANCEL_ACTIONS, self.cancels)
+        execute_many(conn, _RESOLVE_ACTIONS, self.resolutions)
         self.inserts, self.cancels, self.resolutions = [], [], []
 
 
-_INSERT_ACTION = (
-    "INSERT INTO actions (key, account_id, run, rule, kind, recipient, contact, template, "
-    "status, due_at, not_before, next_attempt_at, created_at, reason, facts, "
-    "playbook_version) VALUES (:key, :account_id, :run, :rule, :kind, :recipient, "
-    ":contact, :template, :status, :due_at, :not_before, :next_attempt_at, :now, :reason, "
-    ":facts, :version) ON CONFLICT (key) DO NOTHING")
+_ACTION_COLUMNS = ("key, account_id, run, rule, kind, recipient, contact, template, status, "
+                   "due_at, not_before, next_attempt_at, created_at, reason, facts, "
+                   "playbook_version")
+_INSERT_ACTIONS = ManyRows(
+    f"INSERT INTO actions ({_ACTION_COLUMNS}) VALUES (:key, :account_id, :run, :rule, :kind, "
+    ":recipient, :contact, :template, :status, :due_at, :not_before, :next_attempt_at, :now, "
+    ":reason, :facts, :version) ON CONFLICT (key) DO NOTHING",
+    f"INSERT INTO actions ({_ACTION_COLUMNS}) SELECT key, account_id, run, rule, kind, "
+    "recipient, contact, template, status, due_at, not_before, next_attempt_at, now, reason, "
+    "facts, version FROM {rows} ON CONFLICT (key) DO NOTHING",
+    "key text, account_id text, run integer, rule text, kind text, recipient text, "
+    "contact text, template text, status text, due_at bigint, not_before bigint, "
+    "next_attempt_at bigint, now bigint, reason text, facts text, version text")
+_CANCEL_ACTIONS = ManyRows(
+    "UPDATE actions SET status = 'cancelled', reason = :reason, resolved_at = :now, "
+    "next_attempt_at = NULL WHERE key = :key AND status IN ('pending', 'failed')",
+    "UPDATE actions AS a SET status = 'cancelled', reason = r.reason, resolved_at = r.now, "
+    "next_attempt_at = NULL FROM {rows} WHERE a.key = r.key "
+    "AND a.status IN ('pending', 'failed')",
+    "key text, reason text, now bigint")
+_RESOLVE_ACTIONS = ManyRows(
+    "UPDATE actions SET resolved_at = :now WHERE key = :key",
+    "UPDATE actions AS a SET resolved_at = r.now FROM {rows} WHERE a.key = r.key",
+    "key text, now bigint")
 
 
 def reconcile(changes: OutboxChanges, account_id: str, planned: Sequence[PlannedAction],

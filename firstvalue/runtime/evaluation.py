@@ -28,7 +28,7 @@ from firstvalue.runtime.routing import load_team, release_finished, route_accoun
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
 from firstvalue.runtime.workers import InWorkers, WorkerResult, worker_count
 from firstvalue.store import events as event_store
-from firstvalue.store.database import Database, execute_many
+from firstvalue.store.database import Database, ManyRows, execute_many
 from firstvalue.store.traits import plain_traits
 
 log = logging.getLogger(__name__)
@@ -359,6 +359,13 @@ class _TickWrites:
         self.states.append(writes.state)
 
     def apply(self, conn: sa.Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            # The accounts' rows locked first, in id order: the writes below take their row
+            # locks in whatever order the server joins them, and two ticks writing the same
+            # accounts then wait for each other instead of deadlocking.
+            event_store.select_in(conn, "SELECT id FROM accounts WHERE id IN :ids "
+                                        "ORDER BY id FOR UPDATE",
+                                  [state["id"] for state in self.states])
         self.outbox.apply(conn)
         self.stalls.apply(conn)
         if self.finished:
@@ -367,12 +374,17 @@ class _TickWrites:
         if self.handovers:
             hand_over_tasks(conn, self.handovers)
             self.handovers = []
-        if self.states:
-            execute_many(conn, (
-                "UPDATE accounts SET state = :state, next_wake_at = :wake, evaluated_seq = :seq, "
-                "evaluated_at = :at, playbook_version = :version WHERE id = :id"), self.states)
+        execute_many(conn, _STORE_STATES, self.states)
         self.evaluated += len(self.states)
         self.states = []
+
+
+_STORE_STATES = ManyRows(
+    "UPDATE accounts SET state = :state, next_wake_at = :wake, evaluated_seq = :seq, "
+    "evaluated_at = :at, playbook_version = :version WHERE id = :id",
+    "UPDATE accounts AS a SET state = r.state, next_wake_at = r.wake, evaluated_seq = r.seq, "
+    "evaluated_at = r.at, playbook_version = r.version FROM {rows} WHERE a.id = r.id",
+    "id text, state text, wake bigint, seq bigint, at bigint, version text")
 
 
 class _Owner(msgspec.Struct):

@@ -16,7 +16,7 @@ import msgspec
 import sqlalchemy as sa
 
 from firstvalue.engine.stalls import Episode
-from firstvalue.store.database import execute_many
+from firstvalue.store.database import ManyRows, execute_many
 from firstvalue.store.events import select_in
 
 _encode = msgspec.json.encode
@@ -45,23 +45,35 @@ class StallChanges:
         self.retractions += other.retractions
 
     def apply(self, conn: sa.Connection) -> None:
-        if self.inserts:
-            execute_many(conn, (
-                "INSERT INTO stalls (account_id, run, identity, rule, kind, milestone, "
-                "diagnosis, opened_at, closed_at, status, evidence, recorded_at) VALUES (:a, "
-                ":run, :identity, :rule, :kind, :milestone, :diagnosis, :opened, :closed, "
-                ":status, :evidence, :now) ON CONFLICT (account_id, run, identity) DO NOTHING"),
-                self.inserts)
-        if self.closes:
-            execute_many(conn, (
-                "UPDATE stalls SET status = :status, closed_at = :closed WHERE account_id = :a "
-                "AND run = :run AND identity = :identity"), self.closes)
-        if self.retractions:
-            execute_many(conn, (
-                "UPDATE stalls SET status = 'retracted', retracted_at = :now WHERE "
-                "account_id = :a AND run = :run AND identity = :identity"), self.retractions)
+        execute_many(conn, _INSERT_STALLS, self.inserts)
+        execute_many(conn, _CLOSE_STALLS, self.closes)
+        execute_many(conn, _RETRACT_STALLS, self.retractions)
         self.inserts, self.closes, self.retractions = [], [], []
 
+
+_STALL_COLUMNS = ("account_id, run, identity, rule, kind, milestone, diagnosis, opened_at, "
+                  "closed_at, status, evidence, recorded_at")
+_INSERT_STALLS = ManyRows(
+    f"INSERT INTO stalls ({_STALL_COLUMNS}) VALUES (:a, :run, :identity, :rule, :kind, "
+    ":milestone, :diagnosis, :opened, :closed, :status, :evidence, :now) "
+    "ON CONFLICT (account_id, run, identity) DO NOTHING",
+    f"INSERT INTO stalls ({_STALL_COLUMNS}) SELECT a, run, identity, rule, kind, milestone, "
+    "diagnosis, opened, closed, status, evidence, now FROM {rows} "
+    "ON CONFLICT (account_id, run, identity) DO NOTHING",
+    "a text, run integer, identity text, rule text, kind text, milestone text, "
+    "diagnosis text, opened bigint, closed bigint, status text, evidence text, now bigint")
+_CLOSE_STALLS = ManyRows(
+    "UPDATE stalls SET status = :status, closed_at = :closed WHERE account_id = :a "
+    "AND run = :run AND identity = :identity",
+    "UPDATE stalls AS s SET status = r.status, closed_at = r.closed FROM {rows} "
+    "WHERE s.account_id = r.a AND s.run = r.run AND s.identity = r.identity",
+    "a text, run integer, identity text, status text, closed bigint")
+_RETRACT_STALLS = ManyRows(
+    "UPDATE stalls SET status = 'retracted', retracted_at = :now WHERE account_id = :a "
+    "AND run = :run AND identity = :identity",
+    "UPDATE stalls AS s SET status = 'retracted', retracted_at = r.now FROM {rows} "
+    "WHERE s.account_id = r.a AND s.run = r.run AND s.identity = r.identity",
+    "a text, run integer, identity text, now bigint")
 
 def record_stalls(changes: StallChanges, account_id: str, run: int | None,
                   episodes: Sequence[Episode], recorded: dict[tuple[int, str], Any],

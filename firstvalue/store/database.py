@@ -125,12 +125,63 @@ def upgrade(database: Database) -> None:
         command.upgrade(alembic_config(connection), "head")
 
 
-def execute_many(conn: sa.Connection, sql: str, rows: list[dict[str, Any]]) -> None:
+@dataclass(frozen=True)
+class ManyRows:
+    """A write of many rows, in the form that is fastest on each store.
+
+    `sql` writes one row from its `:name` parameters; SQLite runs it for each row through the
+    driver's `executemany`, a loop in C with no round trips. On PostgreSQL every row of an
+    `executemany` is a statement of its own for the server, and a loop in Python in the
+    driver: the writes of a full tick of 10,000 accounts (172,000 rows) took 5.6 s that way.
+    There the rows go into a temporary table with a binary `COPY` and `recordset` writes them
+    all in one statement, `{rows}` standing for that table as `r`, with `columns`
+    (`name type, ...`, the types among `COPY_TYPES`). Rows are copied in their order.
+    (Measured on the 107,000 outbox rows of a full tick: `executemany` 3.3 s; one statement
+    reading them as JSON with `json_to_recordset` 2.5 s, of which the server's parsing
+    1.1 s; copied, 0.2 s plus 1.75 s for the insert.)
+    """
+
+    sql: str
+    recordset: str
+    columns: str
+
+    def parts(self) -> tuple[list[str], list[str]]:
+        """The columns' names and their binary `COPY` types."""
+        pairs = [column.split() for column in self.columns.split(",")]
+        return [name for name, _ in pairs], [COPY_TYPES[kind] for _, kind in pairs]
+
+
+COPY_TYPES = {"text": "text", "integer": "int4", "bigint": "int8"}
+_STAGE = "firstvalue_rows"
+
+
+def _write_staged(conn: sa.Connection, write: ManyRows, rows: list[dict[str, Any]]) -> None:
+    names, types = write.parts()
+    pick = operator.itemgetter(*names)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"CREATE TEMPORARY TABLE {_STAGE} ({write.columns}) ON COMMIT DROP")
+        with cursor.copy(f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(pick(row))
+        cursor.execute(write.recordset.replace("{rows}", f"{_STAGE} AS r"))
+        cursor.execute(f"DROP TABLE {_STAGE}")
+    finally:
+        cursor.close()
+
+
+def execute_many(conn: sa.Connection, sql: str | ManyRows, rows: list[dict[str, Any]]) -> None:
     """One statement (`:name` parameters) for many rows, through the driver's own
     `executemany`: SQLAlchemy's per-row parameter processing cost more than the writes
-    themselves on a full tick."""
+    themselves on a full tick. A `ManyRows` is one statement for all of them on PostgreSQL."""
     if not rows:
         return
+    if isinstance(sql, ManyRows):
+        if conn.dialect.name == "postgresql":
+            _write_staged(conn, sql, rows)
+            return
+        sql = sql.sql
     compiled = sa.text(sql).compile(dialect=conn.dialect)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
