@@ -218,11 +218,10 @@ def test_a_bulk_load_into_a_store_checks_ids_against_it(database, tmp_path, monk
     assert len(after["events"]) == len(before["events"]) + 2
     assert [e for e in after["events"] if e[0] == "t1"] == \
         [e for e in before["events"] if e[0] == "t1"]
-    with pytest.raises(sa.exc.IntegrityError):  # the unique index is back
-        with database.write() as conn:
-            conn.execute(sa.text(
-                "INSERT INTO events (message_id, type, ts, received_at) "
-                "VALUES ('t7', 'track', 1, 1)"))
+    # The unique index is back:
+    with pytest.raises(sa.exc.IntegrityError), database.write() as conn:
+        conn.execute(sa.text("INSERT INTO events (message_id, type, ts, received_at) "
+                             "VALUES ('t7', 'track', 1, 1)"))
 
 
 def test_a_bulk_load_that_fails_stores_nothing_and_keeps_the_indexes(database, tmp_path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -191,3 +192,16 @@ def test_a_write_of_many_rows_stores_them_all_in_their_order_on_both_stores(data
         assert dict(conn.execute(sa.text(
             "SELECT name, value FROM counters WHERE name IN ('n0001', 'n0002')")).all()) == {
             "n0001": -1, "n0002": 7}
+
+
+@pytest.mark.postgres
+def test_postgresql_compresses_stored_states_with_lz4(postgres_database):
+    with postgres_database.engine.connect() as conn:
+        available = conn.execute(sa.text(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+            "WHERE name = 'default_toast_compression'")).scalar()
+        method = conn.execute(sa.text(
+            "SELECT attcompression FROM pg_attribute "
+            "WHERE attrelid = 'accounts'::regclass AND attname = 'state'")).scalar()
+    assert available, "Debian's PostgreSQL, as CI runs it, is built with lz4"
+    assert method == "l"
