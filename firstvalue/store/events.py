@@ -18,6 +18,8 @@ import msgspec
 import psycopg
 import sqlalchemy as sa
 
+from firstvalue.store.database import execute_many
+
 if TYPE_CHECKING:
     from firstvalue.ingest.messages import Accepted
     from firstvalue.ingest.pipeline import Memberships
@@ -302,8 +304,8 @@ def known_accounts(conn: sa.Connection, account_ids: Iterable[str]) -> set[str]:
 def insert_accounts(conn: sa.Connection, created: dict[str, int]) -> None:
     if not created:
         return
-    conn.execute(sa.text("INSERT INTO accounts (id, created_at) VALUES (:id, :at) "
-                         "ON CONFLICT (id) DO NOTHING"),
+    execute_many(conn, "INSERT INTO accounts (id, created_at) VALUES (:id, :at) "
+                       "ON CONFLICT (id) DO NOTHING",
                  [{"id": key, "at": at} for key, at in created.items()])
 
 
@@ -324,7 +326,7 @@ def load_traits(conn: sa.Connection, table: str, key: str,
 def save_traits(conn: sa.Connection, table: str, key: str,
                 traits: dict[str, dict[str, list[Any]]]) -> None:
     if traits:
-        conn.execute(sa.text(f"UPDATE {table} SET traits = :traits WHERE {key} = :id"),
+        execute_many(conn, f"UPDATE {table} SET traits = :traits WHERE {key} = :id",
                      [{"id": k, "traits": _encode(v).decode()} for k, v in traits.items()])
 
 
@@ -332,15 +334,15 @@ def ensure_contacts(conn: sa.Connection, actors: Iterable[str], now: int) -> Non
     """Create empty contact rows, so that merging traits can lock an existing row."""
     ids = sorted(actors)
     if ids:
-        conn.execute(sa.text("INSERT INTO contacts (user_id, traits, updated_at) "
-                             "VALUES (:id, '{}', :at) ON CONFLICT (user_id) DO NOTHING"),
+        execute_many(conn, "INSERT INTO contacts (user_id, traits, updated_at) "
+                           "VALUES (:id, '{}', :at) ON CONFLICT (user_id) DO NOTHING",
                      [{"id": actor, "at": now} for actor in ids])
 
 
 def upsert_contacts(conn: sa.Connection, traits: dict[str, dict[str, list[Any]]],
                     updated_at: int) -> None:
     if traits:
-        conn.execute(sa.text(
+        execute_many(conn, (
             "INSERT INTO contacts (user_id, traits, updated_at) VALUES (:id, :traits, :at) "
             "ON CONFLICT (user_id) DO UPDATE SET traits = excluded.traits, "
             "updated_at = excluded.updated_at"),
@@ -361,7 +363,7 @@ def load_memberships(conn: sa.Connection, actors: Iterable[str]) -> Memberships:
 
 def insert_memberships(conn: sa.Connection, groups: Sequence[Accepted]) -> None:
     if groups:
-        conn.execute(sa.text(
+        execute_many(conn, (
             "INSERT INTO memberships (message_id, user_id, account_id, ts) "
             "VALUES (:mid, :actor, :account, :ts) ON CONFLICT (message_id) DO NOTHING"),
             [{"mid": m.message_id, "actor": m.actor, "account": m.group_id, "ts": m.ts}
@@ -407,8 +409,8 @@ def reattribute(conn: sa.Connection, actors: Iterable[str], memberships: Members
             changed |= {a for a in (account_id, target) if a is not None}
     if moves:
         # An event reaches its account's engine when it is attached, not when it arrived.
-        conn.execute(sa.text("UPDATE events SET account_id = :account, attached_at = :now "
-                             "WHERE id = :id"), moves)
+        execute_many(conn, "UPDATE events SET account_id = :account, attached_at = :now "
+                           "WHERE id = :id", moves)
     return changed
 
 
