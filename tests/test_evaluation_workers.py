@@ -144,3 +144,38 @@ def test_workers_write_and_read_what_the_process_itself_would(kind, tmp_path, da
             routed = conn.execute(sa.text(
                 "SELECT COUNT(*) FROM assignments WHERE status = 'assigned'")).scalar()
         assert variants > 50 and routed > 10, "the data set exercises experiments and routing"
+
+
+def test_an_account_changed_during_the_tick_takes_its_experiment_position_in_turn(
+        tmp_path, data_file, playbook, monkeypatch):
+    # Events held for accounts that exist already (another writer raced the group call) are
+    # attached by the tick itself, before it evaluates: the workers do not see that change,
+    # and the tick evaluates those accounts again itself. It must still assign experiment
+    # positions in account id order, as evaluating in process does.
+    with stores("sqlite", tmp_path) as (here, there):
+        for database in (here, there):
+            load(database, data_file, playbook)
+            with database.write() as conn:
+                conn.execute(sa.text(
+                    "INSERT INTO events (message_id, type, name, group_id, user_id, ts, "
+                    "received_at, properties) VALUES (:m, 'track', 'Page Viewed', :g, :u, "
+                    ":ts, :ts, '{}')"),
+                    [{"m": f"held-{n}", "g": f"acct-{n:05d}", "u": f"acct-{n:05d}-u1",
+                      "ts": NOW - 86_400_000_000} for n in range(ACCOUNTS // 2, ACCOUNTS, 9)])
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
+        tick(here, playbook, NOW)
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
+        monkeypatch.setenv("FIRSTVALUE_PARALLEL_ACCOUNTS", "50")
+        settled = []
+        real_settle = evaluation._settle
+
+        def counting(conn, playbook, ids, results, seqs, *rest):
+            settled.extend(r.account_id for r in results if r.seq != seqs[r.account_id])
+            return real_settle(conn, playbook, ids, results, seqs, *rest)
+
+        monkeypatch.setattr(evaluation, "_settle", counting)
+        tick(there, playbook, NOW)
+        assert len(settled) >= 10, "accounts changed during the tick were evaluated again"
+        assert written(there)["experiment_assignments"] == \
+            written(here)["experiment_assignments"]
+        assert written(there) == written(here)

@@ -300,18 +300,19 @@ def _settle(conn: sa.Connection, playbook: CompiledPlaybook, ids: list[str],
     """A part the workers planned, as this transaction would have planned it itself.
 
     A worker does not see this transaction's writes: an account whose change_seq it saw
-    otherwise is evaluated here. Variants are assigned here, in the order of the part; an
-    account that a new (or another) variant gives other rules is evaluated here again.
+    otherwise is evaluated here, in its place. Variants are assigned here, in the order of the
+    part (account id order, as in process); an account that a new (or another) variant gives
+    other rules is evaluated here again.
     """
     if {result.account_id for result in results} != set(ids):
         return list(_writes_here(conn, playbook, ids, seqs, variants, now))
-    stale = [result.account_id for result in results if result.seq != seqs[result.account_id]]
-    here = dict(_writes_here(conn, playbook, stale, seqs, variants, now)) if stale else {}
     settled: list[tuple[str, AccountWrites]] = []
     again: dict[str, tuple[tuple[str, str], ...]] = {}
     for result in results:
-        if result.account_id in here:
-            settled.append((result.account_id, here[result.account_id]))
+        if result.seq != seqs[result.account_id]:
+            # Rare (the account changed during the tick): evaluated alone, here, so that it
+            # takes its experiment position in its turn.
+            settled += _writes_here(conn, playbook, [result.account_id], seqs, variants, now)
             continue
         if result.basis is not None:
             chosen = variants.effective(variants.choose(result.account_id, result.basis,
