@@ -139,9 +139,9 @@ def _new_row(action: PlannedAction, account_id: str, version: str, late_limit_ho
         status = "suppressed"
         hours = (action.known_at - action.due_at) / HOUR
         reason = (f"backfill: the fact that made it due arrived {hours:.0f} hours after it was "
-                  f"due, past the late limit of {late_limit_hours} hours; {action.reason}")
+                  f"due, past the late limit of {late_limit_hours} hours; {reason}")
     elif _stall_over(action):
-        status, reason = "cancelled", STALL_OVER + action.reason
+        status, reason = "cancelled", STALL_OVER + reason
     return {"key": action.key, "account_id": account_id, "run": action.run,
             "rule": action.rule, "kind": action.kind, "recipient": action.to,
             "contact": action.actor, "template": action.template, "status": status,

@@ -8,14 +8,15 @@ import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 from firstvalue.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ def _create_engine(url: str) -> Engine:
 
 
 def alembic_config(connection: sa.Connection) -> Config:
+    # Alembic is imported when a store is migrated, not by every process that opens one
+    # (worker processes, read commands): its import took 0.19 s of their start.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -122,6 +127,8 @@ def upgrade(database: Database) -> None:
     if set(current) == set(heads):
         return
     with database.write() as connection:
+        from alembic import command
+
         command.upgrade(alembic_config(connection), "head")
 
 
