@@ -110,3 +110,17 @@ def test_a_gate_naming_an_unknown_track_is_refused_by_place():
     text = read_default_text() + "\nhandoff:\n  gate: [mid_markets]\n"
     with pytest.raises(PlaybookError, match=r"handoff.gate\[0\]"):
         parse_playbook(text, "bad.yaml")
+
+
+def test_history_imported_a_month_late_does_not_remind_the_ae_of_a_month_old_handoff(
+        database, gated):
+    # The whole onboarding arrives at once, a month after the contract (an import of
+    # history): the engine could not have reminded anyone in time, so the reminders are
+    # backfill, suppressed like every other action that late, and nothing goes out.
+    late = CONTRACT + 30 * 24 * HOUR
+    simulate(database, gated, [(late, m) for _, m in without_handoff("acme")], until=late,
+             start=late, deliver=SANDBOX)
+    for key in ("acme/acme-deal/handoff.ae_reminder/1", "acme/acme-deal/handoff.manager/1"):
+        reminder = action(database, key)
+        assert reminder["status"] == "suppressed", reminder
+        assert reminder["reason"].startswith("backfill: ")

@@ -168,7 +168,8 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
         # The handoff gate (shared/DESIGN.md "The default playbook"): the customer hears
         # nothing until the handoff is complete; the AE and then their manager are told.
         planned = _gate(planned, handoff[0], now)
-        reminders, reminders_due = _handoff_reminders(facts, playbook, run, handoff[0], now, tz)
+        reminders, reminders_due = _handoff_reminders(
+            facts, playbook, run, handoff[0], arrivals.get("contract_signed_known", 0), now, tz)
         planned += tuple(reminders)
     wakes = [w for w in (_next_wake(now, kickoff, day, tz, finished), plan.next_due_at,
                          min(future_starts, default=None), next_event,
@@ -325,10 +326,14 @@ def _gate(planned: tuple[PlannedAction, ...], completed_at: int | None, now: int
 
 
 def _handoff_reminders(facts: AccountFacts, playbook: CompiledPlaybook, run: Run,
-                       completed_at: int | None, now: int, tz: zoneinfo.ZoneInfo
-                       ) -> tuple[list[PlannedAction], list[int]]:
+                       completed_at: int | None, contract_known: int, now: int,
+                       tz: zoneinfo.ZoneInfo) -> tuple[list[PlannedAction], list[int]]:
     """The AE's reminder and their manager's escalation while the handoff is incomplete:
-    each due its hours after the contract, cancelled if the handoff was complete by then."""
+    each due its hours after the contract, cancelled if the handoff was complete by then.
+
+    The engine could act on a missing handoff only once it knew of the contract: a contract
+    imported with history (`contract_known` long after a reminder came due) makes the
+    reminder backfill, suppressed like any other action that late."""
     settings = playbook.loaded.model.handoff
     planned, upcoming = [], []
     for key, to, hours, template in (
@@ -345,7 +350,7 @@ def _handoff_reminders(facts: AccountFacts, playbook: CompiledPlaybook, run: Run
                f"{key}: the handoff is not complete {hours} hours after the contract")
         planned.append(PlannedAction(
             f"{facts.account_id}/{run.key}/{key}/1", key, "task", to, template, due,
-            max(due, run.started_at), "cancelled" if done else "due", why,
+            max(due, contract_known), "cancelled" if done else "due", why,
             {"handoff_due_hours": hours}, run=run.number,
             # Sent, and the handoff came in since: the task is resolved, as an alert whose
             # condition cleared.
