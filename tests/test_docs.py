@@ -48,3 +48,19 @@ def test_the_command_walk_finds_subcommands():
     assert "firstvalue playbook" in names
     assert "firstvalue playbook check" in names
     assert "firstvalue tick" in names
+
+
+def test_the_docs_show_the_default_playbooks_current_version():
+    # Examples of output name the default playbook's version, whose hash changes with its
+    # text: they must be brought up to date with it.
+    import re
+
+    from firstvalue.engine.compiled import compile_playbook
+    from firstvalue.playbook.loader import load_playbook
+
+    current = compile_playbook(load_playbook()).version
+    root = CLI_DOC.parent.parent
+    shown = {(path.name, version) for path in [root / "README.md", *root.glob("docs/*.md")]
+             for version in re.findall(r"default@[0-9.]+\+[0-9a-f]{12}", path.read_text())}
+    assert shown, "the docs show the version somewhere"
+    assert {version for _, version in shown} == {current}, sorted(shown)

@@ -467,6 +467,7 @@ def test_a_gzip_damaged_inside_stores_nothing_in_chunks_either(database, tmp_pat
 
     assert result.exit_code == 2
     assert "nothing of it was stored" in result.output
+    assert "Before the error" not in result.output  # no file came before it
     assert count(database) == 0
 
 

@@ -114,3 +114,13 @@ def test_playbook_check_accepts_the_default_and_schema_is_json_schema(tmp_path):
 def test_a_missing_playbook_file_is_a_clear_error(tmp_path):
     with pytest.raises(PlaybookError, match="cannot read the file"):
         load_playbook(tmp_path / "nope.yaml")
+
+
+def test_an_unquoted_version_is_refused_with_a_fix_that_keeps_its_trailing_zero():
+    text = read_default_text()
+    assert '\nversion: "2026.12"' in text
+    found = problems_of(text.replace('\nversion: "2026.12"', "\nversion: 2026.10"))
+    assert list(found) == ["version"]
+    assert found["version"].startswith("2026.1 is a number here, not text | put the value in "
+                                       "quotes")
+    assert 'write "2026.10"' in found["version"]

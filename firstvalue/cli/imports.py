@@ -29,8 +29,9 @@ def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path]
         _import_files(database, playbook, files, now, progress, summary, bulk)
     except ImportFileError:
         # What was stored before the file that stopped the command is reported all the same.
-        click.echo(f"Before the error: {_summary_line(summary, time.perf_counter() - started)}",
-                   err=True)
+        if summary.lines:
+            click.echo("Before the error: "
+                       f"{_summary_line(summary, time.perf_counter() - started)}", err=True)
         raise
     finally:
         _write_rejects(summary, rejects_path)

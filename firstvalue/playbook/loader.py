@@ -211,6 +211,10 @@ def _explain(error: dict[str, Any]) -> tuple[str, str]:
         hint = ('; YAML reads an unquoted time such as 9:00 as the number 540, so write "09:00"'
                 if isinstance(value, int) and value >= 60 else "")
         return (f"{value} is a number here, not text", f"put the value in quotes{hint}")
+    if kind == "string_type" and isinstance(value, float):
+        return (f"{value} is a number here, not text",
+                "put the value in quotes as you mean it: unquoted, YAML reads a version such "
+                'as 2026.10 as the number 2026.1; write "2026.10"')
     if kind == "bool_type":
         return (f"{_short(value)} is not true or false", "write true or false")
     if kind in ("union_tag_invalid", "model_type", "union_tag_not_found") or "union" in kind:
