@@ -91,8 +91,12 @@ def test_tick_stores_the_state_with_the_playbook_version(loaded):
     assert code == 0 and "Evaluated 1 account(s)" in output
     code, output = run("--db", loaded, "tick", "--now", NOW)
     assert "Evaluated 0 account(s)" in output  # nothing changed, nothing due yet
+    assert "Nothing was due" not in output  # not earlier than the last tick: no hint
     code, output = run("--db", loaded, "tick", "--now", "2026-03-21T12:00:00Z")
     assert "Evaluated 1 account(s)" in output  # the local midnight passed
+    code, output = run("--db", loaded, "tick", "--now", "2026-03-02T12:00:00Z")
+    assert "Evaluated 0 account(s)" in output
+    assert "last evaluated at 2026-03-21T12:00:00" in output  # a tick does not go back
 
 
 def test_an_unknown_account_is_exit_code_2_with_a_hint(loaded):

@@ -104,10 +104,17 @@ def cli(ctx: click.Context, db_url: str, playbook_path: str | None, verbose: boo
 @click.pass_obj
 def tick_command(obj: Context, now_text: str | None) -> None:
     """Evaluate the accounts that changed or are due, and store their state."""
-    from firstvalue.runtime.evaluation import tick
+    from firstvalue.clock import isoformat
+    from firstvalue.runtime.evaluation import last_evaluated_at, tick
 
-    result = tick(obj.database, obj.playbook, resolve_now(now_text))
+    now = resolve_now(now_text)
+    result = tick(obj.database, obj.playbook, now)
     click.echo(f"Evaluated {result.evaluated} account(s) with playbook {result.playbook_version}.")
+    latest = last_evaluated_at(obj.database) if result.evaluated == 0 else None
+    if latest is not None and latest > now:
+        click.echo(f"Nothing was due: the accounts were last evaluated at {isoformat(latest)}, "
+                   "after --now, and a tick does not go back in time. To see an earlier "
+                   "moment, pass --now to the read commands (accounts, account, report).")
 
 
 @cli.command("import")

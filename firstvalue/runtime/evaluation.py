@@ -453,6 +453,12 @@ def record_playbook_version(conn: sa.Connection, playbook: CompiledPlaybook, now
         {"v": playbook.version, "t": playbook.loaded.text, "at": now})
 
 
+def last_evaluated_at(database: Database) -> int | None:
+    """When the latest tick evaluated an account (None: never)."""
+    with database.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT MAX(evaluated_at) FROM accounts")).scalar()
+
+
 def stored_states(database: Database, account_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     with database.engine.connect() as conn:
         rows = event_store.select_in(
