@@ -161,7 +161,7 @@ def test_a_viewer_changes_nothing_in_the_browser_or_over_the_api(client, store):
     assert task_row(store).done_at is None
 
 
-def test_a_csm_completes_and_snoozes_tasks_from_the_work_queue(client, store):
+def test_a_csm_completes_and_snoozes_tasks_from_the_work_queue(client, store, clock):
     token = log_in(client, "csm")
     work = client.get("/work")  # the login's own team member's queue by default
     assert "My work: kim" in work.text and "template_recommendation.session" in work.text
@@ -178,6 +178,16 @@ def test_a_csm_completes_and_snoozes_tasks_from_the_work_queue(client, store):
     assert snoozed.headers["location"] == "/work?owner=&done=task_snoozed"
     assert task_row(store).snoozed_until == NOW + 3 * 86_400_000_000
     assert "template_recommendation.session" not in client.get("/work?owner=").text
+    assert "snoozed until" in client.get("/accounts/acme").text
+    # Once the snooze has run out, the task is open again, on the account page too.
+    clock["now"] = NOW + 4 * 86_400_000_000
+    token = log_in(client, "csm")  # the first session has expired meanwhile
+    page = client.get("/accounts/acme").text
+    row = page[page.find("template_recommendation.session"):][:600]
+    assert "template_recommendation.session" in page and "<td>open" in row, row
+    assert "snoozed until" not in page
+    clock["now"] = NOW
+    token = log_in(client, "csm")
     assert client.post("/tasks/snooze", data={"csrf_token": token, "key": TASK, "days": "99"}
                        ).status_code == 400
 

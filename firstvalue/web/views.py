@@ -126,8 +126,10 @@ def account_page(d: Dashboard, request: Request, user: WebUser, _: Any) -> Respo
         times = conn.execute(sa.text(
             "SELECT key, kind, status, snoozed_until, next_attempt_at FROM actions "
             "WHERE account_id = :a"), {"a": account_id}).all()
+    # A snooze that has run out is over: the task is open again, as in the work queue.
     snoozed = {row.key: row.snoozed_until for row in times
-               if row.kind == "task" and row.snoozed_until is not None}
+               if row.kind == "task" and row.snoozed_until is not None
+               and row.snoozed_until > now}
     waits = {row.key: row.next_attempt_at for row in times
              if row.status in ("pending", "failed") and row.next_attempt_at is not None
              and row.next_attempt_at > now}
