@@ -205,3 +205,76 @@ def test_postgresql_compresses_stored_states_with_lz4(postgres_database):
             "WHERE attrelid = 'accounts'::regclass AND attname = 'state'")).scalar()
     assert available, "Debian's PostgreSQL, as CI runs it, is built with lz4"
     assert method == "l"
+
+
+def test_a_write_of_many_rows_with_one_column_works_on_both_stores(database):
+    delete = ManyRows("DELETE FROM counters WHERE name = :name",
+                      "DELETE FROM counters AS c USING {rows} WHERE c.name = r.name",
+                      "name text")
+    with database.write() as conn:
+        conn.execute(sa.text("INSERT INTO counters (name, value) VALUES ('ab', 1), ('cd', 2)"))
+    with database.write() as conn:
+        execute_many(conn, delete, [{"name": "ab"}])
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT name FROM counters")).scalars().all() == ["cd"]
+
+
+@pytest.mark.postgres
+def test_many_writes_of_many_rows_in_one_transaction_hold_a_few_locks(postgres_database):
+    # A tick of many accounts writes a few times a batch, all in one transaction: the
+    # temporary table is made once, not once a write (whose locks would pile up until the
+    # commit and exhaust PostgreSQL's lock table).
+    write = ManyRows("UPDATE counters SET value = :value WHERE name = :name",
+                     "UPDATE counters AS c SET value = r.value FROM {rows} WHERE c.name = r.name",
+                     "name text, value bigint")
+    with postgres_database.write() as conn:
+        conn.execute(sa.text("INSERT INTO counters (name, value) VALUES ('n', 0)"))
+        for value in range(1, 101):
+            execute_many(conn, write, [{"name": "n", "value": value}])
+        held = conn.execute(sa.text(
+            "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()")).scalar()
+        assert conn.execute(sa.text("SELECT value FROM counters")).scalar() == 100
+    assert held < 20, f"{held} locks held after 100 writes"
+
+
+@pytest.mark.postgres
+def test_a_role_that_may_not_create_temporary_tables_still_ticks(postgres_database, playbook):
+    import uuid
+
+    from firstvalue.store import database as store_database
+    from firstvalue.store.database import open_database
+
+    role = f"fv_notemp_{uuid.uuid4().hex[:8]}"
+    schema = postgres_database.engine.url.query["options"].split("=")[-1]
+    with postgres_database.write() as conn:
+        name = conn.execute(sa.text("SELECT current_database()")).scalar()
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(sa.text(f"GRANT ALL ON SCHEMA {schema} TO {role}"))
+        conn.execute(sa.text(f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}"))
+        conn.execute(sa.text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"))
+    restricted = open_database(postgres_database.url.replace("postgres@", f"{role}@", 1),
+                               migrate=False)
+    try:
+        with restricted.engine.connect() as conn:
+            may = conn.execute(sa.text(
+                "SELECT has_database_privilege(current_database(), 'TEMPORARY')")).scalar()
+        if may:
+            # PUBLIC may create temporary tables here: take it away for this test only.
+            with postgres_database.write() as conn:
+                conn.execute(sa.text(f'REVOKE TEMPORARY ON DATABASE "{name}" FROM PUBLIC'))
+        try:
+            store_database._TEMPORARY.clear()
+            send(restricted, playbook,
+                 group("g1", "u1", "acme", "2026-02-01T00:00:00Z", timezone="UTC"))
+            assert tick(restricted, playbook, T0).evaluated == 1
+            assert stored_states(restricted, ["acme"])["acme"]["id"] == "acme"
+        finally:
+            if may:
+                with postgres_database.write() as conn:
+                    conn.execute(sa.text(f'GRANT TEMPORARY ON DATABASE "{name}" TO PUBLIC'))
+            store_database._TEMPORARY.clear()
+    finally:
+        restricted.dispose()
+        with postgres_database.write() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))

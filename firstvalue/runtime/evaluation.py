@@ -369,9 +369,12 @@ class _TickWrites:
         if conn.dialect.name == "postgresql":
             # The accounts' rows locked first, in id order: the writes below take their row
             # locks in whatever order the server joins them, and two ticks writing the same
-            # accounts then wait for each other instead of deadlocking.
+            # accounts then wait for each other instead of deadlocking. Ordered as Python
+            # sorts (by code point, as the "C" collation does), as the batches are cut: in a
+            # database of another collation, its own order would not follow from batch to
+            # batch.
             event_store.select_in(conn, "SELECT id FROM accounts WHERE id IN :ids "
-                                        "ORDER BY id FOR UPDATE",
+                                        'ORDER BY id COLLATE "C" FOR UPDATE',
                                   [state["id"] for state in self.states])
         self.outbox.apply(conn)
         self.stalls.apply(conn)
