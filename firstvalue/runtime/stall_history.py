@@ -75,6 +75,7 @@ _RETRACT_STALLS = ManyRows(
     "WHERE s.account_id = r.a AND s.run = r.run AND s.identity = r.identity",
     "a text, run integer, identity text, now bigint")
 
+
 def record_stalls(changes: StallChanges, account_id: str, run: int | None,
                   episodes: Sequence[Episode], recorded: dict[tuple[int, str], Any],
                   now: int) -> None:
