@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -164,8 +165,9 @@ COPY_TYPES = {"text": "text", "integer": "int4", "bigint": "int8"}
 _TEMPORARY: dict[str, bool] = {}  # by store URL: may its role create temporary tables?
 
 
-def _write_staged(conn: sa.Connection, write: ManyRows, rows: list[dict[str, Any]]) -> None:
-    """The rows copied into a temporary table and written by one statement.
+def _write_staged(conn: sa.Connection, write: ManyRows, rows: list[dict[str, Any]]) -> bool:
+    """The rows copied into a temporary table and written by one statement; False, having
+    written nothing, when the role may no longer create temporary tables.
 
     The table is made once a transaction for each set of columns (dropped at its commit) and
     emptied before each use: made and dropped for each write, its locks stayed until the
@@ -173,11 +175,23 @@ def _write_staged(conn: sa.Connection, write: ManyRows, rows: list[dict[str, Any
     of PostgreSQL's lock table.
     """
     names, types = write.parts()
-    stage = f"firstvalue_rows_{zlib.crc32(write.columns.encode()):08x}"
+    stage = f"pg_temp.firstvalue_rows_{zlib.crc32(write.columns.encode()):08x}"
+    savepoint = conn.begin_nested()
+    try:
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
+                             f"({write.columns}) ON COMMIT DROP")
+    except sa.exc.ProgrammingError as exc:
+        # TEMPORARY revoked since this process found it granted: row by row from now on.
+        if not isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+            raise
+        savepoint.rollback()
+        _TEMPORARY[str(conn.engine.url)] = False
+        log.warning("The store's database role may no longer create temporary tables: a "
+                    "tick writes row by row, more slowly (grant TEMPORARY to speed it up).")
+        return False
+    savepoint.commit()
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ({write.columns}) "
-                       "ON COMMIT DROP")
         cursor.execute(f"TRUNCATE {stage}")
         # itemgetter of one name gives the value itself, not a row of one.
         pick = operator.itemgetter(*names) if len(names) > 1 else (
@@ -189,6 +203,7 @@ def _write_staged(conn: sa.Connection, write: ManyRows, rows: list[dict[str, Any
         cursor.execute(write.recordset.replace("{rows}", f"{stage} AS r"))
     finally:
         cursor.close()
+    return True
 
 
 def _may_stage(conn: sa.Connection) -> bool:
@@ -212,8 +227,8 @@ def execute_many(conn: sa.Connection, sql: str | ManyRows, rows: list[dict[str, 
     if not rows:
         return
     if isinstance(sql, ManyRows):
-        if conn.dialect.name == "postgresql" and _may_stage(conn):
-            _write_staged(conn, sql, rows)
+        if conn.dialect.name == "postgresql" and _may_stage(conn) and \
+                _write_staged(conn, sql, rows):
             return
         sql = sql.sql
     compiled = sa.text(sql).compile(dialect=conn.dialect)
