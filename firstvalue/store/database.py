@@ -8,6 +8,7 @@ import operator
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,14 +156,19 @@ class ManyRows:
     recordset: str
     columns: str
 
-    def parts(self) -> tuple[tuple[str, ...], list[str]]:
-        """The columns' names and their binary `COPY` types."""
+    @cached_property
+    def staging(self) -> tuple[str, tuple[str, ...], list[str]]:
+        """Its temporary table (one for each set of columns), the columns' names and their
+        binary `COPY` types."""
         pairs = [column.split() for column in self.columns.split(",")]
-        return tuple(name for name, _ in pairs), [COPY_TYPES[kind] for _, kind in pairs]
+        return (f"pg_temp.firstvalue_rows_{zlib.crc32(self.columns.encode()):08x}",
+                tuple(name for name, _ in pairs), [COPY_TYPES[kind] for _, kind in pairs])
 
 
 COPY_TYPES = {"text": "text", "integer": "int4", "bigint": "int8"}
-_TEMPORARY: dict[str, bool] = {}  # by store URL: may its role create temporary tables?
+# By store URL: False once its role was found unable to create temporary tables (a hardened
+# database may revoke TEMPORARY from PUBLIC); its many-row writes then go by `executemany`.
+_TEMPORARY: dict[str, bool] = {}
 
 
 def _write_staged(conn: sa.Connection, write: ManyRows, rows: list[dict[str, Any]]) -> bool:
@@ -174,20 +180,18 @@ def _write_staged(conn: sa.Connection, write: ManyRows, rows: list[dict[str, Any
     commit, about nine a write, and a tick of hundreds of thousands of accounts would run out
     of PostgreSQL's lock table.
     """
-    names, types = write.parts()
-    stage = f"pg_temp.firstvalue_rows_{zlib.crc32(write.columns.encode()):08x}"
+    stage, names, types = write.staging
     savepoint = conn.begin_nested()
     try:
         conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
                              f"({write.columns}) ON COMMIT DROP")
     except sa.exc.ProgrammingError as exc:
-        # TEMPORARY revoked since this process found it granted: row by row from now on.
         if not isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
             raise
         savepoint.rollback()
         _TEMPORARY[str(conn.engine.url)] = False
-        log.warning("The store's database role may no longer create temporary tables: a "
-                    "tick writes row by row, more slowly (grant TEMPORARY to speed it up).")
+        log.warning("The store's database role may not create temporary tables: a tick "
+                    "writes row by row, more slowly (grant TEMPORARY to speed it up).")
         return False
     savepoint.commit()
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -206,20 +210,6 @@ def _write_staged(conn: sa.Connection, write: ManyRows, rows: list[dict[str, Any
     return True
 
 
-def _may_stage(conn: sa.Connection) -> bool:
-    """Whether the store's role may create temporary tables (a hardened database may revoke
-    TEMPORARY from PUBLIC); without, the rows go by `executemany` as before."""
-    url = str(conn.engine.url)
-    allowed = _TEMPORARY.get(url)
-    if allowed is None:
-        allowed = _TEMPORARY[url] = bool(conn.execute(sa.text(
-            "SELECT has_database_privilege(current_database(), 'TEMPORARY')")).scalar())
-        if not allowed:
-            log.warning("The store's database role may not create temporary tables: a tick "
-                        "writes row by row, more slowly (grant TEMPORARY to speed it up).")
-    return allowed
-
-
 def execute_many(conn: sa.Connection, sql: str | ManyRows, rows: list[dict[str, Any]]) -> None:
     """One statement (`:name` parameters) for many rows, through the driver's own
     `executemany`: SQLAlchemy's per-row parameter processing cost more than the writes
@@ -227,8 +217,8 @@ def execute_many(conn: sa.Connection, sql: str | ManyRows, rows: list[dict[str, 
     if not rows:
         return
     if isinstance(sql, ManyRows):
-        if conn.dialect.name == "postgresql" and _may_stage(conn) and \
-                _write_staged(conn, sql, rows):
+        if conn.dialect.name == "postgresql" and _TEMPORARY.get(str(conn.engine.url), True) \
+                and _write_staged(conn, sql, rows):
             return
         sql = sql.sql
     compiled = sa.text(sql).compile(dialect=conn.dialect)
