@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from firstvalue.clock import to_micros
 from firstvalue.ingest.files import ImportSummary, import_file
-from firstvalue.runtime import evaluation
+from firstvalue.runtime import evaluation, workers
 from firstvalue.runtime.evaluation import evaluate_accounts, tick
 from firstvalue.runtime.routing import save_member
 from firstvalue.store.database import Database, open_database
@@ -103,11 +103,16 @@ def written(database: Database) -> dict[str, list[tuple]]:
 def test_workers_write_and_read_what_the_process_itself_would(kind, tmp_path, data_file,
                                                               playbook, monkeypatch):
     started = []
+    results_root = tmp_path / "results"
+    results_root.mkdir()
+    monkeypatch.setattr(workers, "_results_root", lambda: str(results_root))
 
     class Counted(evaluation.InWorkers):
         def __init__(self, *args, **kwargs):
             started.append(args[4])
             super().__init__(*args, **kwargs)
+            # The workers' results come back through files in a directory of their own.
+            assert Path(self.results_dir).parent == results_root
 
     monkeypatch.setattr(evaluation, "InWorkers", Counted)
     with stores(kind, tmp_path) as (here, there):
@@ -138,6 +143,7 @@ def test_workers_write_and_read_what_the_process_itself_would(kind, tmp_path, da
         assert len(read_here) == ACCOUNTS
 
         assert started == [True, True, False], "the ticks and the read used the workers"
+        assert list(results_root.iterdir()) == [], "every result file and directory removed"
         with here.engine.connect() as conn:
             variants = conn.execute(sa.text(
                 "SELECT COUNT(*) FROM experiment_assignments")).scalar()
