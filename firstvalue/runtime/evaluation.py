@@ -136,6 +136,15 @@ def collector_paused() -> Iterator[None]:
     10,000 accounts that was a third of the time. The engine makes no garbage cycles that
     must go before the end; reference counting frees the rest as usual, and the collector
     runs again when the last evaluation in the process is done.
+
+    What the pause made and kept (a read's states: 10,000 accounts, about a million objects)
+    then joins the oldest generation directly (`gc.freeze()` and `gc.unfreeze()`), as
+    everything that survives long enough does. Else the first allocation after the pause
+    starts a collection of the youngest generation, which holds all of it: 0.58 s measured
+    at the end of a read of every account, for objects that reference counting frees anyway
+    when the caller drops them. The oldest generation is collected in full as usual, so a
+    cycle made in the pause is still found, only later. (A program embedding firstvalue
+    that froze objects with `gc.freeze()` of its own finds them unfrozen after a pause.)
     """
     global _paused, _was_enabled
     with _pause_lock:
@@ -149,6 +158,8 @@ def collector_paused() -> Iterator[None]:
         with _pause_lock:
             _paused -= 1
             if _paused == 0 and _was_enabled:
+                gc.freeze()
+                gc.unfreeze()
                 gc.enable()
 
 
