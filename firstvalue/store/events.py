@@ -8,6 +8,7 @@ whatever another process stored in between comes back as a duplicate.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -132,13 +133,18 @@ def insert_events(conn: sa.Connection, rows: list[tuple[Any, ...]],
         return set()
     if conn.dialect.name == "sqlite":
         placeholders = ", ".join("?" * len(EVENT_COLUMNS))
+        # The driver's own executemany: through SQLAlchemy, each row's parameters were
+        # copied in Python first.
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            conn.exec_driver_sql(
+            cursor.executemany(
                 f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({placeholders})", rows)
-        except sa.exc.IntegrityError as exc:
-            if strict and "events.message_id" in str(exc.orig):
+        except sqlite3.IntegrityError as exc:
+            if strict and "events.message_id" in str(exc):
                 raise AlreadyStored from None
             raise
+        finally:
+            cursor.close()
         return set()
     return _insert_events_postgresql(conn, rows, strict)
 
