@@ -10,6 +10,7 @@ must be the same.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -187,18 +188,22 @@ def test_an_account_changed_during_the_tick_takes_its_experiment_position_in_tur
         assert written(there) == written(here)
 
 
-def test_what_a_paused_collector_leaves_joins_the_oldest_generation_and_cycles_still_go():
+class _Node:
+    pass
+
+
+def test_what_a_large_pause_leaves_joins_the_oldest_generation_and_cycles_still_go(
+        monkeypatch):
     import gc
     import weakref
 
-    class Node:
-        pass
-
+    monkeypatch.setattr(evaluation, "HAND_OVER_AT", 5_000)
+    monkeypatch.setattr(evaluation, "_handed_over", 0)
     assert gc.isenabled()
     with evaluation.collector_paused():
         assert not gc.isenabled()
-        kept = [Node() for _ in range(10_000)]
-        cycle = Node()
+        kept = [_Node() for _ in range(10_000)]
+        cycle = _Node()
         cycle.me = cycle
         gone = weakref.ref(cycle)
         del cycle
@@ -214,3 +219,148 @@ def test_what_a_paused_collector_leaves_joins_the_oldest_generation_and_cycles_s
     assert gone() is not None
     gc.collect()
     assert gone() is None
+
+
+def test_small_pauses_leave_the_collector_counting(monkeypatch):
+    # A server answering API reads of one account at a time pauses the collector for each,
+    # and makes few objects in between: cycles made between the pauses must still be
+    # collected without anyone asking (found by review: handing over every pause's objects
+    # restarted the collector's counts, and it never ran again).
+    import gc
+
+    monkeypatch.setattr(evaluation, "_handed_over", 0)
+    gc.collect()
+    for _ in range(1_000):
+        for _ in range(50):
+            node = _Node()
+            node.me = node
+        with evaluation.collector_paused():
+            made = [[n] for n in range(2_000)]
+            del made
+    left = sum(1 for o in gc.get_objects() if isinstance(o, _Node))
+    assert left < 5_000, f"{left} cycles of 50,000 never collected"
+
+
+def test_large_pauses_end_in_a_full_collection_now_and_then(monkeypatch):
+    import gc
+    import weakref
+
+    monkeypatch.setattr(evaluation, "HAND_OVER_AT", 5_000)
+    monkeypatch.setattr(evaluation, "FULL_COLLECTION_AFTER", 15_000)
+    monkeypatch.setattr(evaluation, "_handed_over", 0)
+    gc.collect()
+    refs = []
+    for _ in range(2):
+        with evaluation.collector_paused():
+            kept = [_Node() for _ in range(10_000)]
+            cycle = _Node()
+            cycle.me = cycle
+            refs.append(weakref.ref(cycle))
+            del cycle
+        del kept
+    # The first pause handed its objects over (its cycle waits in the oldest generation);
+    # the second brought the count past the limit and collected in full: both cycles gone.
+    assert [ref() is None for ref in refs] == [True, True]
+    with evaluation.collector_paused():
+        kept = [_Node() for _ in range(10_000)]
+        cycle = _Node()
+        cycle.me = cycle
+        third = weakref.ref(cycle)
+        del cycle
+    assert third() is not None, "handed over again after the full collection, not collected"
+
+
+def _count_parts(monkeypatch) -> dict[str, list]:
+    """Wrap InWorkers to record which parts the caller evaluated and what each worker sent."""
+    seen: dict[str, list] = {"caller": [], "sent": []}
+    real_here, real_take = workers.InWorkers._evaluate_here, workers.InWorkers._take
+
+    def here(self, ids):
+        seen["caller"].append(self.parts.index(list(ids)))
+        return real_here(self, ids)
+
+    def take(self, future):
+        seen["sent"].append(type(future.result()[0]).__name__)
+        return real_take(self, future)
+
+    monkeypatch.setattr(workers.InWorkers, "_evaluate_here", here)
+    monkeypatch.setattr(workers.InWorkers, "_take", take)
+    return seen
+
+
+def test_many_parts_shared_by_the_caller_and_the_worker(tmp_path, data_file, playbook,
+                                                        monkeypatch):
+    # Parts of 25 accounts: twelve of them, taken from the front by the worker and by the
+    # caller while it waits, and yielded in order.
+    monkeypatch.setattr(evaluation, "BATCH", 25)
+    seen = _count_parts(monkeypatch)
+    with stores("sqlite", tmp_path) as (here, there):
+        load(here, data_file, playbook)
+        load(there, data_file, playbook)
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
+        assert tick(here, playbook, NOW).evaluated == ACCOUNTS
+        read_here = [state.as_json() for state in evaluate_accounts(here, playbook, NOW)]
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
+        monkeypatch.setenv("FIRSTVALUE_PARALLEL_ACCOUNTS", "50")
+        assert tick(there, playbook, NOW).evaluated == ACCOUNTS
+        assert written(there) == written(here)
+        read_there = [state.as_json() for state in evaluate_accounts(there, playbook, NOW)]
+        assert read_there == read_here
+    assert seen["caller"] and seen["sent"], "both the caller and the worker evaluated parts"
+    assert 0 in seen["caller"], "the caller evaluates the first part while the worker starts"
+    assert set(seen["sent"]) == {"str"}, "results came back through files"
+
+
+def test_results_come_through_the_pipe_when_no_file_can_be_written(tmp_path, data_file,
+                                                                   playbook, monkeypatch):
+    # A worker that cannot write its file (here: its directory is gone; in life, a full
+    # disk) sends its results through the executor's pipe: the evaluation still succeeds.
+    monkeypatch.setattr(evaluation, "BATCH", 60)
+    seen = _count_parts(monkeypatch)
+    monkeypatch.setattr(workers.tempfile, "mkdtemp",
+                        lambda prefix, dir: str(tmp_path / "gone"))
+    with stores("sqlite", tmp_path) as (here, there):
+        load(here, data_file, playbook)
+        load(there, data_file, playbook)
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
+        tick(here, playbook, NOW)
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
+        monkeypatch.setenv("FIRSTVALUE_PARALLEL_ACCOUNTS", "50")
+        tick(there, playbook, NOW)
+        assert written(there) == written(here)
+    assert seen["sent"] and set(seen["sent"]) == {"list"}
+
+
+def test_result_directories_of_dead_processes_are_removed_and_none_is_left_on_failure(
+        tmp_path, monkeypatch, playbook):
+    import subprocess
+    import sys
+
+    root = tmp_path / "results"
+    root.mkdir()
+    monkeypatch.setattr(workers, "_results_root", lambda: str(root))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    abandoned = root / f"firstvalue-results-{dead}-abc"
+    abandoned.mkdir()
+    (abandoned / "part.pickle").write_bytes(b"states")
+    alive = root / f"firstvalue-results-{os.getpid()}-def"  # this process's: kept
+    alive.mkdir()
+    other = root / "firstvalue-results-notes"  # not one of ours: kept
+    other.mkdir()
+
+    class Refused(Exception):
+        pass
+
+    def refuse(*args, **kwargs):
+        raise Refused
+
+    # Starting the pool fails after the evaluation's directory was made: it is removed too.
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", refuse)
+    database = open_database(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        with pytest.raises(Refused):
+            workers.InWorkers(database, playbook, [["a"], ["b"]], NOW, False, 1)
+    finally:
+        database.dispose()
+    assert sorted(p.name for p in root.iterdir()) == sorted([alive.name, other.name])

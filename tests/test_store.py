@@ -280,3 +280,15 @@ def test_a_role_that_may_not_create_temporary_tables_still_ticks(postgres_databa
         with postgres_database.write() as conn:
             conn.execute(sa.text(f"DROP OWNED BY {role}"))
             conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
+def test_store_busy_knows_the_lock_error_from_the_drivers_own_cursor():
+    import sqlite3
+
+    from firstvalue.store.database import store_busy
+
+    # Writes through the driver's cursor (execute_many, insert_events) raise the driver's
+    # own error, not SQLAlchemy's: a locked store is still "busy", anything else is not.
+    assert store_busy(sqlite3.OperationalError("database is locked"))
+    assert not store_busy(sqlite3.OperationalError("no such table: events"))
+    assert not store_busy(sqlite3.IntegrityError("database is locked"))

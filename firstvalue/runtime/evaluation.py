@@ -125,6 +125,13 @@ def _load_contacts(conn: sa.Connection, actors: set[str]) -> dict[str, dict[str,
 _paused = 0
 _pause_lock = threading.Lock()
 _was_enabled = False
+# A pause that leaves this many new objects or more (an evaluation of about a thousand
+# accounts and up) hands them to the oldest generation; see `collector_paused`.
+HAND_OVER_AT = 100_000
+# Once this many objects were handed over since the last full collection, the end of a
+# pause runs one instead: cycles among them, or made meanwhile, are still found.
+FULL_COLLECTION_AFTER = 5_000_000
+_handed_over = 0
 
 
 @contextmanager
@@ -137,16 +144,18 @@ def collector_paused() -> Iterator[None]:
     must go before the end; reference counting frees the rest as usual, and the collector
     runs again when the last evaluation in the process is done.
 
-    What the pause made and kept (a read's states: 10,000 accounts, about a million objects)
-    then joins the oldest generation directly (`gc.freeze()` and `gc.unfreeze()`), as
-    everything that survives long enough does. Else the first allocation after the pause
-    starts a collection of the youngest generation, which holds all of it: 0.58 s measured
-    at the end of a read of every account, for objects that reference counting frees anyway
-    when the caller drops them. The oldest generation is collected in full as usual, so a
-    cycle made in the pause is still found, only later. (A program embedding firstvalue
-    that froze objects with `gc.freeze()` of its own finds them unfrozen after a pause.)
+    A pause that leaves many new objects behind (a read's states: 10,000 accounts, about a
+    million objects) hands them to the oldest generation directly (`gc.freeze()`, then
+    `gc.unfreeze()`). Else the first allocation after the pause starts a collection of the
+    youngest generation, which holds all of them: 0.58 s measured at the end of a read of
+    every account, for objects that reference counting frees anyway when the caller drops
+    them. Handing over also restarts the collector's counts, so a process that did little
+    but such pauses would never collect again: after `FULL_COLLECTION_AFTER` objects handed
+    over, the end of a pause collects in full instead. A small pause (an API read of one
+    account) leaves the collector as it was. (A program embedding firstvalue that froze
+    objects with `gc.freeze()` of its own finds them unfrozen after a large pause.)
     """
-    global _paused, _was_enabled
+    global _paused, _was_enabled, _handed_over
     with _pause_lock:
         if _paused == 0:
             _was_enabled = gc.isenabled()
@@ -158,8 +167,15 @@ def collector_paused() -> Iterator[None]:
         with _pause_lock:
             _paused -= 1
             if _paused == 0 and _was_enabled:
-                gc.freeze()
-                gc.unfreeze()
+                left = gc.get_count()[0]
+                if left >= HAND_OVER_AT:
+                    _handed_over += left
+                    if _handed_over >= FULL_COLLECTION_AFTER:
+                        _handed_over = 0
+                        gc.collect()
+                    else:
+                        gc.freeze()
+                        gc.unfreeze()
                 gc.enable()
 
 

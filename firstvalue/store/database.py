@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
+import sqlite3
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -246,6 +247,8 @@ def store_busy(exc: Exception) -> bool:
     for as long (every one waiting for that lock, or in use)."""
     if isinstance(exc, sa.exc.TimeoutError):
         return True
+    if isinstance(exc, sqlite3.OperationalError):  # from the driver's own cursor (execute_many)
+        return "database is locked" in str(exc)
     return isinstance(exc, sa.exc.OperationalError) and "database is locked" in str(exc.orig)
 
 
