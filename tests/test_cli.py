@@ -299,3 +299,32 @@ def test_users_add_says_the_team_member_it_linked_and_asks_for_a_long_enough_pas
     assert added.exit_code == 0, added.output
     assert "Password (at least 10 characters)" in added.output
     assert "Added ana (csm, the team member ana)." in added.output
+
+
+def test_the_account_page_says_when_the_handoff_gate_holds_the_customers_messages(tmp_path):
+    # A mid-market account whose sales handoff is not in: its customer hears nothing yet,
+    # and the text page says why (a new user only found it in --json).
+    db = f"sqlite:///{tmp_path / 'gate.db'}"
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [
+        {"type": "group", "messageId": "g1", "userId": "u1", "groupId": "acme",
+         "timestamp": "2026-03-01T08:00:00Z",
+         "traits": {"name": "Acme", "segment": "mid_market", "tier": 2}},
+        {"type": "track", "messageId": "t1", "userId": "u1", "event": "Deal Closed Won",
+         "timestamp": "2026-03-01T09:00:00Z", "properties": {"deal_id": "d1"}},
+    ]) + "\n")
+    assert run("--db", db, "import", str(path), "--no-progress", "--now", NOW)[0] == 0
+    code, output = run("--db", db, "account", "acme", "--now", NOW)
+    assert code == 0
+    flat = " ".join(output.split())
+    assert "Handoff: incomplete (missing use_case," in flat
+    assert "holds the customer's messages until it is complete: firstvalue handoff submit " \
+           "acme FILE" in flat
+    assert "Time-to-value: not reached yet (target" in flat
+
+
+def test_the_account_page_shows_a_complete_handoff_and_the_ttv(loaded):
+    code, output = run("--db", loaded, "account", "acme", "--now", NOW)
+    assert code == 0
+    assert "Handoff: complete since 2026-03-01" in output
+    assert "Time-to-value: 14 day(s) (target" in output

@@ -64,3 +64,15 @@ def test_the_docs_show_the_default_playbooks_current_version():
              for version in re.findall(r"default@[0-9.]+\+[0-9a-f]{12}", path.read_text())}
     assert shown, "the docs show the version somewhere"
     assert {version for _, version in shown} == {current}, sorted(shown)
+
+
+def test_the_help_listing_in_the_docs_is_the_clis_own():
+    # docs/cli.md shows `firstvalue --help`: its command lines must be the real ones.
+    from click.testing import CliRunner
+
+    # As `firstvalue --help` prints it: click caps the help at 80 columns, two kept free.
+    shown = CliRunner().invoke(cli, ["--help"], terminal_width=78).output
+    listing = shown[shown.index("Commands:"):].rstrip()
+    assert listing in CLI_DOC.read_text(encoding="utf-8"), (
+        "the Commands listing of `firstvalue --help` in docs/cli.md is out of date; paste the "
+        "current one:\n" + listing)

@@ -286,3 +286,18 @@ def test_a_contract_dated_ahead_wakes_the_account_when_it_starts(playbook):
     state = evaluate_account(account, playbook, us(NOW))
     assert state.run is None
     assert state.next_wake_at == us("2026-05-01T08:00:00Z")
+
+
+def test_the_next_scheduled_rule_is_never_one_its_unless_has_already_ruled_out(playbook):
+    # First workflow done on day 2: the day-10 template recommendation and the day-30
+    # re-engagement (both `unless: first_workflow`) will never act, so neither is what comes
+    # next, and the account does not wake for them (found by a new user: the account page
+    # named the re-engagement as next).
+    account = facts(MID, event("Deal Closed Won", "2026-03-01T10:00:00Z"),
+                    event("Kickoff Completed", "2026-03-02T10:00:00Z"),
+                    event("Workflow Run", "2026-03-04T10:00:00Z"))
+    state = evaluate_account(account, playbook, us("2026-03-08T12:00:00Z"))
+    assert milestone(state, "first_workflow").status == "done"
+    ruled_out = {"template_recommendation", "re_engagement"}
+    assert state.next_scheduled is None or state.next_scheduled["rule"] not in ruled_out
+    assert state.next_wake_at is not None  # midnight: the run is active

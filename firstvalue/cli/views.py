@@ -112,7 +112,16 @@ def show_account(state: AccountState, timeline: Sequence[dict[str, Any]] = ()) -
         phases.add_row(phase.from_, phase.to, _text(phase.days) + note)
     console.print(phases)
     target = f" (target {state.ttv_target_days})" if state.ttv_target_days is not None else ""
-    console.print(f"Time-to-value: {_text(state.ttv_days)} day(s){target}")
+    reached = "not reached yet" if state.ttv_days is None else f"{state.ttv_days} day(s)"
+    console.print(f"Time-to-value: {reached}{target}")
+    handoff = state.handoff or {}
+    if handoff.get("gate") and handoff.get("complete"):
+        console.print(f"Handoff: complete since {handoff.get('completed_at') or '-'}")
+    elif handoff.get("gate"):
+        missing = ", ".join(handoff.get("missing") or ()) or "-"
+        console.print(f"Handoff: incomplete (missing {missing}). This track holds the "
+                      "customer's messages until it is complete: firstvalue handoff submit "
+                      f"{state.id} FILE")
     if timeline:
         story = Table(title="Timeline (events, milestones, actions, escalations)")
         for column in ("at", "type", "what", "why"):

@@ -115,12 +115,14 @@ class Trigger:
 
 def _plan_rule(rule: Rule, trigger: Trigger, context: RuleContext,
                due: list[PlannedAction], upcoming: list[tuple[int, str]]) -> None:
+    done_before = _happened_at(rule.unless, context)
+    if done_before is not None and done_before <= trigger.at:
+        # The customer had already done it: nothing to say, now or when it comes due (so it
+        # is not what comes next either).
+        return
     if trigger.at > context.now:
         upcoming.append((trigger.at, rule.key))
         return
-    done_before = _happened_at(rule.unless, context)
-    if done_before is not None and done_before <= trigger.at:
-        return  # the customer had already done it: nothing to say
     run = context.run.number  # type: ignore[union-attr]
     base = f"{context.account_id}/{context.run.key}"  # type: ignore[union-attr]
 
