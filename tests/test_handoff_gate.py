@@ -124,3 +124,25 @@ def test_history_imported_a_month_late_does_not_remind_the_ae_of_a_month_old_han
         reminder = action(database, key)
         assert reminder["status"] == "suppressed", reminder
         assert reminder["reason"].startswith("backfill: ")
+
+
+def test_history_imported_late_stays_backfill_when_the_handoff_comes_afterwards(
+        database, gated):
+    # The onboarding arrives a month after the contract (an import of history) and the
+    # handoff is submitted a day later: what fell due long before anyone could have acted
+    # stays backfill. The gate holds only what would have been sent but for it (a new user
+    # saw a month-old welcome and a weeks-old "congrats" go out as the handoff came in).
+    late = CONTRACT + 30 * 24 * HOUR
+    simulate(database, gated, [(late, m) for _, m in without_handoff("acme")], until=late,
+             start=late, deliver=SANDBOX)
+    assert customer_messages(database) == []
+    submitted = late + 24 * HOUR
+    with database.write() as conn:
+        submit_handoff(conn, gated.loaded.model.handoff, "acme", COMPLETE, submitted, "test")
+    simulate(database, gated, [], until=submitted + 2 * HOUR, start=submitted,
+             deliver=SANDBOX)
+    found = customer_messages(database)
+    assert found, "the customer's actions are recorded once the handoff is in"
+    assert all(status in ("suppressed", "cancelled") for _, status in found), found
+    welcome = action(database, "acme/acme-deal/welcome/1")
+    assert welcome["status"] == "suppressed" and welcome["reason"].startswith("backfill: ")

@@ -167,7 +167,8 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     if gated and run is not None:
         # The handoff gate (shared/DESIGN.md "The default playbook"): the customer hears
         # nothing until the handoff is complete; the AE and then their manager are told.
-        planned = _gate(planned, handoff[0], now)
+        planned = _gate(planned, handoff[0], now,
+                        playbook.loaded.model.late_limit_hours * 3_600_000_000)
         reminders, reminders_due = _handoff_reminders(
             facts, playbook, run, handoff[0], arrivals.get("contract_signed_known", 0), now, tz)
         planned += tuple(reminders)
@@ -304,14 +305,22 @@ def _handoff_json(status: tuple[int | None, list[str]], tz: zoneinfo.ZoneInfo,
 CUSTOMER_FACING = ("champion", "actor", None)
 
 
-def _gate(planned: tuple[PlannedAction, ...], completed_at: int | None, now: int
-          ) -> tuple[PlannedAction, ...]:
+def _gate(planned: tuple[PlannedAction, ...], completed_at: int | None, now: int,
+          late_limit: int) -> tuple[PlannedAction, ...]:
     """Customer-facing actions wait for the handoff: none before it is complete, then each
     due no earlier than its completion, and judged late from then (shared/DESIGN.md "Time",
-    rule 10)."""
+    rule 10).
+
+    The gate holds only what would have been sent but for it: an action whose fact reached
+    the engine past the late limit (history imported long after) is backfill whether or not
+    it waited, and keeps its own times, so the outbox suppresses it.
+    """
     kept = []
     for action in planned:
         if action.kind not in ("email", "in_app") or action.to not in CUSTOMER_FACING:
+            kept.append(action)
+        elif completed_at is not None and completed_at <= now \
+                and action.known_at - action.due_at > late_limit:
             kept.append(action)
         elif completed_at is not None and completed_at <= now:
             due = max(action.due_at, completed_at)
