@@ -279,13 +279,26 @@ def _count_parts(monkeypatch) -> dict[str, list]:
         seen["caller"].append(self.parts.index(list(ids)))
         return real_here(self, ids)
 
-    def take(self, future):
+    def take(self, future, ids):
         seen["sent"].append(type(future.result()[0]).__name__)
-        return real_take(self, future)
+        return real_take(self, future, ids)
 
     monkeypatch.setattr(workers.InWorkers, "_evaluate_here", here)
     monkeypatch.setattr(workers.InWorkers, "_take", take)
     return seen
+
+
+def ticked_alike(tmp_path, data_file, playbook, monkeypatch) -> None:
+    """Two SQLite stores of the same data, ticked in process and in a worker: the same rows."""
+    with stores("sqlite", tmp_path) as (here, there):
+        load(here, data_file, playbook)
+        load(there, data_file, playbook)
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
+        tick(here, playbook, NOW)
+        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
+        monkeypatch.setenv("FIRSTVALUE_PARALLEL_ACCOUNTS", "50")
+        tick(there, playbook, NOW)
+        assert written(there) == written(here)
 
 
 def test_many_parts_shared_by_the_caller_and_the_worker(tmp_path, data_file, playbook,
@@ -319,35 +332,40 @@ def test_results_come_through_the_pipe_when_no_file_can_be_written(tmp_path, dat
     seen = _count_parts(monkeypatch)
     monkeypatch.setattr(workers.tempfile, "mkdtemp",
                         lambda prefix, dir: str(tmp_path / "gone"))
-    with stores("sqlite", tmp_path) as (here, there):
-        load(here, data_file, playbook)
-        load(there, data_file, playbook)
-        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
-        tick(here, playbook, NOW)
-        monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")
-        monkeypatch.setenv("FIRSTVALUE_PARALLEL_ACCOUNTS", "50")
-        tick(there, playbook, NOW)
-        assert written(there) == written(here)
+    ticked_alike(tmp_path, data_file, playbook, monkeypatch)
     assert seen["sent"] and set(seen["sent"]) == {"list"}
 
 
-def test_result_directories_of_dead_processes_are_removed_and_none_is_left_on_failure(
+def test_result_directories_abandoned_are_removed_and_none_is_left_on_failure(
         tmp_path, monkeypatch, playbook):
     import subprocess
     import sys
+    import time
 
     root = tmp_path / "results"
     root.mkdir()
     monkeypatch.setattr(workers, "_results_root", lambda: str(root))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    abandoned = root / f"firstvalue-results-{dead}-abc"
-    abandoned.mkdir()
-    (abandoned / "part.pickle").write_bytes(b"states")
-    alive = root / f"firstvalue-results-{os.getpid()}-def"  # this process's: kept
-    alive.mkdir()
-    other = root / "firstvalue-results-notes"  # not one of ours: kept
-    other.mkdir()
+    hour_ago = time.time() - workers.ABANDONED_AFTER - 60
+
+    def directory(name: str, old: bool = True) -> Path:
+        path = root / name
+        path.mkdir()
+        (path / "part.pickle").write_bytes(b"states")
+        if old:
+            os.utime(path, (hour_ago, hour_ago))
+        return path
+
+    directory(f"firstvalue-results-{dead}-abc")  # its process is gone: removed
+    directory(f"firstvalue-results-{os.getpid()}-old")  # ours, not in use: removed
+    kept = [
+        directory(f"firstvalue-results-{dead}-new", old=False),  # touched lately
+        directory(f"firstvalue-results-{os.getppid()}-def"),  # its process lives
+        directory("firstvalue-results-notes"),  # not one of ours
+        directory("firstvalue-results-\u00b2-x"),  # not a process id
+        directory("firstvalue-results-99999999999999999999-x"),
+    ]
 
     class Refused(Exception):
         pass
@@ -363,4 +381,53 @@ def test_result_directories_of_dead_processes_are_removed_and_none_is_left_on_fa
             workers.InWorkers(database, playbook, [["a"], ["b"]], NOW, False, 1)
     finally:
         database.dispose()
-    assert sorted(p.name for p in root.iterdir()) == sorted([alive.name, other.name])
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in kept)
+    assert not workers._LIVE_DIRS
+
+
+def test_a_part_whose_results_file_was_removed_is_evaluated_here(tmp_path, data_file,
+                                                                 playbook, monkeypatch):
+    # Another machine or container sharing the temporary directory may take a live
+    # directory for abandoned: the part is evaluated again by the caller, not lost.
+    monkeypatch.setattr(evaluation, "BATCH", 60)
+    real_take = workers.InWorkers._take
+    removed = []
+
+    def take(self, future, ids):
+        sent = future.result()[0]
+        if isinstance(sent, str):
+            os.unlink(sent)
+            removed.append(sent)
+        return real_take(self, future, ids)
+
+    monkeypatch.setattr(workers.InWorkers, "_take", take)
+    ticked_alike(tmp_path, data_file, playbook, monkeypatch)
+    assert removed, "some results went through files"
+
+
+def test_only_large_evaluations_pause_the_collector(tmp_path, data_file, playbook, monkeypatch):
+    # One-account reads from several threads at once would keep the collector paused for as
+    # long as their pauses overlap (found by review): small evaluations leave it on.
+    import gc
+
+    enabled = []
+    real = evaluation.evaluate_account
+
+    def recording(facts, playbook, now):
+        enabled.append(gc.isenabled())
+        return real(facts, playbook, now)
+
+    monkeypatch.setattr(evaluation, "evaluate_account", recording)
+    monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
+    with stores("sqlite", tmp_path) as (database, _):
+        load(database, data_file, playbook)
+        few = [f"acct-{n:05d}" for n in range(evaluation.PAUSE_FROM - 1)]
+        assert len(evaluate_accounts(database, playbook, NOW, few)) == len(few)
+        assert enabled and all(enabled)
+        enabled.clear()
+        assert len(evaluate_accounts(database, playbook, NOW)) == ACCOUNTS
+        assert enabled and not any(enabled)
+        enabled.clear()
+        assert tick(database, playbook, NOW).evaluated == ACCOUNTS
+        assert enabled and not any(enabled)
+    assert gc.isenabled()

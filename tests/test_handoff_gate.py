@@ -146,3 +146,27 @@ def test_history_imported_late_stays_backfill_when_the_handoff_comes_afterwards(
     assert all(status in ("suppressed", "cancelled") for _, status in found), found
     welcome = action(database, "acme/acme-deal/welcome/1")
     assert welcome["status"] == "suppressed" and welcome["reason"].startswith("backfill: ")
+
+
+def test_a_gated_track_without_a_kickoff_sends_what_waited_once_the_handoff_is_in(database):
+    # A playbook that gates the self-serve track, which has no kickoff: its day-based rules
+    # count from the contract, and what they planned waited for the handoff, it did not
+    # arrive late (found by review: it was suppressed as backfill on the handoff's day).
+    text = read_default_text().replace("gate: [mid_market, enterprise]", "gate: [smb]")
+    assert "gate: [smb]" in text
+    smb_gated = compile_playbook(parse_playbook(text, "smb-gated.yaml"))
+    messages = without_handoff("tiny")
+    for _, message in messages:
+        if message["type"] == "group":
+            message["traits"].update(segment="smb", tier=3)
+    messages = [(at, m) for at, m in messages if m.get("event") != "Kickoff Completed"]
+    day12 = CONTRACT + 12 * 24 * HOUR
+    simulate(database, smb_gated, messages, until=day12, deliver=SANDBOX)
+    assert customer_messages(database) == []
+    with database.write() as conn:
+        submit_handoff(conn, smb_gated.loaded.model.handoff, "tiny", COMPLETE, day12, "test")
+    simulate(database, smb_gated, [], until=day12 + 2 * HOUR, start=day12, deliver=SANDBOX)
+    found = dict(customer_messages(database))
+    assert found.get("welcome") == "sent"
+    assert found.get("integration_tutorial") == "sent", found
+    assert "suppressed" not in found.values(), found

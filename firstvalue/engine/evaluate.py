@@ -236,7 +236,10 @@ def _stalls(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrac
         account_id=facts.account_id, traits=traits, tz=tz, day0=day0, now=now, events=events,
         milestones=completions, targets=track.track.targets,
         milestone_order=[m.key for m in track.milestones], contacts=facts.contacts,
-        model=model, run=run.number, known_at=arrivals.get("kickoff_known", now),
+        model=model, run=run.number,
+        # Day 0 known: the kickoff's arrival, or on a track without one the contract's.
+        known_at=arrivals.get("kickoff_known" if track.track.kickoff else
+                              "contract_signed_known", now),
         run_key=run.key,
         country=_text(traits.get("country")))
     episodes = detect_stalls(model.stalls, context)

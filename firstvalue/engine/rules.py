@@ -260,6 +260,10 @@ def _happened_at(happening: Happening | None, context: RuleContext) -> int | Non
 
 
 def _anchor_known_at(anchor: str, context: RuleContext) -> int:
+    """When the anchor reached the engine (now, when that is not known). A track without a
+    kickoff counts its days from the contract: they were known when the contract was."""
+    if anchor == "kickoff" and not context.has_kickoff:
+        anchor = "contract_signed"
     return context.arrivals.get(f"{anchor}_known", context.now)
 
 

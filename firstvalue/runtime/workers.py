@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import multiprocessing
 import os
 import pickle
@@ -42,6 +43,8 @@ from firstvalue.playbook.loader import LoadedPlaybook
 from firstvalue.settings import get_int_setting, get_setting
 from firstvalue.store import events as event_store
 from firstvalue.store.database import Database, open_database
+
+log = logging.getLogger(__name__)
 
 
 class Basis(NamedTuple):
@@ -119,13 +122,14 @@ class InWorkers:
         root = _results_root()
         _remove_abandoned(root)
         self.results_dir = tempfile.mkdtemp(prefix=f"{_RESULTS_PREFIX}{os.getpid()}-", dir=root)
+        _LIVE_DIRS.add(self.results_dir)
         try:
             self.pool = ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_start_worker,
                 initargs=(database.url, playbook.loaded, playbook.relevant_names,
                           self.results_dir))
         except BaseException:
-            shutil.rmtree(self.results_dir, ignore_errors=True)
+            self._remove_results()
             raise
         self.caller = _Worker(database, playbook)
         self.parts = [list(part) for part in parts]
@@ -176,7 +180,7 @@ class InWorkers:
                     self.front += 1
                     self.done[self.front - 1] = self._evaluate_here(self.parts[self.front - 1])
                 else:
-                    self.done[index] = self._take(self.futures.pop(index))
+                    self.done[index] = self._take(self.futures.pop(index), ids)
             self._hand_out()
             yield ids, self.done.pop(index)
 
@@ -189,7 +193,11 @@ class InWorkers:
     def close(self) -> None:
         self.starting.join()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self._remove_results()
+
+    def _remove_results(self) -> None:
         shutil.rmtree(self.results_dir, ignore_errors=True)
+        _LIVE_DIRS.discard(self.results_dir)
 
     def _hand_out(self) -> None:
         while self.front < len(self.parts) and len(self.futures) < self.ahead:
@@ -201,16 +209,23 @@ class InWorkers:
     def _evaluate_here(self, ids: list[str]) -> list[WorkerResult]:
         return _evaluated(self.caller, ids, self.now, self.for_tick, portable=False)
 
-    def _take(self, future: Future[tuple[str | list[WorkerResult], float, float]]
-              ) -> list[WorkerResult]:
+    def _take(self, future: Future[tuple[str | list[WorkerResult], float, float]],
+              ids: list[str]) -> list[WorkerResult]:
         global _cpu_seconds, _peak_mb
         sent, cpu, peak_mb = future.result()
         _cpu_seconds += cpu
         _peak_mb = max(_peak_mb, peak_mb)
         if not isinstance(sent, str):
             return sent  # through the pipe: the worker could not write its file
-        with open(sent, "rb") as results:
-            data = results.read()
+        try:
+            with open(sent, "rb") as results:
+                data = results.read()
+        except FileNotFoundError:
+            # Removed by someone else (another machine's or container's process sharing
+            # this temporary directory took it for abandoned): evaluated here instead.
+            log.warning("A worker's results were removed before they were read; the part "
+                        "is evaluated again in this process.")
+            return self._evaluate_here(ids)
         os.unlink(sent)
         taken: list[WorkerResult] = pickle.loads(data)
         return taken
@@ -232,6 +247,11 @@ def worker_peak_mb() -> float:
 
 
 _RESULTS_PREFIX = "firstvalue-results-"
+# The result directories of this process's evaluations under way.
+_LIVE_DIRS: set[str] = set()
+# A directory untouched this long (seconds) whose process is gone is abandoned. An
+# evaluation under way writes and deletes a file in it every second or so.
+ABANDONED_AFTER = 3_600
 
 
 def _results_root() -> str:
@@ -243,23 +263,35 @@ def _results_root() -> str:
 
 def _remove_abandoned(root: str) -> None:
     """Remove result directories that processes of this user left behind when they were
-    killed mid-evaluation (their names carry the process id)."""
+    killed mid-evaluation: untouched for `ABANDONED_AFTER` seconds, and named after a
+    process that is gone (or after this process, which is not using it).
+
+    The age matters where processes of other machines or containers share the directory:
+    their process ids mean nothing here.
+    """
     try:
         entries = list(os.scandir(root))
     except OSError:
         return
+    old = time.time() - ABANDONED_AFTER
     for entry in entries:
-        if not entry.name.startswith(_RESULTS_PREFIX):
+        if not entry.name.startswith(_RESULTS_PREFIX) or entry.path in _LIVE_DIRS:
             continue
         pid = entry.name[len(_RESULTS_PREFIX):].split("-", 1)[0]
+        if not (pid.isascii() and pid.isdigit() and len(pid) <= 9):
+            continue
         try:
-            if not pid.isdigit() or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+            status = entry.stat(follow_symlinks=False)
+            if status.st_uid != os.getuid() or status.st_mtime > old:
                 continue
-            os.kill(int(pid), 0)
+            if int(pid) != os.getpid():
+                os.kill(int(pid), 0)
+                continue  # alive
         except ProcessLookupError:
-            shutil.rmtree(entry.path, ignore_errors=True)
+            pass
         except OSError:
             continue  # alive under another user, or gone meanwhile
+        shutil.rmtree(entry.path, ignore_errors=True)
 
 
 @dataclass
