@@ -225,3 +225,25 @@ def test_a_reason_names_what_has_not_happened_in_words_that_read_right():
     assert _unless_text(Happening(meaning="account_churned")) == ", no account_churned yet"
     assert _unless_text(Happening(event="Report Shared")) == ", no Report Shared yet"
     assert _unless_text(None) == ""
+
+
+def test_a_scheduler_outage_on_a_track_without_a_kickoff_does_not_turn_due_rules_into_backfill(
+        database, playbook):
+    # Self-serve (smb) has no kickoff: its days count from the contract, which firstvalue
+    # knew on time. After two days without a scheduler, day 3's rule is sent, marked late,
+    # not suppressed as if its news had come late (it was judged as arriving when the
+    # scheduler came back).
+    deliveries = [(at, m) for at, m in onboarding("tiny") if m.get("event") != "Kickoff Completed"]
+    for _, message in deliveries:
+        if message["type"] == "group":
+            message["traits"].update(segment="smb", tier=3)
+    signed = micros("2026-02-27T11:00:00+01:00")
+    simulate(database, playbook, deliveries, until=signed + 24 * HOUR)
+    back = signed + 5 * 24 * HOUR  # days 2 to 4 passed unseen
+    dispatcher = Dispatcher(database, playbook, SANDBOX)
+    for moment in (back, back + HOUR):
+        tick(database, playbook, moment)
+        dispatcher.run_once(moment)
+    tutorial = actions(database)["integration_tutorial"]
+    assert tutorial["status"] == "sent", tutorial["reason"]
+    assert tutorial["late"] == 1
