@@ -267,6 +267,7 @@ def test_large_pauses_end_in_a_full_collection_now_and_then(monkeypatch):
         cycle.me = cycle
         third = weakref.ref(cycle)
         del cycle
+    assert len(kept) == 10_000
     assert third() is not None, "handed over again after the full collection, not collected"
 
 

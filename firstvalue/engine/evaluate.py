@@ -319,14 +319,13 @@ def _gate(planned: tuple[PlannedAction, ...], completed_at: int | None, now: int
     it waited, and keeps its own times, so the outbox suppresses it.
     """
     kept = []
+    released = completed_at is not None and completed_at <= now
     for action in planned:
-        if action.kind not in ("email", "in_app") or action.to not in CUSTOMER_FACING:
+        internal = action.kind not in ("email", "in_app") or action.to not in CUSTOMER_FACING
+        if internal or (released and action.known_at - action.due_at > late_limit):
             kept.append(action)
-        elif completed_at is not None and completed_at <= now \
-                and action.known_at - action.due_at > late_limit:
-            kept.append(action)
-        elif completed_at is not None and completed_at <= now:
-            due = max(action.due_at, completed_at)
+        elif released:
+            due = max(action.due_at, completed_at or 0)
             if action.unless_at is not None and action.unless_at <= due:
                 # What it would have prompted happened while it waited: it is not sent.
                 kept.append(replace(action, due_at=due, status="cancelled",
