@@ -105,7 +105,7 @@ def test_playbook_check_accepts_the_default_and_schema_is_json_schema(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(read_default_text())
     result = CliRunner().invoke(cli, ["playbook", "check", str(good)])
-    assert result.exit_code == 0 and "valid" in result.output
+    assert result.exit_code == 0 and "valid (5 milestones, 3 tracks)" in result.output
     schema = json.loads(CliRunner().invoke(cli, ["playbook", "schema"]).output)
     assert schema["$schema"].endswith("2020-12/schema")
     assert {"milestones", "tracks", "meanings"} <= set(schema["properties"])
@@ -124,3 +124,27 @@ def test_an_unquoted_version_is_refused_with_a_fix_that_keeps_its_trailing_zero(
     assert found["version"].startswith("2026.1 is a number here, not text | put the value in "
                                        "quotes")
     assert 'write "2026.10"' in found["version"]
+
+
+def test_playbook_check_counts_one_milestone_and_one_track_in_the_singular(tmp_path):
+    small = tmp_path / "small.yaml"
+    small.write_text("""name: small
+meanings:
+  contract_signed: [Deal Closed Won]
+  kickoff_completed: [Kickoff Completed]
+  kickoff_scheduled: [Kickoff Scheduled]
+  login: [Signed In]
+  value_delivered: [Value Delivered]
+  meaningful_action: [Value Delivered]
+milestones:
+  - key: first_value
+    name: First value
+    when: {meaning: value_delivered}
+phases: [contract_signed, kickoff, first_value]
+tracks:
+  - key: only
+    targets: {first_value: 10}
+""")
+    result = CliRunner().invoke(cli, ["playbook", "check", str(small)])
+    assert result.exit_code == 0, result.output
+    assert "valid (1 milestone, 1 track)" in result.output

@@ -311,8 +311,9 @@ def playbook_check(file: Path, as_json: bool) -> None:
         print_json({"valid": True, "version": loaded.version})
     else:
         model = loaded.model
-        click.echo(f"{file}: valid ({len(model.milestones)} milestones, {len(model.tracks)} "
-                   f"tracks), version {loaded.version}")
+        milestones, tracks = len(model.milestones), len(model.tracks)
+        click.echo(f"{file}: valid ({milestones} milestone{'s' * (milestones != 1)}, "
+                   f"{tracks} track{'s' * (tracks != 1)}), version {loaded.version}")
 
 
 @playbook_group.command("schema")
