@@ -328,3 +328,13 @@ def test_the_account_page_shows_a_complete_handoff_and_the_ttv(loaded):
     assert code == 0
     assert "Handoff: complete since 2026-03-01" in output
     assert "Time-to-value: 14 day(s) (target" in output
+
+
+def test_accounts_of_an_empty_store_say_which_store_it_was(tmp_path):
+    # A new user ran `firstvalue accounts` without --db in another directory and got a bare
+    # "0 account(s)" from a store made there on the spot.
+    db = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = CliRunner().invoke(cli, ["--db", db, "accounts"])
+    assert result.exit_code == 0
+    assert f"No accounts in {db}." in " ".join(result.output.split())
+    assert json.loads(CliRunner().invoke(cli, ["--db", db, "accounts", "--json"]).output) == []

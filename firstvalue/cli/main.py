@@ -153,6 +153,12 @@ def accounts_command(obj: Context, as_json: bool, now_text: str | None) -> None:
         print_json([state.as_json() for state in states])
     else:
         show_accounts(states, obj.playbook)
+        if not states:
+            # A command run without --db in another directory opens (and makes) a new, empty
+            # store there: say which store this was.
+            click.echo(f"No accounts in {obj.db_url}. Import events first (firstvalue import "
+                       "FILE), or name another store with --db (the demo's is "
+                       "sqlite:///firstvalue-demo.db).", err=True)
 
 
 @cli.command("account")
