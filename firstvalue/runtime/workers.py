@@ -133,7 +133,7 @@ class InWorkers:
             raise
         self.caller = _Worker(database, playbook)
         self.parts = [list(part) for part in parts]
-        self.futures: dict[int, Future[tuple[str, float, float]]] = {}
+        self.futures: dict[int, Future[tuple[str | list[WorkerResult], float, float]]] = {}
         self.done: dict[int, list[WorkerResult]] = {}
         self.front = 0  # the next part not handed out (to a worker or the caller)
         # One part running and one waiting per worker: more left the caller idle at the
