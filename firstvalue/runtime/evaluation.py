@@ -162,9 +162,10 @@ def collector_paused() -> Iterator[None]:
     every account, for objects that reference counting frees anyway when the caller drops
     them. Handing over also restarts the collector's counts, so a process that did little
     but such pauses would never collect again: after `FULL_COLLECTION_AFTER` objects handed
-    over, the end of a pause collects in full instead. A small pause (an API read of one
-    account) leaves the collector as it was. (A program embedding firstvalue that froze
-    objects with `gc.freeze()` of its own finds them unfrozen after a large pause.)
+    over, the end of a pause collects in full instead. A pause that leaves fewer objects
+    leaves the collector's counts as they were, and an evaluation of fewer than `PAUSE_FROM`
+    accounts does not pause it at all (`paused_for`). (A program embedding firstvalue that
+    froze objects with `gc.freeze()` of its own finds them unfrozen after a large pause.)
     """
     global _paused, _was_enabled, _handed_over
     with _pause_lock:
