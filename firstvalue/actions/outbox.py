@@ -134,7 +134,7 @@ def _new_row(action: PlannedAction, account_id: str, version: str, late_limit_ho
     reason = action.reason
     if action.status == "cancelled":
         status = "cancelled"
-    elif action.known_at - action.due_at > late_limit_hours * HOUR:
+    elif action.late_news(late_limit_hours):
         # Late news does not act on the past (shared/DESIGN.md "Time", rule 10).
         status = "suppressed"
         hours = (action.known_at - action.due_at) / HOUR

@@ -149,7 +149,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     ttv = _ttv(run, done.get(playbook.loaded.model.first_value), tz)
     track = compiled_track.track if compiled_track else None
     ttv_target = track.ttv_target if track else None
-    arrivals = _arrivals(playbook, run, events, stamped)
+    arrivals = _arrivals(playbook, run, events, stamped, has_kickoff)
     plan = _plan(facts, playbook, compiled_track, traits, tz, run, kickoff, has_kickoff, day0,
                  events, completions, arrivals, now)
     run_info = _run_json(run, track, day, current, tz)
@@ -167,8 +167,7 @@ def evaluate_account(facts: AccountFacts, playbook: CompiledPlaybook, now: int) 
     if gated and run is not None:
         # The handoff gate (shared/DESIGN.md "The default playbook"): the customer hears
         # nothing until the handoff is complete; the AE and then their manager are told.
-        planned = _gate(planned, handoff[0], now,
-                        playbook.loaded.model.late_limit_hours * 3_600_000_000)
+        planned = _gate(planned, handoff[0], now, playbook.loaded.model.late_limit_hours)
         reminders, reminders_due = _handoff_reminders(
             facts, playbook, run, handoff[0], arrivals.get("contract_signed_known", 0), now, tz)
         planned += tuple(reminders)
@@ -236,10 +235,7 @@ def _stalls(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrac
         account_id=facts.account_id, traits=traits, tz=tz, day0=day0, now=now, events=events,
         milestones=completions, targets=track.track.targets,
         milestone_order=[m.key for m in track.milestones], contacts=facts.contacts,
-        model=model, run=run.number,
-        # Day 0 known: the kickoff's arrival, or on a track without one the contract's.
-        known_at=arrivals.get("kickoff_known" if track.track.kickoff else
-                              "contract_signed_known", now),
+        model=model, run=run.number, known_at=arrivals.get("day0_known", now),
         run_key=run.key,
         country=_text(traits.get("country")))
     episodes = detect_stalls(model.stalls, context)
@@ -309,7 +305,7 @@ CUSTOMER_FACING = ("champion", "actor", None)
 
 
 def _gate(planned: tuple[PlannedAction, ...], completed_at: int | None, now: int,
-          late_limit: int) -> tuple[PlannedAction, ...]:
+          late_limit_hours: int) -> tuple[PlannedAction, ...]:
     """Customer-facing actions wait for the handoff: none before it is complete, then each
     due no earlier than its completion, and judged late from then (shared/DESIGN.md "Time",
     rule 10).
@@ -322,7 +318,7 @@ def _gate(planned: tuple[PlannedAction, ...], completed_at: int | None, now: int
     released = completed_at is not None and completed_at <= now
     for action in planned:
         internal = action.kind not in ("email", "in_app") or action.to not in CUSTOMER_FACING
-        if internal or (released and action.known_at - action.due_at > late_limit):
+        if internal or (released and action.late_news(late_limit_hours)):
             kept.append(action)
         elif released:
             due = max(action.due_at, completed_at or 0)
@@ -405,8 +401,13 @@ def _plan(facts: AccountFacts, playbook: CompiledPlaybook, track: CompiledTrack 
 
 
 def _arrivals(playbook: CompiledPlaybook, run: Run | None, events: dict[str, list[EventFact]],
-              stamped: dict[str, list[Any]]) -> dict[str, int]:
-    """When anchor facts happened and reached the engine: what rule timing is judged by."""
+              stamped: dict[str, list[Any]], has_kickoff: bool) -> dict[str, int]:
+    """When anchor facts happened and reached the engine: what rule timing is judged by.
+
+    `day0_known` is when day 0 was: the kickoff's arrival, or on a track without a kickoff,
+    whose days count from the contract, the contract's. Rules counting days since the
+    kickoff and stall interventions are judged by it.
+    """
     arrivals: dict[str, int] = {}
     anchors = playbook.loaded.model.anchors
     by_id = {e.message_id: e for group in events.values() for e in group}
@@ -426,6 +427,9 @@ def _arrivals(playbook: CompiledPlaybook, run: Run | None, events: dict[str, lis
     if booked:
         arrivals["kickoff_booked"] = min(booked)
         arrivals["kickoff_known"] = min(known)
+    day0_known = arrivals.get("kickoff_known" if has_kickoff else "contract_signed_known")
+    if day0_known is not None:
+        arrivals["day0_known"] = day0_known
     return arrivals
 
 

@@ -57,6 +57,11 @@ class PlannedAction:
         source = self.facts_source
         return source if isinstance(source, dict) else source()
 
+    def late_news(self, late_limit_hours: int) -> bool:
+        """Whether the fact that made it due reached the engine more than the late limit
+        after its due time: backfill, recorded and not sent (shared/DESIGN.md "Time", 10)."""
+        return self.known_at - self.due_at > late_limit_hours * HOUR
+
 
 @dataclass(frozen=True)
 class RulePlan:
@@ -260,11 +265,10 @@ def _happened_at(happening: Happening | None, context: RuleContext) -> int | Non
 
 
 def _anchor_known_at(anchor: str, context: RuleContext) -> int:
-    """When the anchor reached the engine (now, when that is not known). A track without a
-    kickoff counts its days from the contract: they were known when the contract was."""
-    if anchor == "kickoff" and not context.has_kickoff:
-        anchor = "contract_signed"
-    return context.arrivals.get(f"{anchor}_known", context.now)
+    """When the anchor reached the engine (now, when that is not known). Days since the
+    kickoff count from day 0, known when it was (see `evaluate._arrivals`)."""
+    key = "day0_known" if anchor == "kickoff" else f"{anchor}_known"
+    return context.arrivals.get(key, context.now)
 
 
 def _day_moment(trigger: DayTrigger, context: RuleContext) -> int | None:
