@@ -15,7 +15,12 @@ NOW = "2026-04-30T12:00:00Z"
 
 def custom_playbook(milestones_yaml: str):
     """A one-track playbook with the given milestones (its first value is `first_value`)."""
-    text = """name: test
+    return compile_playbook(parse_playbook(custom_playbook_text(milestones_yaml), "test"))
+
+
+def custom_playbook_text(milestones_yaml: str) -> str:
+    """The YAML of `custom_playbook`."""
+    return """name: test
 meanings:
   contract_signed: [Deal Closed Won]
   kickoff_completed: [Kickoff Completed]
@@ -29,7 +34,6 @@ tracks:
   - key: only
     targets: {first_value: 10}
 """
-    return compile_playbook(parse_playbook(text, "test"))
 
 
 def test_account_configured_is_done_when_the_last_of_its_three_events_happens(playbook):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from firstvalue.cli.main import cli
 from firstvalue.errors import PlaybookError
 from firstvalue.playbook.loader import load_playbook, parse_playbook, read_default_text
+from tests.test_engine_milestones import custom_playbook_text
 
 HEAD = """name: t
 meanings: {login: [Signed In], contract_signed: [Deal Closed Won],
@@ -128,23 +129,10 @@ def test_an_unquoted_version_is_refused_with_a_fix_that_keeps_its_trailing_zero(
 
 def test_playbook_check_counts_one_milestone_and_one_track_in_the_singular(tmp_path):
     small = tmp_path / "small.yaml"
-    small.write_text("""name: small
-meanings:
-  contract_signed: [Deal Closed Won]
-  kickoff_completed: [Kickoff Completed]
-  kickoff_scheduled: [Kickoff Scheduled]
-  login: [Signed In]
-  value_delivered: [Value Delivered]
-  meaningful_action: [Value Delivered]
-milestones:
+    small.write_text(custom_playbook_text("""milestones:
   - key: first_value
-    name: First value
     when: {meaning: value_delivered}
-phases: [contract_signed, kickoff, first_value]
-tracks:
-  - key: only
-    targets: {first_value: 10}
-""")
+"""))
     result = CliRunner().invoke(cli, ["playbook", "check", str(small)])
     assert result.exit_code == 0, result.output
     assert "valid (1 milestone, 1 track)" in result.output
