@@ -8,7 +8,7 @@ from datetime import datetime
 
 from firstvalue.ingest.messages import Accepted, Rejected, validate_message
 from firstvalue.ingest.pipeline import REJECTED, store_messages
-from firstvalue.store.database import Database
+from firstvalue.store.database import Database, retry_conflicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,12 @@ def store_accepted(database: Database, judged: Sequence[Accepted | Rejected | No
     accepted = [item for item in judged if item.__class__ is Accepted]
     if not accepted:
         return []
-    with database.write() as conn:
-        return store_messages(conn, accepted, anchor_names,  # type: ignore[arg-type]
-                              assume_new).statuses
+
+    def store() -> list[str]:
+        with database.write() as conn:
+            return store_messages(conn, accepted, anchor_names,  # type: ignore[arg-type]
+                                  assume_new).statuses
+
+    # Stored whole or not at all, so a batch stopped by a deadlock with a tick or another
+    # batch is simply stored again.
+    return retry_conflicts(store, "Storing a batch of events")

@@ -28,7 +28,7 @@ from firstvalue.runtime.routing import load_team, release_finished, route_accoun
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
 from firstvalue.runtime.workers import InWorkers, WorkerResult, worker_count
 from firstvalue.store import events as event_store
-from firstvalue.store.database import Database, ManyRows, execute_many
+from firstvalue.store.database import Database, ManyRows, execute_many, retry_conflicts
 from firstvalue.store.traits import plain_traits
 
 log = logging.getLogger(__name__)
@@ -234,10 +234,19 @@ def _parts(conn: sa.Connection, ids: list[str] | None) -> list[Sequence[str]]:
 
 
 def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult:
-    """Evaluate the changed and due accounts at `now` and store their state."""
+    """Evaluate the changed and due accounts at `now` and store their state: in one
+    transaction, run again if PostgreSQL stops it for a deadlock with another writer."""
+    result = retry_conflicts(lambda: _tick(database, playbook, now), "A tick")
+    # Remembered once committed: a tick rolled back did not store the playbook's text.
+    _RECORDED.add(_recorded_key(database, playbook))
+    return result
+
+
+def _tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult:
     with database.write() as conn:
         attached = sweep_held_events(conn, now)
-        record_playbook_version(conn, playbook, now)
+        if _recorded_key(database, playbook) not in _RECORDED:
+            record_playbook_version(conn, playbook, now)
         route_accounts(conn, playbook, now)
         due = conn.execute(sa.text(
             "SELECT id, change_seq FROM accounts WHERE change_seq > evaluated_seq "
@@ -413,16 +422,12 @@ class _TickWrites:
         self.states.append(writes.state)
 
     def apply(self, conn: sa.Connection) -> None:
-        if conn.dialect.name == "postgresql":
-            # The accounts' rows locked first, in id order: the writes below take their row
-            # locks in whatever order the server joins them, and two ticks writing the same
-            # accounts then wait for each other instead of deadlocking. Ordered as Python
-            # sorts (by code point, as the "C" collation does), as the batches are cut: in a
-            # database of another collation, its own order would not follow from batch to
-            # batch.
-            event_store.select_in(conn, "SELECT id FROM accounts WHERE id IN :ids "
-                                        'ORDER BY id COLLATE "C" FOR UPDATE',
-                                  [state["id"] for state in self.states])
+        # The accounts' rows locked first, in id order (on PostgreSQL): the writes below take
+        # their row locks in whatever order the server joins them, and two ticks writing the
+        # same accounts then wait for each other instead of deadlocking. Ordered as Python
+        # sorts (by code point, as the "C" collation does), as the batches are cut: in a
+        # database of another collation, its own order would not follow from batch to batch.
+        event_store.lock_accounts(conn, [state["id"] for state in self.states])
         self.outbox.apply(conn)
         self.stalls.apply(conn)
         if self.finished:
@@ -496,13 +501,13 @@ def sweep_held_events(conn: sa.Connection, now: int) -> int:
 _RECORDED: set[tuple[str, str]] = set()
 
 
+def _recorded_key(database: Database, playbook: CompiledPlaybook) -> tuple[str, str]:
+    return database.url, playbook.version
+
+
 def record_playbook_version(conn: sa.Connection, playbook: CompiledPlaybook, now: int) -> None:
-    """Keep the text of every playbook version evaluations used (once per database and
-    process is enough: the row, once there, never changes)."""
-    seen = (str(conn.engine.url), playbook.version)
-    if seen in _RECORDED:
-        return
-    _RECORDED.add(seen)
+    """Keep the text of every playbook version evaluations used. (`tick` asks once per
+    database and process: the row, once there, never changes.)"""
     conn.execute(sa.text(
         "INSERT INTO playbook_versions (version, text, first_used_at) VALUES (:v, :t, :at) "
         "ON CONFLICT (version) DO NOTHING"),
