@@ -143,6 +143,28 @@ def test_a_new_playbook_version_re_evaluates_everything_and_is_recorded(database
     assert versions == {playbook.version, changed.version}
 
 
+def test_a_playbook_version_is_recorded_by_the_first_tick_that_commits(database, playbook,
+                                                                        monkeypatch):
+    """A tick rolled back after recording the playbook's text did not store it: the next
+    tick records it (the process must not remember it as recorded)."""
+    changed = compile_playbook(parse_playbook(
+        read_default_text().replace("end_day: 120", "end_day: 101"), "rolled-back.yaml"))
+    send(database, playbook, group("g1", "u1", "acme", "2026-02-01T00:00:00Z"))
+
+    def broken_routing(*args):
+        raise RuntimeError("routing failed")
+
+    monkeypatch.setattr("firstvalue.runtime.evaluation.route_accounts", broken_routing)
+    with pytest.raises(RuntimeError):
+        tick(database, changed, T0)
+    monkeypatch.undo()
+    tick(database, changed, T0 + 1)
+    with database.engine.connect() as conn:
+        text = conn.execute(sa.text("SELECT text FROM playbook_versions WHERE version = :v"),
+                            {"v": changed.version}).scalar()
+    assert text == changed.loaded.text
+
+
 def _evaluate(database, playbook) -> dict:
     tick(database, playbook, T0 + 10)
     return stored_states(database, ["acme"])["acme"]
