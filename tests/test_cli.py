@@ -331,10 +331,25 @@ def test_the_account_page_shows_a_complete_handoff_and_the_ttv(loaded):
 
 
 def test_accounts_of_an_empty_store_say_which_store_it_was(tmp_path):
-    # A new user ran `firstvalue accounts` without --db in another directory and got a bare
-    # "0 account(s)" from a store made there on the spot.
     db = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert CliRunner().invoke(cli, ["--db", db, "tick"]).exit_code == 0  # makes the store
     result = CliRunner().invoke(cli, ["--db", db, "accounts"])
     assert result.exit_code == 0
     assert f"No accounts in {db}." in " ".join(result.output.split())
     assert json.loads(CliRunner().invoke(cli, ["--db", db, "accounts", "--json"]).output) == []
+
+
+@pytest.mark.parametrize("command", [
+    ["accounts"], ["accounts", "--json"], ["account", "acme"], ["report"], ["stalls"],
+    ["held"], ["actions"], ["handoff", "show", "acme"], ["team", "list"], ["users", "list"]])
+def test_a_read_command_on_a_store_that_is_not_there_says_so_and_makes_none(tmp_path,
+                                                                            command):
+    # A new user ran `firstvalue accounts` without --db in another directory and got a bare
+    # "0 account(s)" from a store made there on the spot (and a mistyped --db does the same).
+    path = tmp_path / "typo.db"
+    result = CliRunner().invoke(cli, ["--db", f"sqlite:///{path}", *command])
+    assert result.exit_code == 1
+    flat = " ".join(result.output.split())
+    assert f"Error: there is no store at {path} (--db sqlite:///{path}). Import events " \
+           "first (firstvalue import FILE)" in flat
+    assert not path.exists()

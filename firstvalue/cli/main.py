@@ -18,7 +18,7 @@ from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
 from firstvalue.errors import ConfigError, FirstvalueError, PlaybookError, UnknownAccount
 from firstvalue.playbook.loader import load_playbook, playbook_json_schema
 from firstvalue.settings import get_setting
-from firstvalue.store.database import Database, open_database
+from firstvalue.store.database import Database, missing_sqlite_file, open_database
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,19 @@ class Context:
         if self._database is None:
             self._database = open_database(self.db_url)
         return self._database
+
+    @property
+    def stored(self) -> Database:
+        """The store, for a command that only reads it: a SQLite file that is not there is
+        an error naming it, not a new empty store made on the spot (a mistyped --db, or a
+        command run in another directory, would otherwise show nothing and leave a file)."""
+        missing = missing_sqlite_file(self.db_url)
+        if missing is not None:
+            raise click.ClickException(
+                f"there is no store at {missing} (--db {self.db_url}). Import events first "
+                "(firstvalue import FILE), or name an existing store with --db (the demo's is "
+                "sqlite:///firstvalue-demo.db).")
+        return self.database
 
     def close(self) -> None:
         """Close the store's connections when the command is done (in-process callers, such
@@ -148,7 +161,7 @@ def accounts_command(obj: Context, as_json: bool, now_text: str | None) -> None:
     from firstvalue.cli.views import show_accounts
     from firstvalue.runtime.evaluation import evaluate_accounts
 
-    states = evaluate_accounts(obj.database, obj.playbook, resolve_now(now_text))
+    states = evaluate_accounts(obj.stored, obj.playbook, resolve_now(now_text))
     if as_json:
         print_json([state.as_json() for state in states])
     else:
@@ -173,7 +186,7 @@ def account_command(obj: Context, account_id: str, as_json: bool, now_text: str 
     from firstvalue.runtime.timeline import account_view
 
     now = resolve_now(now_text)
-    states = evaluate_accounts(obj.database, obj.playbook, now, [account_id])
+    states = evaluate_accounts(obj.stored, obj.playbook, now, [account_id])
     if not states:
         raise UnknownAccount(account_id)
     view = account_view(obj.database, states[0], now)
@@ -205,7 +218,7 @@ def report_command(obj: Context, as_json: bool, by: str, mode: str, csv_dir: Pat
     from firstvalue.runtime.evaluation import held_events
 
     now = resolve_now(now_text)
-    report = build_report(obj.database, obj.playbook, now, by, mode,
+    report = build_report(obj.stored, obj.playbook, now, by, mode,
                           held_events(obj.database, now))
     written = write_report_files(obj, report, now, csv_dir, charts_dir)
     if as_json:
@@ -411,7 +424,7 @@ def users_list(obj: Context, as_json: bool) -> None:
     """The dashboard users and their roles (never their passwords)."""
     from firstvalue.web.auth import list_users
 
-    users = list_users(obj.database)
+    users = list_users(obj.stored)
     if as_json:
         print_json({"users": users})
         return
@@ -474,7 +487,7 @@ def actions_group(ctx: click.Context, account_id: str | None, status: tuple[str,
     from firstvalue.cli.views import show_actions
 
     obj: Context = ctx.obj
-    with obj.database.engine.connect() as conn:
+    with obj.stored.engine.connect() as conn:
         rows = list_actions(conn, [account_id] if account_id else None, status or None)
     actions = [action_json(row) for row in rows]
     if as_json:
@@ -537,7 +550,7 @@ def stalls_command(obj: Context, include_all: bool, as_json: bool,
     from firstvalue.cli.views import show_stalls
     from firstvalue.runtime.stall_history import stall_queue_at
 
-    queue = stall_queue_at(obj.database, obj.playbook, resolve_now(now_text), include_all)
+    queue = stall_queue_at(obj.stored, obj.playbook, resolve_now(now_text), include_all)
     if as_json:
         print_json(queue)
     else:
@@ -552,7 +565,7 @@ def held_command(obj: Context, as_json: bool, now_text: str | None) -> None:
     """Held events still waiting for their account after the hold period."""
     from firstvalue.runtime.evaluation import held_events
 
-    rows = held_events(obj.database, resolve_now(now_text))
+    rows = held_events(obj.stored, resolve_now(now_text))
     if as_json:
         print_json(rows)
         return
@@ -623,7 +636,7 @@ def handoff_show(obj: Context, account_id: str, as_json: bool) -> None:
     """The handoff record of an account, and the required fields it still lacks."""
     from firstvalue.runtime.handoff import handoff_json
 
-    with obj.database.engine.connect() as conn:
+    with obj.stored.engine.connect() as conn:
         found = handoff_json(conn, obj.playbook.loaded.model.handoff, account_id)
     if as_json:
         print_json(found)
@@ -718,7 +731,7 @@ def team_list(obj: Context, as_json: bool, now_text: str | None) -> None:
     """The roster with each member's load, capacity and whether they are away."""
     from firstvalue.runtime.routing import team_json
 
-    with obj.database.engine.connect() as conn:
+    with obj.stored.engine.connect() as conn:
         members = team_json(conn, resolve_now(now_text))
     if as_json:
         print_json(members)

@@ -73,6 +73,17 @@ def engine_url(url: str) -> str:
     )
 
 
+def missing_sqlite_file(url: str) -> str | None:
+    """The file a SQLite `--db` URL names, if it is not there (None for PostgreSQL, for a
+    store in memory, for a URL with options, and for a file that exists)."""
+    if not url.startswith("sqlite:///") or "?" in url:  # a URI with options: not judged here
+        return None
+    path = sa.engine.make_url(url).database
+    if not path or path == ":memory:" or Path(path).exists():
+        return None
+    return path
+
+
 def open_database(url: str, migrate: bool = True) -> Database:
     """Open (and by default migrate to the latest schema) the database at `url`."""
     engine = _create_engine(engine_url(url))
