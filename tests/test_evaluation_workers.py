@@ -432,3 +432,59 @@ def test_only_large_evaluations_pause_the_collector(tmp_path, data_file, playboo
         assert tick(database, playbook, NOW).evaluated == ACCOUNTS
         assert enabled and not any(enabled)
     assert gc.isenabled()
+
+
+_KILLED_CALLER = """
+import os, sys, time
+from firstvalue.engine.compiled import compile_playbook
+from firstvalue.ingest.service import ingest_messages
+from firstvalue.playbook.loader import load_playbook
+from firstvalue.runtime.workers import InWorkers
+from firstvalue.store.database import open_database
+import msgspec
+
+if __name__ == "__main__":
+    playbook = compile_playbook(load_playbook())
+    database = open_database(sys.argv[1])
+    ids = [f"acct-{n}" for n in range(3)]
+    ingest_messages(database, [msgspec.json.encode({
+        "type": "group", "groupId": account, "userId": f"{account}-u1", "messageId": account,
+        "timestamp": "2026-06-01T00:00:00Z", "traits": {"segment": "smb"}}) for account in ids],
+        0, playbook.anchor_names)
+    evaluation = InWorkers(database, playbook, [ids], 0, False, 1)
+    print(evaluation.pool.submit(os.getpid).result(), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_workers_end_when_their_caller_is_killed(tmp_path):
+    """A caller killed mid-evaluation (SIGKILL; Python does not catch SIGTERM either) cannot
+    shut its workers down: they end by themselves, not wait for parts forever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "caller.py"
+    script.write_text(_KILLED_CALLER)
+    with subprocess.Popen([sys.executable, str(script), f"sqlite:///{tmp_path / 'k.db'}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True) as caller:
+        try:
+            worker = int(caller.stdout.readline())
+            os.kill(worker, 0)  # alive
+        finally:
+            caller.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        # Reaped by init once it exits; until then it may linger as a zombie.
+        if Path(f"/proc/{worker}/stat").read_text().split(") ")[-1].startswith("Z"):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed caller by 15 s")

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
 from multiprocessing.util import Finalize
 from typing import Any, NamedTuple
 
@@ -123,12 +124,17 @@ class InWorkers:
         _remove_abandoned(root)
         self.results_dir = tempfile.mkdtemp(prefix=f"{_RESULTS_PREFIX}{os.getpid()}-", dir=root)
         _LIVE_DIRS.add(self.results_dir)
+        # Never written to: each worker waits on its end and exits when this process's end
+        # closes, which it does when this process ends, however it ends (see `_start_worker`).
+        self.lifeline, lifeline_end = context.Pipe(duplex=False)
+        self.lifeline_end = lifeline_end
         try:
             self.pool = ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_start_worker,
                 initargs=(database.url, playbook.loaded, playbook.relevant_names,
-                          self.results_dir))
+                          self.results_dir, self.lifeline))
         except BaseException:
+            self._close_lifeline()
             self._remove_results()
             raise
         self.caller = _Worker(database, playbook)
@@ -193,7 +199,12 @@ class InWorkers:
     def close(self) -> None:
         self.starting.join()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self._close_lifeline()
         self._remove_results()
+
+    def _close_lifeline(self) -> None:
+        self.lifeline.close()
+        self.lifeline_end.close()
 
     def _remove_results(self) -> None:
         shutil.rmtree(self.results_dir, ignore_errors=True)
@@ -305,8 +316,10 @@ _worker: _Worker | None = None
 
 
 def _start_worker(url: str, loaded: LoadedPlaybook, relevant_names: frozenset[str],
-                  results_dir: str) -> None:
+                  results_dir: str, lifeline: Connection) -> None:
     global _worker
+    threading.Thread(target=_exit_with_caller, args=(lifeline,), daemon=True,
+                     name="firstvalue-lifeline").start()
     # The worker lives for one evaluation: the collector would only rescan what it keeps
     # until the end (see runtime.evaluation.collector_paused).
     gc.disable()
@@ -317,6 +330,22 @@ def _start_worker(url: str, loaded: LoadedPlaybook, relevant_names: frozenset[st
     # Closed at the worker's exit, so that PostgreSQL sees the connection end cleanly.
     Finalize(database, database.dispose, exitpriority=10)
     _worker = _Worker(database, playbook, results_dir)
+
+
+def _exit_with_caller(lifeline: Connection) -> None:
+    """Wait for the calling process to end, then end this worker at once.
+
+    A caller that exits normally shuts its workers down first. One that is killed (SIGKILL,
+    or SIGTERM, which Python does not catch) cannot, and its workers would otherwise wait
+    for parts forever (found in review: a killed `firstvalue tick` left its worker and the
+    forkserver running, about 200 MB). Nothing is ever sent on the lifeline: reading it
+    returns only when the caller's end closes, at its exit, whatever the cause. A part this
+    worker was evaluating is lost with the caller, whose transaction is rolled back anyway;
+    its results directory is removed by a later evaluation (`_remove_abandoned`).
+    """
+    with contextlib.suppress(EOFError, OSError):
+        lifeline.recv_bytes()
+    os._exit(1)
 
 
 def _evaluate_part(ids: list[str], now: int,
