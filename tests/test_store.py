@@ -72,6 +72,46 @@ def test_opening_twice_does_not_migrate_twice(database):
     assert version == head
 
 
+@pytest.mark.postgres
+def test_processes_opening_an_older_store_at_once_take_turns_to_migrate_it(
+        postgres_database, monkeypatch):
+    """Two processes open a store one version behind at once: the first migrates it, the
+    second waits for it and finds nothing left to do (before, it migrated too and stopped
+    with Alembic's "expected to match one row" error)."""
+    import threading
+    import time
+
+    from alembic import command
+
+    from firstvalue.store.database import alembic_config, open_database, upgrade
+
+    with postgres_database.write() as conn:
+        command.downgrade(alembic_config(conn), "0007")
+    first, second = open_database(postgres_database.url, migrate=False), \
+        open_database(postgres_database.url, migrate=False)
+    migrating, upgrade_for_real = threading.Event(), command.upgrade
+
+    def slow_first_upgrade(config, revision):
+        upgrade_for_real(config, revision)
+        if not migrating.is_set():
+            migrating.set()
+            time.sleep(1.5)  # the first process's migration, not committed yet
+
+    monkeypatch.setattr(command, "upgrade", slow_first_upgrade)
+    elsewhere = threading.Thread(target=upgrade, args=(first,))
+    elsewhere.start()
+    try:
+        assert migrating.wait(30)
+        upgrade(second)
+    finally:
+        elsewhere.join(timeout=60)
+        first.dispose()
+        second.dispose()
+    with postgres_database.engine.connect() as conn:
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == "0008"
+
+
 def test_an_event_belongs_to_the_group_membership_in_force_at_its_time(database, playbook):
     send(database, playbook,
          group("g1", "u1", "acme", "2026-02-01T00:00:00Z"),

@@ -154,6 +154,15 @@ def upgrade(database: Database) -> None:
     with database.write() as connection:
         from alembic import command
 
+        if connection.dialect.name == "postgresql":
+            # Processes starting at once on an older store would each migrate it, and all
+            # but one then stopped with a raw Alembic error: they take turns, and each reads
+            # the version after its turn comes (Alembic reads it inside `upgrade`), so the
+            # later ones find nothing left to do. Per schema, so that stores in other schemas
+            # of the database do not wait. (On SQLite the write lock already serializes.)
+            connection.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(hashtextextended('firstvalue-migrate:' || "
+                "current_schema(), 0))")
         command.upgrade(alembic_config(connection), "head")
 
 
