@@ -488,3 +488,49 @@ def test_workers_end_when_their_caller_is_killed(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the worker outlived its killed caller by 15 s")
+
+
+_UNGUARDED = """
+import sys
+import msgspec
+from firstvalue.engine.compiled import compile_playbook
+from firstvalue.ingest.service import ingest_messages
+from firstvalue.playbook.loader import load_playbook
+from firstvalue.runtime.evaluation import tick
+from firstvalue.store.database import open_database
+
+playbook = compile_playbook(load_playbook())
+database = open_database(sys.argv[1])
+ingest_messages(database, [msgspec.json.encode({
+    "type": "group", "groupId": f"acct-{n}", "userId": f"u{n}", "messageId": f"m{n}",
+    "timestamp": "2026-06-01T00:00:00Z", "traits": {"segment": "smb"}}) for n in range(60)],
+    0, playbook.anchor_names)
+tick(database, playbook, 10**15)
+"""
+
+
+def test_a_script_without_a_main_guard_stops_at_once_saying_how_to_fix_it(tmp_path):
+    """Worker processes import the caller's script again: one without the guard must not
+    run again in them (a second tick, waiting 30 s for the first one's SQLite write lock)."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(script), f"sqlite:///{tmp_path / 'u.db'}"], capture_output=True,
+        text=True, timeout=120, env={**os.environ, "FIRSTVALUE_PARALLEL_ACCOUNTS": "50"})
+    assert result.returncode == 1
+    assert time.monotonic() - started < 25
+    flat = " ".join(result.stderr.split())
+    assert ("firstvalue.errors.FirstvalueError: a worker process of this evaluation stopped "
+            "before it could evaluate") in flat
+    assert "guard the script's top level with `if __name__ == \"__main__\":`" in flat
+    database = open_database(f"sqlite:///{tmp_path / 'u.db'}")
+    with database.engine.connect() as conn:
+        evaluated = conn.exec_driver_sql(
+            "SELECT COUNT(*) FROM accounts WHERE state IS NOT NULL").scalar()
+    database.dispose()
+    assert evaluated == 0  # the tick was rolled back whole

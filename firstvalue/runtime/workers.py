@@ -33,17 +33,19 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.util import Finalize
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
 from firstvalue.engine.evaluate import AccountState
+from firstvalue.errors import FirstvalueError
 from firstvalue.playbook.loader import LoadedPlaybook
 from firstvalue.settings import get_int_setting, get_setting
 from firstvalue.store import events as event_store
-from firstvalue.store.database import Database, open_database
+from firstvalue.store.database import GUARD_HINT, Database, open_database
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ class InWorkers:
         self.starting.join()
         if self.failure is not None:
             failure, self.failure = self.failure, None
-            raise failure
+            _raise_clearly(failure)
 
     def __iter__(self) -> Iterator[tuple[list[str], list[WorkerResult]]]:
         if self.first is not None:
@@ -223,7 +225,10 @@ class InWorkers:
     def _take(self, future: Future[tuple[str | list[WorkerResult], float, float]],
               ids: list[str]) -> list[WorkerResult]:
         global _cpu_seconds, _peak_mb
-        sent, cpu, peak_mb = future.result()
+        try:
+            sent, cpu, peak_mb = future.result()
+        except BrokenProcessPool as exc:
+            _raise_clearly(exc)
         _cpu_seconds += cpu
         _peak_mb = max(_peak_mb, peak_mb)
         if not isinstance(sent, str):
@@ -240,6 +245,17 @@ class InWorkers:
         os.unlink(sent)
         taken: list[WorkerResult] = pickle.loads(data)
         return taken
+
+
+def _raise_clearly(failure: BaseException) -> NoReturn:
+    """Raise `failure`; a worker process that died (`BrokenProcessPool`), most often one
+    that stopped while importing an unguarded script again, as an error saying so."""
+    if isinstance(failure, BrokenProcessPool):
+        raise FirstvalueError(
+            "a worker process of this evaluation stopped before it could evaluate (its own "
+            f"error is printed above). If firstvalue runs from a script of yours, {GUARD_HINT}."
+        ) from failure
+    raise failure
 
 
 _cpu_seconds = 0.0

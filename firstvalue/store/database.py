@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import operator
 import random
 import sqlite3
@@ -84,8 +85,19 @@ def missing_sqlite_file(url: str) -> str | None:
     return path
 
 
+GUARD_HINT = ("guard the script's top level with `if __name__ == \"__main__\":` (worker "
+              "processes import it again), or set FIRSTVALUE_EVALUATION_WORKERS=0")
+
+
 def open_database(url: str, migrate: bool = True) -> Database:
     """Open (and by default migrate to the latest schema) the database at `url`."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A worker process of a large evaluation imports the caller's main script again
+        # before it starts. A script whose top level opens the store would run again in
+        # each worker: a second tick, and on SQLite a wait for the caller's write lock of
+        # 30 s before the worker failed (found by review). Stop it at once instead.
+        raise StoreError(f"firstvalue was started again while a worker process imported your "
+                         f"script's top level; {GUARD_HINT}.")
     engine = _create_engine(engine_url(url))
     database = Database(engine=engine, url=url)
     if migrate:
