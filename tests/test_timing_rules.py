@@ -247,3 +247,6 @@ def test_a_scheduler_outage_on_a_track_without_a_kickoff_does_not_turn_due_rules
     tutorial = actions(database)["integration_tutorial"]
     assert tutorial["status"] == "sent", tutorial["reason"]
     assert tutorial["late"] == 1
+    # Its reason counts the days from what day 0 is on this track: there was no kickoff.
+    assert tutorial["reason"].startswith("rule integration_tutorial: day 3 since contract "
+                                         "signed (day 0 of a track without kickoff), ")

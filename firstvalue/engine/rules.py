@@ -197,8 +197,12 @@ def _triggers(rule: Rule, context: RuleContext) -> list[Trigger]:
         moment = _day_moment(rule.at, context)
         if moment is None:
             return []
+        since = rule.at.since
+        if since == "kickoff" and not context.has_kickoff:
+            # Day 0 of a track without a kickoff is the contract's (shared/DESIGN.md "Time").
+            since = "contract signed (day 0 of a track without kickoff)"
         what = (f"day {rule.at.day}" if rule.at.day is not None else f"{rule.at.hours} hours") \
-            + f" since {rule.at.since}"
+            + f" since {since}"
         return [Trigger(moment, _anchor_known_at(rule.at.since, context), "1", what, None)]
 
     happening = rule.on
