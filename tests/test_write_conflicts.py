@@ -133,20 +133,54 @@ def _while_another_writer_locks(database, first: str, then: str,
 
 @pytest.mark.postgres
 def test_a_tick_stopped_by_a_deadlock_is_run_again_and_stores_its_states(
-        postgres_database, playbook, caplog):
+        postgres_database, playbook, caplog, monkeypatch):
+    """The tick holds a2 early (as routing can), another writer holds a1 and waits for a2,
+    then the tick's batch waits for a1: a deadlock, which the tick's own wait completes, so
+    PostgreSQL stops the tick (the other writer checks for deadlocks only after 30 s)."""
     database = postgres_database
     ingest_messages(database, [_group("a1", "u1", "g1"), _group("a2", "u2", "g2")], NOW,
                     playbook.anchor_names)
     tick(database, playbook, NOW)
     ingest_messages(database, [_track("u1", "t1"), _track("u2", "t2")], NOW + 1,
                     playbook.anchor_names)
-    # Another writer holds a2; the tick locks a1, then waits for a2. When the other writer
-    # then asks for a1, each waits for the other, and PostgreSQL stops the one that waited
-    # longer: the tick.
-    with caplog.at_level(logging.WARNING):
-        outcome = _while_another_writer_locks(
-            database, "a2", "a1", lambda: tick(database, playbook, NOW + 2))
+    holding, go = threading.Event(), threading.Event()
+    tick_pid: list[int] = []
 
+    def routing_that_holds_a2_the_first_time(conn, *args):
+        if not holding.is_set():
+            tick_pid.append(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+            conn.exec_driver_sql("SELECT id FROM accounts WHERE id = 'a2' FOR UPDATE")
+            holding.set()
+            assert go.wait(30)
+        return 0
+
+    monkeypatch.setattr("firstvalue.runtime.evaluation.route_accounts",
+                        routing_that_holds_a2_the_first_time)
+    outcome: dict[str, object] = {}
+
+    def ticking() -> None:
+        try:
+            outcome["value"] = tick(database, playbook, NOW + 2)
+        except Exception as exc:  # reported by the assertions below
+            outcome["error"] = exc
+
+    with caplog.at_level(logging.WARNING), database.engine.connect() as other:
+        transaction = other.begin()
+        other.exec_driver_sql("SET LOCAL deadlock_timeout = '30s'")
+        other.exec_driver_sql("SELECT id FROM accounts WHERE id = 'a1' FOR UPDATE")
+        ticker = threading.Thread(target=ticking)
+        ticker.start()
+        assert holding.wait(30)
+        waiting = threading.Thread(target=other.exec_driver_sql,
+                                   args=("SELECT id FROM accounts WHERE id = 'a2' FOR UPDATE",))
+        waiting.start()
+        _wait_until_waiting_for(database, tick_pid[0])
+        go.set()
+        waiting.join(timeout=60)  # the tick was stopped: the other writer has a2
+        transaction.commit()
+        ticker.join(timeout=60)
+
+    assert not ticker.is_alive()
     assert "error" not in outcome, outcome.get("error")
     assert outcome["value"].evaluated == 2
     assert any("A tick was stopped by a deadlock" in r.getMessage() for r in caplog.records)
@@ -154,6 +188,19 @@ def test_a_tick_stopped_by_a_deadlock_is_run_again_and_stores_its_states(
         rows = conn.exec_driver_sql(
             "SELECT id, evaluated_seq = change_seq FROM accounts ORDER BY id").all()
     assert [tuple(row) for row in rows] == [("a1", True), ("a2", True)]
+
+
+def _wait_until_waiting_for(database, pid: int, seconds: float = 30) -> None:
+    """Poll until some session waits for a lock the session `pid` holds."""
+    deadline = time.monotonic() + seconds
+    with database.engine.connect() as probe:
+        while time.monotonic() < deadline:
+            if probe.execute(sa.text(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+                    {"pid": pid}).scalar():
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"no session came to wait for session {pid}")
 
 
 @pytest.mark.postgres
