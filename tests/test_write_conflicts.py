@@ -195,9 +195,10 @@ def _wait_until_waiting_for(database, pid: int, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     with database.engine.connect() as probe:
         while time.monotonic() < deadline:
-            if probe.execute(sa.text(
-                    "SELECT COUNT(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
-                    {"pid": pid}).scalar():
+            waiting = probe.execute(sa.text(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+                {"pid": pid}).scalar()
+            if waiting:
                 return
             time.sleep(0.02)
     raise AssertionError(f"no session came to wait for session {pid}")
