@@ -464,6 +464,14 @@ def test_the_portfolio_follows_a_tick_run_at_an_earlier_time(store, playbook):
     assert portfolio.get("evil") is not None  # the others are still there
 
 
+def test_the_portfolio_names_the_kinds_of_the_other_open_stalls(client, store):
+    # acme has four open stalls by day 11: inactivity (shown) and three more, of two kinds
+    # (champion silent, and two overdue milestones). The note lists the others' kinds only.
+    log_in(client, "viewer")
+    flat = " ".join(client.get("/portfolio").text.split())
+    assert "; 3 more open (champion silent, overdue)" in flat
+
+
 def test_the_stall_filter_matches_any_open_stall_of_an_account(client, store):
     from firstvalue.web.portfolio import Portfolio
 

@@ -100,6 +100,7 @@ class Row:
     milestones: tuple[_Milestone, ...]
     stall: _Stall | None  # the first open stall, if any
     stall_kinds: frozenset[str]  # the kinds of all its open stalls
+    other_stall_kinds: tuple[str, ...]  # the kinds of the open stalls after the first, sorted
     open_stalls: int
     overdue: int  # open milestones past their target day
     overdue_days: int  # the most days any is past it
@@ -158,7 +159,9 @@ def _row(summary: _Summary) -> Row:
                tz=zone(summary.timezone) or zoneinfo.ZoneInfo("UTC"),
                milestones=tuple(summary.milestones),
                stall=open_stalls[0] if open_stalls else None,
-               stall_kinds=frozenset(s.kind for s in open_stalls), open_stalls=len(open_stalls),
+               stall_kinds=frozenset(s.kind for s in open_stalls),
+               other_stall_kinds=tuple(sorted({s.kind for s in open_stalls[1:]})),
+               open_stalls=len(open_stalls),
                overdue=len(overdue),
                overdue_days=max(overdue, default=0), evaluated_at=summary.evaluated_at,
                next_scheduled=summary.next_scheduled,
