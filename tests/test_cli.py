@@ -353,3 +353,13 @@ def test_a_read_command_on_a_store_that_is_not_there_says_so_and_makes_none(tmp_
     assert f"Error: there is no store at {path} (--db sqlite:///{path}). Import events " \
            "first (firstvalue import FILE)" in flat
     assert not path.exists()
+
+
+def test_importing_a_file_again_says_nothing_changed_instead_of_asking_for_a_tick(
+        loaded, tmp_path):
+    code, output = run("--db", loaded, "import", str(tmp_path / "events.jsonl"),
+                       "--no-progress", "--now", NOW)
+    assert code == 0
+    assert "4 duplicate" in output
+    assert "Nothing new was stored, so no account changed." in output
+    assert "firstvalue tick" not in output

@@ -287,6 +287,15 @@ def test_batch_that_is_all_rejected_is_400_with_a_status_for_each(client, databa
     assert counts(database) == EMPTY
 
 
+def test_an_empty_batch_is_400_saying_it_held_nothing(client, database):
+    response = send(client)
+
+    assert response.status_code == 400
+    body = response.json()
+    assert (body["code"], body["results"]) == ("all_rejected", [])
+    assert "the batch holds no messages" in body["message"]
+
+
 def test_body_that_is_not_a_batch_is_400(client, database):
     for body in (b"{not json", b'{"batch": "track"}', b"[]"):
         response = client.post("/v1/batch", content=body)

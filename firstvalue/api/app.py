@@ -517,9 +517,9 @@ def ingest_response(statuses: list[MessageStatus]) -> Response:
     stored = any(status.status in STORED for status in statuses)
     if stored:
         return json_response({"success": True, "results": results})
-    body = {"success": False, **_client_error_fields(
-        "all_rejected", "no event was stored; each one's reason is in `results`"),
-        "results": results}
+    why = ("no event was stored; each one's reason is in `results`" if statuses else
+           "no event was stored: the batch holds no messages (put them in its `batch` list)")
+    body = {"success": False, **_client_error_fields("all_rejected", why), "results": results}
     return json_response(body, status=400)
 
 

@@ -48,7 +48,10 @@ def run_import(database: Database, playbook: CompiledPlaybook, files: list[Path]
     if summary.rejects:
         click.echo(f"{len(summary.rejects)} rejected line(s), with line number and reason, "
                    f"are in {rejects_path}.")
-    click.echo("Run `firstvalue tick` to evaluate the accounts that changed.")
+    if summary.statuses.get("accepted"):
+        click.echo("Run `firstvalue tick` to evaluate the accounts that changed.")
+    else:
+        click.echo("Nothing new was stored, so no account changed.")
 
 
 def _summary_line(summary: ImportSummary, seconds: float) -> str:
