@@ -112,6 +112,21 @@ def test_processes_opening_an_older_store_at_once_take_turns_to_migrate_it(
     assert version == "0008"
 
 
+@pytest.mark.postgres
+def test_a_postgresql_url_naming_a_schema_that_is_not_there_says_how_to_make_it():
+    from firstvalue.errors import StoreError
+    from firstvalue.store.database import open_database
+    from tests.conftest import PG_URL
+
+    url = f"{PG_URL}?options=-csearch_path%3Dno_such_schema_here"
+    with pytest.raises(StoreError) as raised:
+        open_database(url)
+    assert str(raised.value) == (
+        f"cannot open the database {url!r}: no schema has been selected to create in; no "
+        "schema of its search_path (no_such_schema_here) exists: create it first (CREATE "
+        "SCHEMA name), or name an existing one in the URL (options=-csearch_path%3Dname)")
+
+
 def test_an_event_belongs_to_the_group_membership_in_force_at_its_time(database, playbook):
     send(database, playbook,
          group("g1", "u1", "acme", "2026-02-01T00:00:00Z"),

@@ -104,10 +104,24 @@ def open_database(url: str, migrate: bool = True) -> Database:
         try:
             upgrade(database)
         except sa.exc.DBAPIError as exc:
+            problem, fix = str(exc.orig), ("check that --db names a firstvalue database or a "
+                                           "new file")
+            if isinstance(exc.orig, psycopg.errors.InvalidSchemaName):
+                problem = problem.splitlines()[0]
+                fix = (f"no schema of its search_path ({_search_path(engine)}) exists: create "
+                       "it first (CREATE SCHEMA name), or name an existing one in the URL "
+                       "(options=-csearch_path%3Dname)")
             engine.dispose()
-            raise StoreError(f"cannot open the database {url!r}: {exc.orig}; check that --db "
-                             "names a firstvalue database or a new file") from None
+            raise StoreError(f"cannot open the database {url!r}: {problem}; {fix}") from None
     return database
+
+
+def _search_path(engine: Engine) -> str:
+    try:
+        with engine.connect() as conn:
+            return str(conn.exec_driver_sql("SHOW search_path").scalar())
+    except sa.exc.DBAPIError:
+        return "unknown"
 
 
 def _create_engine(url: str) -> Engine:
