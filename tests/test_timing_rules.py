@@ -216,6 +216,23 @@ def test_an_older_deal_arriving_late_does_not_repeat_the_welcome(database, playb
     assert '"number":2' in state and '"key":"acme-deal"' in state
 
 
+def test_a_cancellation_at_the_very_moment_its_escalation_came_due_does_not_say_before():
+    import zoneinfo
+
+    from firstvalue.engine.rules import _cancel_reason
+    from firstvalue.playbook.model import Happening
+
+    due = micros("2026-11-22T10:00:00Z")
+    utc = zoneinfo.ZoneInfo("UTC")
+    kickoff = Happening(anchor="kickoff")
+    assert _cancel_reason(kickoff, due, due, utc)() == (
+        "cancelled: anchor kickoff was booked at 2026-11-22T10:00:00+00:00, just as the "
+        "escalation came due")
+    assert _cancel_reason(kickoff, due - HOUR, due, utc)() == (
+        "cancelled: anchor kickoff was booked at 2026-11-22T09:00:00+00:00, before the "
+        "escalation came due at 2026-11-22T10:00:00+00:00")
+
+
 def test_a_reason_names_what_has_not_happened_in_words_that_read_right():
     from firstvalue.engine.rules import _unless_text
     from firstvalue.playbook.model import Happening

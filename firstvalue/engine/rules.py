@@ -187,6 +187,9 @@ def _escalation_facts(facts: Callable[[], dict[str, Any]], key: str, due_at: int
 def _cancel_reason(unless: Happening | None, cleared_at: int | None, due_at: int,
                    tz: zoneinfo.ZoneInfo) -> Callable[[], str]:
     happened = "was booked" if unless and unless.anchor == "kickoff" else "happened"
+    if cleared_at == due_at:
+        return lambda: (f"cancelled: {_describe(unless)} {happened} at "
+                        f"{local_isoformat(due_at, tz)}, just as the escalation came due")
     return lambda: (f"cancelled: {_describe(unless)} {happened} at "
                     f"{local_isoformat(cleared_at or 0, tz)}, before the escalation came due "
                     f"at {local_isoformat(due_at, tz)}")
