@@ -93,13 +93,27 @@ def test_a_message_due_outside_the_send_window_waits_for_its_opening(database, p
         "type": "track", "messageId": "ws", "userId": "acme-champion",
         "event": "Workspace Created", "timestamp": "2026-03-02T22:00:00+01:00",
         "context": {"groupId": "acme"}})]
+    waiting = simulate(database, playbook, deliveries, until=micros("2026-03-02T23:00:00+01:00"))
+    prompt = next(a for a in list_actions(waiting) if a["rule"] == "setup_prompts")
+    assert (prompt["status"], prompt["next_attempt_at"]) == ("pending",
+                                                            "2026-03-03T08:00:00+00:00")
     dispatcher = simulate(database, playbook, deliveries,
-                          until=micros("2026-03-03T10:00:00+01:00"))
+                          until=micros("2026-03-03T10:00:00+01:00"),
+                          start=micros("2026-03-02T23:00:00+01:00"))
     assert dispatcher is not None
     prompt = actions(database)["setup_prompts"]
     assert prompt["status"] == "sent"
     assert prompt["sent_at"] == micros("2026-03-03T09:00:00+01:00")
     assert prompt["late"] == 0  # waiting for the window is not lateness
+
+
+def list_actions(dispatcher) -> list[dict]:
+    """The outbox as `firstvalue actions --json` shows it."""
+    from firstvalue.actions.outbox import action_json
+    from firstvalue.actions.outbox import list_actions as rows
+
+    with dispatcher.database.engine.connect() as conn:
+        return [action_json(row) for row in rows(conn, None, None)]
 
 
 def test_no_contact_gets_more_messages_a_day_than_the_cap(database):

@@ -182,6 +182,10 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
         "sent_at": isoformat(row["sent_at"]), "late": bool(row["late"]),
         "reason": row["reason"], "error": row["error"],
         "resolved_at": isoformat(row["resolved_at"]),
+        # When delivery is tried next: a pending row waiting for the send window, the daily
+        # cap, a channel not set up or a retry says when it goes.
+        "next_attempt_at": isoformat(row["next_attempt_at"])
+        if row["status"] in ("pending", "failed") else None,
         "attempts": row["attempts"], "playbook_version": row["playbook_version"],
         "facts": msgspec.json.decode(row["facts"]) if row["facts"] else {},
     }

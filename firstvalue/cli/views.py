@@ -304,6 +304,8 @@ def show_actions(actions: Sequence[dict[str, Any]]) -> None:
             status += ", resolved"
         if action.get("done_at"):
             status += ", done"
+        if action.get("next_attempt_at") and action["next_attempt_at"] != action["due_at"]:
+            status += f", next try {action['next_attempt_at']}"  # deferred or retried
         reason = action["reason"] if not action["error"] else \
             f"{action['reason']} (last error: {action['error']})"
         table.add_row(action["due_at"] or "", action["key"], action["kind"], status,
