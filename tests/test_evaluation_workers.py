@@ -155,20 +155,25 @@ def test_workers_write_and_read_what_the_process_itself_would(kind, tmp_path, da
 
 def test_an_account_changed_during_the_tick_takes_its_experiment_position_in_turn(
         tmp_path, data_file, playbook, monkeypatch):
-    # Events held for accounts that exist already (another writer raced the group call) are
-    # attached by the tick itself, before it evaluates: the workers do not see that change,
-    # and the tick evaluates those accounts again itself. It must still assign experiment
-    # positions in account id order, as evaluating in process does.
+    # Some accounts change after the tick read which accounts are due and before the
+    # workers read them (on PostgreSQL another writer can commit meanwhile; here the tick's
+    # own transaction changes them, which the workers cannot see): the workers report the
+    # change_seq they saw, and the tick evaluates those accounts again itself. It must
+    # still assign experiment positions in account id order, as evaluating in process does.
+    changed = [f"acct-{n:05d}" for n in range(ACCOUNTS // 2, ACCOUNTS, 9)]
+    real_evaluate_due = evaluation._evaluate_due
+
+    def changing_some_first(database, conn, playbook, seqs, now):
+        conn.execute(sa.text("UPDATE accounts SET change_seq = change_seq + 1 "
+                             "WHERE id IN (SELECT value FROM json_each(:ids))"),
+                     {"ids": msgspec.json.encode(changed).decode()})
+        seqs = {**seqs, **{account: seqs[account] + 1 for account in changed}}
+        return real_evaluate_due(database, conn, playbook, seqs, now)
+
+    monkeypatch.setattr(evaluation, "_evaluate_due", changing_some_first)
     with stores("sqlite", tmp_path) as (here, there):
         for database in (here, there):
             load(database, data_file, playbook)
-            with database.write() as conn:
-                conn.execute(sa.text(
-                    "INSERT INTO events (message_id, type, name, group_id, user_id, ts, "
-                    "received_at, properties) VALUES (:m, 'track', 'Page Viewed', :g, :u, "
-                    ":ts, :ts, '{}')"),
-                    [{"m": f"held-{n}", "g": f"acct-{n:05d}", "u": f"acct-{n:05d}-u1",
-                      "ts": NOW - 86_400_000_000} for n in range(ACCOUNTS // 2, ACCOUNTS, 9)])
         monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "0")
         tick(here, playbook, NOW)
         monkeypatch.setenv("FIRSTVALUE_EVALUATION_WORKERS", "1")

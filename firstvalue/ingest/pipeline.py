@@ -202,11 +202,14 @@ def _lock_accounts_first(conn: sa.Connection, groups: list[Accepted],
     them changed), each in that order, but one after another they would not be: a batch
     holding an account while it waits for a lower one that a tick holds, which waits for the
     batch's, is a deadlock (measured before this: a third of the batches of a load test
-    failed so). Accounts it could not foresee are still locked later, and a deadlock then is
-    run again (`store.database.retry_conflicts`).
+    failed so). The users' locks come first: another batch moving one of them to another
+    account between this one's read of the memberships and its lock would make it change an
+    account it did not lock. Accounts it could not foresee all the same are locked later,
+    and a deadlock then is run again (`store.database.retry_conflicts`).
     """
     actors = {m.actor for m in groups} | {m.actor for m in identifies}
     actors |= {m.actor for _, m in tracks if m.group_id is None}
+    event_store.lock_users(conn, actors)  # type: ignore[arg-type]
     touched = _group_ids(groups, tracks) | event_store.accounts_of_actors(conn, actors)
     event_store.lock_accounts(conn, touched)
 

@@ -24,7 +24,12 @@ from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
 from firstvalue.runtime.experiments import Assignments, variant_playbook
 from firstvalue.runtime.handoff import load_handoffs
-from firstvalue.runtime.routing import load_team, release_finished, route_accounts
+from firstvalue.runtime.routing import (
+    load_team,
+    release_finished,
+    route_accounts,
+    routing_candidates,
+)
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
 from firstvalue.runtime.workers import InWorkers, WorkerResult, worker_count
 from firstvalue.store import events as event_store
@@ -234,29 +239,62 @@ def _parts(conn: sa.Connection, ids: list[str] | None) -> list[Sequence[str]]:
 
 
 def tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult:
-    """Evaluate the changed and due accounts at `now` and store their state: in one
-    transaction, run again if PostgreSQL stops it for a deadlock with another writer."""
-    result = retry_conflicts(lambda: _tick(database, playbook, now), "A tick")
-    # Remembered once committed: a tick rolled back did not store the playbook's text.
+    """Evaluate the changed and due accounts at `now` and store their state.
+
+    Two transactions, each run again if PostgreSQL stops it for a deadlock with another
+    writer. The first attaches held events whose account now exists and routes accounts to
+    owners, having locked every account it may change in one statement; the second
+    evaluates the due accounts (those two changed included) and stores what follows,
+    locking accounts a batch at a time in id order. So each locks in the one order ingest
+    locks in too: with routing in the evaluation's transaction, its accounts, locked one by
+    one before the batches, deadlocked with ingest batches again and again under load (a
+    review: 53 retries in 45 s, and a tick that failed after five).
+    """
+    attached = retry_conflicts(lambda: _prepare(database, playbook, now),
+                               "A tick's attaching of held events and routing")
+    # Remembered once committed: a transaction rolled back did not store the playbook's text.
     _RECORDED.add(_recorded_key(database, playbook))
-    return result
+    updates = retry_conflicts(lambda: _evaluate(database, playbook, now), "A tick")
+    if updates:
+        log.info("Tick evaluated %d account(s).", updates)
+    return TickResult(updates, attached, playbook.version)
 
 
-def _tick(database: Database, playbook: CompiledPlaybook, now: int) -> TickResult:
+def _prepare(database: Database, playbook: CompiledPlaybook, now: int) -> int:
+    """Attach held events, record the playbook's version, route accounts; how many
+    accounts got held events."""
     with database.write() as conn:
-        attached = sweep_held_events(conn, now)
+        _one_tick_at_a_time(conn)
+        held = held_for_known_accounts(conn)
+        candidates = routing_candidates(conn, playbook)
+        event_store.lock_accounts(conn, {*held, *candidates})
+        attached = sweep_held_events(conn, now, held)
         if _recorded_key(database, playbook) not in _RECORDED:
             record_playbook_version(conn, playbook, now)
-        route_accounts(conn, playbook, now)
+        route_accounts(conn, playbook, now, candidates)
+    return attached
+
+
+def _evaluate(database: Database, playbook: CompiledPlaybook, now: int) -> int:
+    with database.write() as conn:
+        _one_tick_at_a_time(conn)
         due = conn.execute(sa.text(
             "SELECT id, change_seq FROM accounts WHERE change_seq > evaluated_seq "
             "OR next_wake_at <= :now OR playbook_version IS NULL OR playbook_version <> :version"
         ), {"now": now, "version": playbook.version}).all()
         seqs = dict(due)  # type: ignore[arg-type]
-        updates = _evaluate_due(database, conn, playbook, seqs, now)
-    if updates:
-        log.info("Tick evaluated %d account(s).", updates)
-    return TickResult(updates, attached, playbook.version)
+        return _evaluate_due(database, conn, playbook, seqs, now)
+
+
+def _one_tick_at_a_time(conn: sa.Connection) -> None:
+    """On PostgreSQL, wait until no other tick's transaction on this store (schema) is under
+    way. Two ticks at once (the scheduler and a `firstvalue tick`, or two servers) would
+    evaluate the same accounts twice and lock the team roster's rows (owners' loads) and the
+    accounts in orders that can deadlock; one after the other, the second finds what the
+    first left. (On SQLite the write lock already makes them take turns.)"""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtextextended('firstvalue-tick:' "
+                             "|| current_schema(), 0))")
 
 
 def _evaluate_due(database: Database, conn: sa.Connection, playbook: CompiledPlaybook,
@@ -487,12 +525,17 @@ def hand_over_tasks(conn: sa.Connection, handovers: list[dict[str, Any]]) -> Non
         "AND recipient = 'owner' AND status = 'sent' AND done_at IS NULL"), rows)
 
 
-def sweep_held_events(conn: sa.Connection, now: int) -> int:
-    """Attach held events whose account became known through another writer meanwhile."""
-    waiting = conn.execute(sa.text(
+def held_for_known_accounts(conn: sa.Connection) -> list[str]:
+    """The accounts that held events wait for and that exist by now (another writer made
+    them meanwhile)."""
+    return list(conn.execute(sa.text(
         "SELECT DISTINCT e.group_id FROM events e JOIN accounts a ON a.id = e.group_id "
         "WHERE e.account_id IS NULL AND e.group_id IS NOT NULL AND e.type = 'track'"
-    )).scalars().all()
+    )).scalars())
+
+
+def sweep_held_events(conn: sa.Connection, now: int, waiting: list[str]) -> int:
+    """Attach the held events of these accounts (`held_for_known_accounts`)."""
     attached = event_store.attach_held_events(conn, waiting, now)
     event_store.mark_changed(conn, attached)
     return len(attached)

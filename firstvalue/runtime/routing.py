@@ -45,15 +45,15 @@ def load_team(conn: sa.Connection) -> list[Member]:
             for r in rows]
 
 
-def route_accounts(conn: sa.Connection, playbook: CompiledPlaybook, now: int) -> int:
-    """Route the accounts without an assignment and those waiting for capacity; the number
-    assigned. Nothing happens while the playbook declares no `ownership` or the roster is
-    empty: a team that has not set up its roster is not routing yet."""
-    model = playbook.loaded.model
-    if not model.ownership:
-        return 0
+def routing_candidates(conn: sa.Connection, playbook: CompiledPlaybook) -> list[str]:
+    """The accounts a tick routes, in the order it routes them: those waiting for capacity,
+    those without an assignment, and assigned ones that changed since their evaluation.
+    None while the playbook declares no `ownership` or the roster is empty: a team that has
+    not set up its roster is not routing yet."""
+    if not playbook.loaded.model.ownership:
+        return []
     if conn.execute(sa.text("SELECT COUNT(*) FROM team_members")).scalar() == 0:
-        return 0
+        return []
     waiting = conn.execute(sa.text(
         "SELECT account_id FROM assignments WHERE status = 'waiting' "
         "ORDER BY waiting_since, account_id")).scalars().all()
@@ -66,11 +66,18 @@ def route_accounts(conn: sa.Connection, playbook: CompiledPlaybook, now: int) ->
         "SELECT a.id FROM accounts a JOIN assignments s ON s.account_id = a.id "
         "WHERE s.status = 'assigned' AND a.change_seq > a.evaluated_seq "
         "ORDER BY a.id")).scalars().all()
-    if not waiting and not new and not changed:
-        return 0
+    return [*waiting, *new, *changed]
 
+
+def route_accounts(conn: sa.Connection, playbook: CompiledPlaybook, now: int,
+                   candidates: list[str] | None = None) -> int:
+    """Route the accounts that need it (`routing_candidates`, unless given); the number
+    assigned."""
+    if candidates is None:
+        candidates = routing_candidates(conn, playbook)
+    if not candidates:
+        return 0
     team = {m.handle: m for m in load_team(conn)}
-    candidates = [*waiting, *new, *changed]
     recorded = {row.account_id: row for row in event_store.select_in(
         conn, "SELECT account_id, status, owner, waiting_since FROM assignments "
               "WHERE account_id IN :ids", candidates)}

@@ -6,10 +6,11 @@ reads the facts of a part of the accounts and evaluates them, and the calling pr
 the results back in account id order, exactly the order it would have evaluated them in
 itself. Everything that writes stays in the calling process, in the tick's one transaction.
 
-A worker reads what the store has committed, so it does not see what the tick itself wrote
-before evaluating (held events attached, owners routed). Both bump the account's
-`change_seq`; a worker reports the `change_seq` it saw, and the tick evaluates in process any
-account for which it differs from its own (see `runtime.evaluation`). Experiment variants are
+A worker reads what the store has committed. The tick attaches held events and routes owners
+in a transaction of its own, committed before the evaluation begins, so the workers see
+those; an account another writer changes meanwhile has a new `change_seq`, and since a
+worker reports the `change_seq` it saw, the tick evaluates in process any account for which
+it differs from its own (see `runtime.evaluation`). Experiment variants are
 assigned by the tick alone, in account id order as before: a worker evaluates with the
 variants already recorded and says which it used.
 

@@ -432,6 +432,22 @@ def lock_accounts(conn: sa.Connection, account_ids: Iterable[str]) -> None:
                         "FOR UPDATE", sorted(account_ids))
 
 
+def lock_users(conn: sa.Connection, user_ids: Iterable[str]) -> None:
+    """On PostgreSQL, take a lock for each of these users until the transaction ends (an
+    advisory lock on a hash of the schema and the id), all in one statement, in the order of
+    the hashes. Every ingest batch takes its users' before it reads their group memberships,
+    so no other batch can change those memberships (and so the accounts the batch will
+    change) between its read and its commit. (SQLite has one writer.)"""
+    ids = sorted(set(user_ids))
+    if conn.dialect.name == "sqlite" or not ids:
+        return
+    conn.execute(sa.text(
+        "SELECT count(pg_advisory_xact_lock(s.k)) FROM (SELECT DISTINCT hashtextextended("
+        "'firstvalue-user:' || current_schema() || ':' || u, 0) AS k "
+        "FROM json_array_elements_text(CAST(:ids AS json)) AS u ORDER BY k) AS s"),
+        {"ids": _encode(ids).decode()})
+
+
 def mark_changed(conn: sa.Connection, account_ids: Iterable[str]) -> None:
     ids = sorted(account_ids)
     # An UPDATE locks its rows in the order it finds them, not in the ids' order.
