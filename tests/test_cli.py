@@ -318,8 +318,8 @@ def test_the_account_page_says_when_the_handoff_gate_holds_the_customers_message
     assert code == 0
     flat = " ".join(output.split())
     assert "Handoff: incomplete (missing use_case," in flat
-    assert "holds the customer's messages until it is complete: firstvalue handoff submit " \
-           "acme FILE" in flat
+    assert "holds the customer's messages until it is complete; submit it with:" in flat
+    assert "\n  firstvalue handoff submit acme FILE\n" in output
     assert "Time-to-value: not reached yet (target" in flat
 
 

@@ -100,3 +100,10 @@ def test_a_table_on_an_80_column_terminal_cuts_no_count_name_or_header():
     # A table that fits folds its long text onto more lines rather than widening.
     notes = text[text.index("notes"):text.index("Time-to-value")]
     assert max(len(line) for line in notes.splitlines()) <= 80
+
+
+def test_the_text_report_keeps_each_table_title_on_one_line(loaded):  # noqa: F811
+    code, output = run("--db", loaded, "report", "--now", NOW)
+    assert code == 0
+    lines = [line.strip() for line in output.splitlines()]
+    assert "90-day retention by activation (every milestone done by day 90)" in lines

@@ -120,8 +120,9 @@ def show_account(state: AccountState, timeline: Sequence[dict[str, Any]] = ()) -
     elif handoff.get("gate"):
         missing = ", ".join(handoff.get("missing") or ()) or "-"
         console.print(f"Handoff: incomplete (missing {missing}). This track holds the "
-                      "customer's messages until it is complete: firstvalue handoff submit "
-                      f"{state.id} FILE")
+                      "customer's messages until it is complete; submit it with:")
+        # On a line of its own, so that the command is never wrapped in two.
+        console.print(f"  firstvalue handoff submit {state.id} FILE", soft_wrap=True)
     if timeline:
         story = Table(title="Timeline (events, milestones, actions, escalations)")
         for column in ("at", "type", "what", "why"):
@@ -180,7 +181,7 @@ def _share(value: Any) -> str:
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(title=title)
+    table = Table(title=title, min_width=len(title))  # a title on one line
     for index, column in enumerate(columns):
         table.add_column(column, justify="left" if index == 0 else "right")
     for row in rows:
