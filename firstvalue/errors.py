@@ -22,9 +22,10 @@ class PlaybookError(FirstvalueError):
 
     def __init__(self, path: str, problems: list[PlaybookProblem]) -> None:
         self.path = path
-        self.problems = problems
+        # In the order of the file (those without a line last), whichever check found them.
+        self.problems = sorted(problems, key=lambda p: (p.line is None, p.line or 0))
         lines = [f"{path}: {len(problems)} problem(s)"]
-        lines += [f"  {problem}" for problem in problems]
+        lines += [f"  {problem}" for problem in self.problems]
         super().__init__("\n".join(lines))
 
 

@@ -79,6 +79,25 @@ timezone: Mars/Olympus
     assert "default_track" in found and "timezone" in found
 
 
+def test_problems_come_in_the_order_of_the_file():
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook(HEAD + """milestones:
+  - key: first_value
+    when:
+      all_of:
+        - {meaning: data_conected}
+phases: [contract_signed, kickof]
+tracks:
+  - key: t
+    targets: {first_vale: 3}
+default_track: nope
+timezone: Mars/Olympus
+""", "test.yaml")
+    lines = [p.line for p in caught.value.problems]
+    assert len(lines) >= 4 and None not in lines[:4]
+    assert lines == sorted(lines, key=lambda line: (line is None, line or 0))
+
+
 def test_a_file_that_is_not_yaml_names_the_line():
     found = problems_of("milestones: [\n  - key: x\n")
     assert list(found) == [""]
