@@ -472,9 +472,10 @@ def test_workers_end_when_their_caller_is_killed(tmp_path):
 
     script = tmp_path / "caller.py"
     script.write_text(_KILLED_CALLER)
+    # Its results directory, which a killed caller leaves behind, goes in tmp_path.
     with subprocess.Popen([sys.executable, str(script), f"sqlite:///{tmp_path / 'k.db'}"],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True) as caller:
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)}) as caller:
         try:
             worker = int(caller.stdout.readline())
             os.kill(worker, 0)  # alive
@@ -539,3 +540,40 @@ def test_a_script_without_a_main_guard_stops_at_once_saying_how_to_fix_it(tmp_pa
             "SELECT COUNT(*) FROM accounts WHERE state IS NOT NULL").scalar()
     database.dispose()
     assert evaluated == 0  # the tick was rolled back whole
+
+
+_GUARDED_MAIN = """
+import sys
+import msgspec
+from firstvalue.engine.compiled import compile_playbook
+from firstvalue.ingest.service import ingest_messages
+from firstvalue.playbook.loader import load_playbook
+from firstvalue.runtime.evaluation import tick
+from store_module import DATABASE  # opens the store when imported, in the workers too
+
+if __name__ == "__main__":
+    playbook = compile_playbook(load_playbook())
+    ingest_messages(DATABASE, [msgspec.json.encode({
+        "type": "group", "groupId": f"acct-{n}", "userId": f"u{n}", "messageId": f"m{n}",
+        "timestamp": "2026-06-01T00:00:00Z", "traits": {"segment": "smb"}})
+        for n in range(60)], 0, playbook.anchor_names)
+    print(tick(DATABASE, playbook, 10**15).evaluated)
+"""
+
+
+def test_a_guarded_script_whose_modules_open_the_store_when_imported_runs(tmp_path):
+    """Only writing is refused while a worker imports the script again: a guarded script
+    importing a module that opens the store at its top level (an app's `db.py`) works."""
+    import subprocess
+    import sys
+
+    (tmp_path / "store_module.py").write_text(
+        "import os\nfrom firstvalue.store.database import open_database\n"
+        "DATABASE = open_database(os.environ['STORE'])\n")
+    script = tmp_path / "main.py"
+    script.write_text(_GUARDED_MAIN)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "FIRSTVALUE_PARALLEL_ACCOUNTS": "50",
+             "FIRSTVALUE_EVALUATION_WORKERS": "1", "STORE": f"sqlite:///{tmp_path / 'g.db'}"})
+    assert (result.returncode, result.stdout.strip()) == (0, "60"), result.stderr

@@ -344,6 +344,63 @@ def test_when_the_crm_changes_an_owner_the_load_follows(database, routing_playbo
     assert assignment(database, "k4")[:2] == ("assigned", "amy")
 
 
+def test_an_owner_changed_between_routing_and_evaluation_is_still_routed(
+        database, routing_playbook, monkeypatch):
+    # A tick routes, commits, then evaluates: the CRM's new owner arrives in between. The
+    # evaluation marks the account evaluated, so routing must see the change then, or never.
+    from firstvalue.runtime import evaluation
+
+    roster(database, {"amy": 5, "carol": 5})
+    add_accounts(database, routing_playbook, ["k5"], T0, owner="carol@team.example")
+    real_prepare = evaluation._prepare
+
+    def prepare_then_the_crm_writes(*args):
+        prepared = real_prepare(*args)
+        changed = encode({"type": "group", "groupId": "k5", "userId": "k5-u",
+                          "messageId": "g2-k5", "timestamp": "2026-03-02T11:00:00Z",
+                          "traits": {"owner": "amy"}})
+        ingest_messages(database, [changed], T0 + 2 * HOUR, routing_playbook.anchor_names)
+        return prepared
+
+    monkeypatch.setattr(evaluation, "_prepare", prepare_then_the_crm_writes)
+    tick(database, routing_playbook, T0 + 2 * HOUR)
+    monkeypatch.undo()
+    assert assignment(database, "k5")[:2] == ("assigned", "amy")
+    assert loads(database) == {"amy": 1, "carol": 0}
+    tick(database, routing_playbook, T0 + 3 * HOUR)
+    assert loads(database) == {"amy": 1, "carol": 0}
+
+
+def test_waiting_accounts_are_routed_again_only_when_there_is_room_or_they_changed(
+        database, routing_playbook, monkeypatch):
+    from firstvalue.runtime import evaluation, routing
+
+    roster(database, {"amy": 1})
+    add_accounts(database, routing_playbook, ["w1", "w2"], T0)
+    assert [assignment(database, a)[0] for a in ("w1", "w2")] == ["assigned", "waiting"]
+    seen: list[list[str]] = []
+
+    def recording(conn, playbook):
+        seen.append(routing.routing_candidates(conn, playbook))
+        return seen[-1]
+
+    monkeypatch.setattr(evaluation, "routing_candidates", recording)
+    tick(database, routing_playbook, T0 + HOUR)
+    assert seen[-1] == []  # amy is full: w2 stays as it was, its row not written again
+    smb = encode({"type": "group", "groupId": "w2", "userId": "w2-u", "messageId": "g2-w2",
+                  "timestamp": "2026-03-02T11:00:00Z", "traits": {"segment": "smb"}})
+    ingest_messages(database, [smb], T0 + 2 * HOUR, routing_playbook.anchor_names)
+    tick(database, routing_playbook, T0 + 2 * HOUR)
+    assert seen[-1] == ["w2"]  # changed: routed again, now self-serve
+    assert assignment(database, "w2")[0] == "self_serve"
+    with database.write() as conn:
+        save_member(conn, "bob", "bob@team.example", "csm", 2, "Europe/Berlin", None, T0)
+    ingest_messages(database, [m for m in signed("w3", "2026-03-02T12:00:00Z")],
+                    T0 + 3 * HOUR, routing_playbook.anchor_names)
+    tick(database, routing_playbook, T0 + 3 * HOUR)
+    assert assignment(database, "w3")[:2] == ("assigned", "bob")
+
+
 def test_working_days_that_cross_midnight_utc_overlap():
     now = micros("2026-11-02T01:00:00Z")
     # Tokyo works 00:00-08:00 UTC, Honolulu 19:00-03:00 UTC: 00:00 to 03:00 together.

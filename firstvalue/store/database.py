@@ -39,6 +39,10 @@ CONFLICT_BACKOFF_SECONDS = 0.05  # the first wait before trying again; it double
 T = TypeVar("T")
 
 
+GUARD_HINT = ("guard the script's top level with `if __name__ == \"__main__\":` (worker "
+              "processes import it again), or set FIRSTVALUE_EVALUATION_WORKERS=0")
+
+
 @dataclass
 class Database:
     engine: Engine
@@ -56,6 +60,14 @@ class Database:
         """A transaction that writes. On SQLite it takes the write lock when it begins, so two
         writers queue instead of one failing with "database is locked" when its read turns
         into a write; reads (`engine.connect()`) begin as usual and never wait on a writer."""
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # A worker process of a large evaluation imports the caller's main script again
+            # before it starts. A script without the guard would run again in each worker: a
+            # second tick or import, and on SQLite a wait of 30 s for the caller's write lock
+            # before the worker failed (found by review). Stopped at once instead. (Merely
+            # opening the store there, as a module imported by a guarded script may, is fine.)
+            raise StoreError("firstvalue was asked to write while a worker process was "
+                             f"importing your script's top level again; {GUARD_HINT}.")
         with self.engine.connect().execution_options(firstvalue_write=True) as conn, \
                 conn.begin():
             yield conn
@@ -85,19 +97,9 @@ def missing_sqlite_file(url: str) -> str | None:
     return path
 
 
-GUARD_HINT = ("guard the script's top level with `if __name__ == \"__main__\":` (worker "
-              "processes import it again), or set FIRSTVALUE_EVALUATION_WORKERS=0")
-
 
 def open_database(url: str, migrate: bool = True) -> Database:
     """Open (and by default migrate to the latest schema) the database at `url`."""
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        # A worker process of a large evaluation imports the caller's main script again
-        # before it starts. A script whose top level opens the store would run again in
-        # each worker: a second tick, and on SQLite a wait for the caller's write lock of
-        # 30 s before the worker failed (found by review). Stop it at once instead.
-        raise StoreError(f"firstvalue was started again while a worker process imported your "
-                         f"script's top level; {GUARD_HINT}.")
     engine = _create_engine(engine_url(url))
     database = Database(engine=engine, url=url)
     if migrate:
