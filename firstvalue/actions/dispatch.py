@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from firstvalue.actions import channels
 from firstvalue.actions.channels import DeliveryError, Outgoing
+from firstvalue.actions.outbox import actions_by_account
 from firstvalue.actions.templates import TemplateRenderError, render
 from firstvalue.clock import isoformat
 from firstvalue.engine.compiled import CompiledPlaybook
@@ -191,8 +192,9 @@ class Dispatcher:
         start = start_of_local_day(day, tz)
         with self.database.engine.connect() as conn:
             sent_today = conn.execute(sa.text(
-                "SELECT COUNT(*) FROM actions WHERE contact = :c AND kind IN ('email', 'in_app') "
-                "AND status = 'sent' AND sent_at >= :start AND account_id = :a"),
+                f"SELECT COUNT(*) FROM {actions_by_account(conn)} WHERE contact = :c "
+                "AND kind IN ('email', 'in_app') AND status = 'sent' AND sent_at >= :start "
+                "AND account_id = :a"),
                 {"c": contact, "start": start, "a": row["account_id"]}).scalar()
         if sent_today >= model.daily_cap:
             return window_opening(day + timedelta(days=1), tz, model.send_window)

@@ -23,6 +23,16 @@ STATUSES = ("pending", "sent", "failed", "dead", "cancelled", "suppressed")
 ALERT_KINDS = ("slack", "task", "flag", "email")
 
 
+def actions_by_account(conn: sa.Connection, alias: str = "") -> str:
+    """The actions table, for a query that picks rows by account and by status: on SQLite,
+    told to use the account index. Without statistics SQLite prefers the status index there,
+    and reads every sent action of every account for each account asked about (measured:
+    the demo's ticks spent 10.5 s of 155 on one such query; the dispatcher's daily-cap count
+    did the same)."""
+    table = f"actions {alias}".rstrip()
+    return f"{table} INDEXED BY ix_actions_account" if conn.dialect.name == "sqlite" else table
+
+
 def existing_actions(conn: sa.Connection,
                      account_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The outbox rows of these accounts, by account and key (what `reconcile` compares)."""

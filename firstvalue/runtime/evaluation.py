@@ -18,7 +18,12 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from firstvalue.actions.outbox import OutboxChanges, existing_actions, reconcile
+from firstvalue.actions.outbox import (
+    OutboxChanges,
+    actions_by_account,
+    existing_actions,
+    reconcile,
+)
 from firstvalue.engine import AccountFacts, EventFact, evaluate_account
 from firstvalue.engine.compiled import CompiledPlaybook
 from firstvalue.engine.evaluate import AccountState
@@ -515,9 +520,9 @@ def previous_owners(conn: sa.Connection, account_ids: Iterable[str]) -> dict[str
     full tick need not read every stored state for it."""
     rows = event_store.select_in(conn, (
         "SELECT a.id, a.state FROM accounts a WHERE a.id IN :ids AND a.state IS NOT NULL "
-        "AND EXISTS (SELECT 1 FROM actions t WHERE t.account_id = a.id AND t.kind = 'task' "
-        "AND t.recipient = 'owner' AND t.status = 'sent' AND t.done_at IS NULL)"),
-        account_ids)
+        f"AND EXISTS (SELECT 1 FROM {actions_by_account(conn, 't')} WHERE t.account_id = a.id "
+        "AND t.kind = 'task' AND t.recipient = 'owner' AND t.status = 'sent' "
+        "AND t.done_at IS NULL)"), account_ids)
     owners = {}
     for account_id, state in rows:
         try:
