@@ -348,10 +348,10 @@ def test_a_read_command_on_a_store_that_is_not_there_says_so_and_makes_none(tmp_
     # "0 account(s)" from a store made there on the spot (and a mistyped --db does the same).
     path = tmp_path / "typo.db"
     result = CliRunner().invoke(cli, ["--db", f"sqlite:///{path}", *command])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a firstvalue error (docs/cli.md "Exit codes")
     flat = " ".join(result.output.split())
-    assert f"Error: there is no store at {path} (--db sqlite:///{path}). Import events " \
-           "first (firstvalue import FILE)" in flat
+    assert f"there is no store at {path} (--db or FIRSTVALUE_DB: sqlite:///{path}). Import " \
+           "events first (firstvalue import FILE)" in flat
     assert not path.exists()
 
 
@@ -363,3 +363,24 @@ def test_importing_a_file_again_says_nothing_changed_instead_of_asking_for_a_tic
     assert "4 duplicate" in output
     assert "Nothing new was stored, so no account changed." in output
     assert "firstvalue tick" not in output
+
+
+def test_a_milestone_done_without_a_day_0_says_so_in_the_timeline(loaded):
+    from dataclasses import replace
+
+    from firstvalue.cli.main import resolve_now
+    from firstvalue.engine.compiled import compile_playbook
+    from firstvalue.playbook.loader import load_playbook
+    from firstvalue.runtime.evaluation import evaluate_accounts
+    from firstvalue.runtime.timeline import account_view
+    from firstvalue.store.database import open_database
+
+    database, now = open_database(loaded), resolve_now(NOW)
+    [state] = evaluate_accounts(database, compile_playbook(load_playbook()), now, ["acme"])
+    done = [m for m in state.milestones if m.completed_at]
+    assert done
+    state = replace(state, milestones=tuple(replace(m, local_day=None) for m in done))
+    texts = [e["what"] for e in account_view(database, state, now)["timeline"]
+             if e["type"] == "milestone"]
+    database.dispose()
+    assert texts and all("(no day 0 yet, target" in text for text in texts), texts

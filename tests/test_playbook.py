@@ -155,3 +155,17 @@ def test_playbook_check_counts_one_milestone_and_one_track_in_the_singular(tmp_p
     result = CliRunner().invoke(cli, ["playbook", "check", str(small)])
     assert result.exit_code == 0, result.output
     assert "valid (1 milestone, 1 track)" in result.output
+
+
+def test_an_unknown_track_in_an_interventions_where_is_reported():
+    from firstvalue.playbook.loader import read_default_text
+
+    head, interventions = read_default_text().split("\ninterventions:", 1)
+    assert "    where: {tier: [1, 2]}" in interventions
+    broken = head + "\ninterventions:" + interventions.replace(
+        "    where: {tier: [1, 2]}", "    where: {track: [tier1]}", 1)
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook(broken, "test.yaml")
+    found = {p.location: p.message for p in caught.value.problems}
+    assert any(place.startswith("interventions[") and place.endswith("].where.track")
+               and message == "unknown track 'tier1'" for place, message in found.items()), found

@@ -15,7 +15,13 @@ import msgspec
 from firstvalue.access import ROLES
 from firstvalue.clock import parse_instant, system_now, to_micros
 from firstvalue.engine.compiled import CompiledPlaybook, compile_playbook
-from firstvalue.errors import ConfigError, FirstvalueError, PlaybookError, UnknownAccount
+from firstvalue.errors import (
+    ConfigError,
+    FirstvalueError,
+    PlaybookError,
+    StoreError,
+    UnknownAccount,
+)
 from firstvalue.playbook.loader import load_playbook, playbook_json_schema
 from firstvalue.settings import get_setting
 from firstvalue.store.database import Database, missing_sqlite_file, open_database
@@ -45,10 +51,10 @@ class Context:
         command run in another directory, would otherwise show nothing and leave a file)."""
         missing = missing_sqlite_file(self.db_url)
         if missing is not None:
-            raise click.ClickException(
-                f"there is no store at {missing} (--db {self.db_url}). Import events first "
-                "(firstvalue import FILE), or name an existing store with --db (the demo's is "
-                "sqlite:///firstvalue-demo.db).")
+            raise StoreError(
+                f"there is no store at {missing} (--db or FIRSTVALUE_DB: {self.db_url}). "
+                "Import events first (firstvalue import FILE), or name an existing store "
+                "with --db (the demo's is sqlite:///firstvalue-demo.db).")
         return self.database
 
     def close(self) -> None:

@@ -397,6 +397,7 @@ def _stall_problems(model: Playbook) -> list[PlaybookProblem]:
     for index, intervention in enumerate(model.interventions):
         problems += _actions_problems(intervention.actions, f"interventions[{index}].actions",
                                       model.templates)
+        problems += _where_problems(intervention.where, f"interventions[{index}].where", model)
     diagnosis = model.diagnosis
     for place, meaning in (("ticket_meaning", diagnosis.ticket_meaning),
                            ("feature_meaning", diagnosis.feature_meaning),

@@ -48,8 +48,11 @@ def _timeline(state: AccountState, events: list[Any],
         if milestone.completed_at:
             timing = "on time" if milestone.on_time else (
                 "late" if milestone.on_time is False else "no target day known")
+            # Without a day 0 (no kickoff or contract known yet) there is no local day.
+            day = "no day 0 yet" if milestone.local_day is None else \
+                f"local day {milestone.local_day}"
             entries.append({"at": milestone.completed_at, "type": "milestone",
-                            "what": f"{milestone.key} done (local day {milestone.local_day}, "
+                            "what": f"{milestone.key} done ({day}, "
                                     f"target {milestone.target_day}, {timing})",
                             "actor": None, "reason": "its first qualifying event",
                             "ref": milestone.evidence})
