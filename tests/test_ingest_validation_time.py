@@ -31,3 +31,14 @@ def test_an_archived_line_without_received_at_keeps_its_timestamp():
     message = {"type": "track", "userId": "u", "event": "E", "messageId": "m",
                "timestamp": "2026-01-05T10:59:00Z", "sentAt": "2026-01-05T11:00:00Z"}
     assert stamp(message, from_file=True) == micros("2026-01-05T10:59:00Z")
+
+
+def test_text_that_is_not_json_is_rejected_as_such_with_the_fix():
+    for raw in (b'{"type": "track"', b"{nope", b""):
+        judged = validate_message(raw, NOW)
+        assert not isinstance(judged, Accepted)
+        assert judged.reason.startswith("not a valid event: it is not valid JSON (")
+        assert judged.reason.endswith("); send one JSON object per event")
+    # Valid JSON of the wrong shape keeps the parser's own words.
+    assert validate_message(b"[1, 2]", NOW).reason == \
+        "not a valid event: Expected `object`, got `array`"

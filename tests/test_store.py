@@ -389,3 +389,19 @@ def test_sqlite_reads_a_few_accounts_open_tasks_through_the_account_index(sqlite
             f"EXPLAIN QUERY PLAN {statement}", parameters).all())
     sa.event.remove(sqlite_database.engine, "before_cursor_execute", record)
     assert "INDEX ix_actions_account" in plan and "ix_actions_status_next" not in plan
+
+
+@pytest.mark.postgres
+def test_a_postgresql_database_that_is_not_there_is_named_with_a_postgresql_fix():
+    from firstvalue.errors import StoreError
+    from firstvalue.store.database import open_database
+    from tests.conftest import PG_URL
+
+    url = PG_URL.rsplit("/", 1)[0] + "/no_such_database_here"
+    with pytest.raises(StoreError) as raised:
+        open_database(url)
+    message = str(raised.value)
+    assert message.startswith(f"cannot open the database {url!r}: ")
+    assert 'database "no_such_database_here" does not exist' in message
+    assert message.endswith("check that --db names an existing PostgreSQL database, user and "
+                            "schema that this user may create tables in")

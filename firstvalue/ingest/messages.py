@@ -252,4 +252,7 @@ def _explain_decode_error(exc: msgspec.DecodeError) -> str:
     text = str(exc)
     if text.startswith("Invalid RFC3339"):
         return text + "; write times as ISO 8601 with an offset, e.g. 2026-03-01T09:00:00Z"
+    if text.startswith(("Input data was truncated", "JSON is malformed", "Input data was empty")):
+        # The parser's words for text that is not JSON at all (cut short, a stray character).
+        return f"it is not valid JSON ({text}); send one JSON object per event"
     return text

@@ -106,8 +106,10 @@ def open_database(url: str, migrate: bool = True) -> Database:
         try:
             upgrade(database)
         except sa.exc.DBAPIError as exc:
-            problem, fix = str(exc.orig), ("check that --db names a firstvalue database or a "
-                                           "new file")
+            problem, fix = str(exc.orig), (
+                "check that --db names a firstvalue database or a new file" if database.is_sqlite
+                else "check that --db names an existing PostgreSQL database, user and schema "
+                     "that this user may create tables in")
             if isinstance(exc.orig, psycopg.errors.InvalidSchemaName):
                 problem = problem.splitlines()[0]
                 fix = (f"no schema of its search_path ({_search_path(engine)}) exists: create "
