@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from firstvalue.errors import PlaybookError, PlaybookProblem
 from firstvalue.playbook.model import (
+    CLOCK_PATTERN,
     PHASE_ANCHORS,
     AllOf,
     AnyOf,
@@ -204,6 +205,9 @@ def _explain(error: dict[str, Any]) -> tuple[str, str]:
         key = error["loc"][-1]
         return (f"unknown key {key!r}",
                 "remove it or correct its spelling; `firstvalue playbook schema` lists the keys")
+    if kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == CLOCK_PATTERN:
+        return (f"{_short(value)} is not a time of day",
+                'write it as HH:MM on the 24-hour clock, in quotes, e.g. "09:00" or "17:30"')
     if kind == "string_pattern_mismatch":
         return (f"{_short(value)} is not a valid key",
                 "use lower-case letters, digits and underscores, starting with a letter")
@@ -221,6 +225,9 @@ def _explain(error: dict[str, Any]) -> tuple[str, str]:
         return (f"{_short(value)} is not a condition",
                 "write one of {event: NAME}, {meaning: KEY}, {users: N, of: [...]}, "
                 "{all_of: [...]} or {any_of: [...]}")
+    if kind == "value_error":
+        # A check of the playbook's own, whose message says what is wrong and how.
+        return error["msg"].removeprefix("Value error, ").rstrip("."), "correct the values"
     return f"{error['msg'].rstrip('.')} (value {_short(value)})", "correct the value"
 
 
