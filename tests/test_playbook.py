@@ -171,26 +171,24 @@ def test_an_unknown_track_in_an_interventions_where_is_reported():
                and message == "unknown track 'tier1'" for place, message in found.items()), found
 
 
-def test_a_send_window_time_that_is_not_hh_mm_says_so():
-    found = problems_of(HEAD + """milestones:
+def window_problems(window: str) -> dict[str, str]:
+    return problems_of(HEAD + f"""milestones:
   - key: first_value
-    when: {meaning: value_delivered}
+    when: {{meaning: value_delivered}}
 tracks:
   - key: t
-send_window: {start: "9am", end: "25:00"}
+send_window: {window}
 """)
+
+
+def test_a_send_window_time_that_is_not_hh_mm_says_so():
+    found = window_problems('{start: "9am", end: "25:00"}')
     for place, value in (("send_window.start", '"9am"'), ("send_window.end", '"25:00"')):
         assert found[place].startswith(f'{value} is not a time of day | write it as HH:MM '
                                        'on the 24-hour clock'), found[place]
 
 
 def test_a_send_window_that_closes_before_it_opens_says_so_plainly():
-    found = problems_of(HEAD + """milestones:
-  - key: first_value
-    when: {meaning: value_delivered}
-tracks:
-  - key: t
-send_window: {start: "17:00", end: "09:00"}
-""")
+    found = window_problems('{start: "17:00", end: "09:00"}')
     assert found["send_window"].startswith(
         "the window opens at 17:00 and closes at 09:00; the opening must come first | "), found
