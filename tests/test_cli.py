@@ -384,3 +384,18 @@ def test_a_milestone_done_without_a_day_0_says_so_in_the_timeline(loaded):
              if e["type"] == "milestone"]
     database.dispose()
     assert texts and all("(no day 0 yet, target" in text for text in texts), texts
+
+
+@pytest.mark.parametrize(("argv0", "on_path", "expected"), [
+    (".venv/bin/firstvalue", None, ".venv/bin/firstvalue"),  # the README's command
+    ("/usr/bin/firstvalue", "/usr/bin/firstvalue", "firstvalue"),  # found by its name
+    ("/opt/fv/bin/firstvalue", "/usr/bin/firstvalue", "/opt/fv/bin/firstvalue"),
+    ("/x/firstvalue/__main__.py", None, "firstvalue"),  # python -m firstvalue
+])
+def test_the_demo_names_the_command_as_it_can_be_run_again(monkeypatch, argv0, on_path,
+                                                            expected):
+    from firstvalue.cli import main
+
+    monkeypatch.setattr(main.sys, "argv", [argv0, "demo"])
+    monkeypatch.setattr(main.shutil, "which", lambda name: on_path)
+    assert main.invoked_as() == expected

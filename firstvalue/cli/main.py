@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -292,10 +294,24 @@ def demo_command(obj: Context, account_count: int, seed: int, today: str | None,
     click.echo(f"\nCharts: {', '.join(str(path) for path in charts)}")
     click.echo(f"\nSimulated {result.accounts} accounts, {result.events} events and "
                f"{result.ticks} ticks in {result.seconds:.1f} s.")
-    click.echo(f"Explore it: firstvalue --db sqlite:///{demo_db} accounts --now {result.now}")
-    click.echo(f"Serve it:   firstvalue --db sqlite:///{demo_db} users add admin --role admin")
-    click.echo(f"            firstvalue --db sqlite:///{demo_db} serve")
+    command = invoked_as()
+    click.echo(f"Explore it: {command} --db sqlite:///{demo_db} accounts --now {result.now}")
+    click.echo(f"Serve it:   {command} --db sqlite:///{demo_db} users add admin --role admin")
+    click.echo(f"            {command} --db sqlite:///{demo_db} serve")
     click.echo("            then open http://127.0.0.1:8000/ and log in as admin")
+
+
+def invoked_as() -> str:
+    """How to run firstvalue again from this shell: `firstvalue` when that name finds this
+    program, else the path it was started by (the README's `.venv/bin/firstvalue`, whose
+    virtual environment is not activated, so that a bare `firstvalue` is not found)."""
+    started = sys.argv[0] if sys.argv else ""
+    if os.path.basename(started) != "firstvalue":
+        return "firstvalue"  # `python -m firstvalue`, or a program calling the CLI itself
+    found = shutil.which("firstvalue")
+    if found is not None and os.path.realpath(found) == os.path.realpath(started):
+        return "firstvalue"
+    return started
 
 
 @cli.command("serve")
