@@ -44,7 +44,13 @@ def _wait_until_blocked_by(database, conn: sa.Connection, seconds: float = 5) ->
     """On PostgreSQL, poll until some session waits for a lock `conn` holds (or give up)."""
     if database.is_sqlite:
         return
-    pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    some_session_waits_for(database, conn.exec_driver_sql("SELECT pg_backend_pid()").scalar(),
+                           seconds)
+
+
+def some_session_waits_for(database, pid: int, seconds: float) -> bool:
+    """On PostgreSQL, poll until some session waits for a lock the session `pid` holds;
+    whether one did within `seconds`."""
     deadline = time.monotonic() + seconds
     with database.engine.connect() as probe:
         while time.monotonic() < deadline:
@@ -52,8 +58,9 @@ def _wait_until_blocked_by(database, conn: sa.Connection, seconds: float = 5) ->
                 "SELECT COUNT(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
                 {"pid": pid}).scalar()
             if waiting:
-                return
+                return True
             time.sleep(0.02)
+    return False
 
 
 def _store_while_another_writer_waits(database, playbook, first: bytes, second: bytes):

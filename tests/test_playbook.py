@@ -57,8 +57,7 @@ tracks:
     assert "unknown key 'colour'" in found["milestones[2].when.colour"]
 
 
-def test_references_between_keys_are_checked_with_the_known_keys_in_the_fix():
-    found = problems_of(HEAD + """milestones:
+BROKEN_REFERENCES = HEAD + """milestones:
   - key: first_value
     when:
       all_of:
@@ -70,7 +69,11 @@ tracks:
     targets: {first_vale: 3}
 default_track: nope
 timezone: Mars/Olympus
-""")
+"""
+
+
+def test_references_between_keys_are_checked_with_the_known_keys_in_the_fix():
+    found = problems_of(BROKEN_REFERENCES)
     assert "unknown meaning 'data_conected'" in found["milestones[0].when.all_of[0].meaning"]
     assert "value_delivered" in found["milestones[0].when.all_of[0].meaning"]
     assert "milestones[0].when.all_of[1].of" in found
@@ -81,18 +84,7 @@ timezone: Mars/Olympus
 
 def test_problems_come_in_the_order_of_the_file():
     with pytest.raises(PlaybookError) as caught:
-        parse_playbook(HEAD + """milestones:
-  - key: first_value
-    when:
-      all_of:
-        - {meaning: data_conected}
-phases: [contract_signed, kickof]
-tracks:
-  - key: t
-    targets: {first_vale: 3}
-default_track: nope
-timezone: Mars/Olympus
-""", "test.yaml")
+        parse_playbook(BROKEN_REFERENCES, "test.yaml")
     lines = [p.line for p in caught.value.problems]
     assert len(lines) >= 4 and None not in lines[:4]
     assert lines == sorted(lines, key=lambda line: (line is None, line or 0))

@@ -23,7 +23,7 @@ from firstvalue.runtime.evaluation import tick
 from firstvalue.store import database as store_database
 from firstvalue.store.database import CONFLICT_ATTEMPTS, conflict_code, retry_conflicts
 from tests.conftest import encode, micros
-from tests.test_ingest_concurrency import _wait_until_blocked_by
+from tests.test_ingest_concurrency import _wait_until_blocked_by, some_session_waits_for
 
 NOW = micros("2026-06-01T12:00:00Z")
 RETRIED = "running it again"
@@ -175,7 +175,7 @@ def test_a_tick_stopped_by_a_deadlock_is_run_again_and_stores_its_states(
         waiting = threading.Thread(target=other.exec_driver_sql,
                                    args=("SELECT id FROM accounts WHERE id = 'a2' FOR UPDATE",))
         waiting.start()
-        _wait_until_waiting_for(database, tick_pid[0])
+        assert some_session_waits_for(database, tick_pid[0], 30)
         go.set()
         waiting.join(timeout=60)  # the tick was stopped: the other writer has a2
         transaction.commit()
@@ -189,20 +189,6 @@ def test_a_tick_stopped_by_a_deadlock_is_run_again_and_stores_its_states(
         rows = conn.exec_driver_sql(
             "SELECT id, evaluated_seq = change_seq FROM accounts ORDER BY id").all()
     assert [tuple(row) for row in rows] == [("a1", True), ("a2", True)]
-
-
-def _wait_until_waiting_for(database, pid: int, seconds: float = 30) -> None:
-    """Poll until some session waits for a lock the session `pid` holds."""
-    deadline = time.monotonic() + seconds
-    with database.engine.connect() as probe:
-        while time.monotonic() < deadline:
-            waiting = probe.execute(sa.text(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
-                {"pid": pid}).scalar()
-            if waiting:
-                return
-            time.sleep(0.02)
-    raise AssertionError(f"no session came to wait for session {pid}")
 
 
 @pytest.mark.postgres

@@ -175,8 +175,8 @@ def accounts_command(obj: Context, as_json: bool, now_text: str | None) -> None:
     else:
         show_accounts(states, obj.playbook)
         if not states:
-            # A command run without --db in another directory opens (and makes) a new, empty
-            # store there: say which store this was.
+            # An existing store with no account (a command run without --db where another
+            # one made firstvalue.db, say): name the store this was.
             click.echo(f"No accounts in {obj.db_url}. Import events first (firstvalue import "
                        "FILE), or name another store with --db (the demo's is "
                        "sqlite:///firstvalue-demo.db).", err=True)

@@ -187,12 +187,14 @@ def _escalation_facts(facts: Callable[[], dict[str, Any]], key: str, due_at: int
 def _cancel_reason(unless: Happening | None, cleared_at: int | None, due_at: int,
                    tz: zoneinfo.ZoneInfo) -> Callable[[], str]:
     happened = "was booked" if unless and unless.anchor == "kickoff" else "happened"
-    if cleared_at == due_at:
-        return lambda: (f"cancelled: {_describe(unless)} {happened} at "
-                        f"{local_isoformat(due_at, tz)}, just as the escalation came due")
-    return lambda: (f"cancelled: {_describe(unless)} {happened} at "
-                    f"{local_isoformat(cleared_at or 0, tz)}, before the escalation came due "
-                    f"at {local_isoformat(due_at, tz)}")
+
+    def reason() -> str:  # worked out only when needed, as every reason is
+        came_due = "just as the escalation came due" if cleared_at == due_at else \
+            f"before the escalation came due at {local_isoformat(due_at, tz)}"
+        return (f"cancelled: {_describe(unless)} {happened} at "
+                f"{local_isoformat(cleared_at or 0, tz)}, {came_due}")
+
+    return reason
 
 
 def _triggers(rule: Rule, context: RuleContext) -> list[Trigger]:

@@ -40,7 +40,13 @@ from firstvalue.runtime.routing import (
 from firstvalue.runtime.stall_history import StallChanges, record_stalls, recorded_stalls
 from firstvalue.runtime.workers import InWorkers, WorkerResult, worker_count
 from firstvalue.store import events as event_store
-from firstvalue.store.database import Database, ManyRows, execute_many, retry_conflicts
+from firstvalue.store.database import (
+    Database,
+    ManyRows,
+    execute_many,
+    retry_conflicts,
+    take_turns,
+)
 from firstvalue.store.traits import plain_traits
 
 log = logging.getLogger(__name__)
@@ -271,25 +277,33 @@ def _prepare(database: Database, playbook: CompiledPlaybook,
              now: int) -> tuple[int, dict[str, int]]:
     """Attach held events, record the playbook's version, route accounts. How many accounts
     got held events, and the assigned accounts whose change routing has seen, with their
-    change_seq then."""
+    change_seq then (None when nothing is routed: no `ownership`, or no roster)."""
     with database.write() as conn:
-        _one_tick_at_a_time(conn)
+        take_turns(conn, TICK_TURNS)
         held = held_for_known_accounts(conn)
-        candidates = routing_candidates(conn, playbook)
+        routing = routing_active(conn, playbook)
+        candidates = routing_candidates(conn, playbook) if routing else []
         event_store.lock_accounts(conn, {*held, *candidates})
         attached = sweep_held_events(conn, now, held)
         if _recorded_key(database, playbook) not in _RECORDED:
             record_playbook_version(conn, playbook, now)
         route_accounts(conn, playbook, now, candidates)
-        routed = changed_assigned(conn) if candidates else {}
+        routed = changed_assigned(conn) if routing else None
     return attached, routed
 
 
+# Ticks take turns (`take_turns`): two at once (the scheduler and a `firstvalue tick`, or two
+# servers) would evaluate the same accounts twice and lock the roster's rows (owners' loads)
+# and the accounts in orders that can deadlock; one after the other, the second finds what
+# the first left.
+TICK_TURNS = "tick"
+
+
 def _evaluate(database: Database, playbook: CompiledPlaybook, now: int,
-              routed: dict[str, int]) -> int:
+              routed: dict[str, int] | None) -> int:
     with database.write() as conn:
-        _one_tick_at_a_time(conn)
-        if routing_active(conn, playbook):
+        take_turns(conn, TICK_TURNS)
+        if routed is not None:
             # An assigned account another writer changed after `_prepare` (a new `owner`
             # trait, say) would be evaluated below without routing having seen its change,
             # and no later tick would see it as changed: routed here, before it is evaluated
@@ -304,17 +318,6 @@ def _evaluate(database: Database, playbook: CompiledPlaybook, now: int,
         ), {"now": now, "version": playbook.version}).all()
         seqs = dict(due)  # type: ignore[arg-type]
         return _evaluate_due(database, conn, playbook, seqs, now)
-
-
-def _one_tick_at_a_time(conn: sa.Connection) -> None:
-    """On PostgreSQL, wait until no other tick's transaction on this store (schema) is under
-    way. Two ticks at once (the scheduler and a `firstvalue tick`, or two servers) would
-    evaluate the same accounts twice and lock the team roster's rows (owners' loads) and the
-    accounts in orders that can deadlock; one after the other, the second finds what the
-    first left. (On SQLite the write lock already makes them take turns.)"""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtextextended('firstvalue-tick:' "
-                             "|| current_schema(), 0))")
 
 
 def _evaluate_due(database: Database, conn: sa.Connection, playbook: CompiledPlaybook,
@@ -480,11 +483,8 @@ class _TickWrites:
         self.states.append(writes.state)
 
     def apply(self, conn: sa.Connection) -> None:
-        # The accounts' rows locked first, in id order (on PostgreSQL): the writes below take
-        # their row locks in whatever order the server joins them, and two ticks writing the
-        # same accounts then wait for each other instead of deadlocking. Ordered as Python
-        # sorts (by code point, as the "C" collation does), as the batches are cut: in a
-        # database of another collation, its own order would not follow from batch to batch.
+        # The accounts' rows locked first, in the one order (see `lock_accounts`): the writes
+        # below take their row locks in whatever order the server joins them.
         event_store.lock_accounts(conn, [state["id"] for state in self.states])
         self.outbox.apply(conn)
         self.stalls.apply(conn)

@@ -46,12 +46,9 @@ def load_team(conn: sa.Connection) -> list[Member]:
 
 
 def routing_candidates(conn: sa.Connection, playbook: CompiledPlaybook) -> list[str]:
-    """The accounts a tick routes, in the order it routes them: those waiting for capacity,
-    those without an assignment, and assigned ones that changed since their evaluation.
-    None while the playbook declares no `ownership` or the roster is empty: a team that has
-    not set up its roster is not routing yet."""
-    if not routing_active(conn, playbook):
-        return []
+    """The accounts a tick routes (when `routing_active`), in the order it routes them:
+    those waiting for capacity, those without an assignment, and assigned ones that changed
+    since their evaluation."""
     # While no member has room, routing a waiting account again changes nothing: only those
     # that changed are (a new tier, an `owner` set by the CRM). Routing all of them every
     # tick rewrote their rows for nothing, with their accounts locked (a review: 1,146
@@ -71,6 +68,8 @@ def routing_candidates(conn: sa.Connection, playbook: CompiledPlaybook) -> list[
 
 
 def routing_active(conn: sa.Connection, playbook: CompiledPlaybook) -> bool:
+    """Whether ticks route accounts: not while the playbook declares no `ownership` or the
+    roster is empty (a team that has not set up its roster is not routing yet)."""
     return bool(playbook.loaded.model.ownership) and bool(
         conn.execute(sa.text("SELECT COUNT(*) FROM team_members")).scalar())
 
@@ -85,11 +84,8 @@ def changed_assigned(conn: sa.Connection) -> dict[str, int]:
 
 
 def route_accounts(conn: sa.Connection, playbook: CompiledPlaybook, now: int,
-                   candidates: list[str] | None = None) -> int:
-    """Route the accounts that need it (`routing_candidates`, unless given); the number
-    assigned."""
-    if candidates is None:
-        candidates = routing_candidates(conn, playbook)
+                   candidates: list[str]) -> int:
+    """Route these accounts (`routing_candidates`, in its order); the number assigned."""
     if not candidates:
         return 0
     team = {m.handle: m for m in load_team(conn)}

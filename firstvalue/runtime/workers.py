@@ -129,8 +129,7 @@ class InWorkers:
         _LIVE_DIRS.add(self.results_dir)
         # Never written to: each worker waits on its end and exits when this process's end
         # closes, which it does when this process ends, however it ends (see `_start_worker`).
-        self.lifeline, lifeline_end = context.Pipe(duplex=False)
-        self.lifeline_end = lifeline_end
+        self.lifeline, self.lifeline_end = context.Pipe(duplex=False)
         try:
             self.pool = ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_start_worker,

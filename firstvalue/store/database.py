@@ -86,6 +86,17 @@ def engine_url(url: str) -> str:
     )
 
 
+def take_turns(conn: sa.Connection, name: str) -> None:
+    """On PostgreSQL, wait until no other transaction holds the lock `name` of this store
+    (its schema), and hold it until this transaction ends: an advisory lock on a hash of the
+    name and the schema, so that stores in other schemas of the database do not wait. (On
+    SQLite the write lock already makes writers take turns.)"""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended("
+                             "'firstvalue-' || :name || ':' || current_schema(), 0))"),
+                     {"name": name})
+
+
 def missing_sqlite_file(url: str) -> str | None:
     """The file a SQLite `--db` URL names, if it is not there (None for PostgreSQL, for a
     store in memory, for a URL with options, and for a file that exists)."""
@@ -95,7 +106,6 @@ def missing_sqlite_file(url: str) -> str | None:
     if not path or path == ":memory:" or Path(path).exists():
         return None
     return path
-
 
 
 def open_database(url: str, migrate: bool = True) -> Database:
@@ -184,15 +194,11 @@ def upgrade(database: Database) -> None:
     with database.write() as connection:
         from alembic import command
 
-        if connection.dialect.name == "postgresql":
-            # Processes starting at once on an older store would each migrate it, and all
-            # but one then stopped with a raw Alembic error: they take turns, and each reads
-            # the version after its turn comes (Alembic reads it inside `upgrade`), so the
-            # later ones find nothing left to do. Per schema, so that stores in other schemas
-            # of the database do not wait. (On SQLite the write lock already serializes.)
-            connection.exec_driver_sql(
-                "SELECT pg_advisory_xact_lock(hashtextextended('firstvalue-migrate:' || "
-                "current_schema(), 0))")
+        # Processes starting at once on an older store would each migrate it, and all but one
+        # then stopped with a raw Alembic error: they take turns, and each reads the version
+        # after its turn comes (Alembic reads it inside `upgrade`), so the later ones find
+        # nothing left to do.
+        take_turns(connection, "migrate")
         command.upgrade(alembic_config(connection), "head")
 
 
